@@ -1,0 +1,49 @@
+# Two commands on a fresh machine:  make demo   and   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ICTUS := $(VENV)/bin/ictus
+# torch==2.13.0 (CPU) lies in /opt/wheels on our machines; elsewhere pip takes it from PyPI.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+SHARED ?= $(abspath ../shared)
+export ICTUS_SHARED_DIR ?= $(SHARED)
+# Debian packages the test suite drives (real PACS, DICOM tools, validator, browser).
+SYSDEPS ?=
+DEMO_DIR := build/demo
+
+.PHONY: demo test install install-dev sysdeps clean bench
+
+$(VENV)/.runtime: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q $(FIND_LINKS) -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PIP) install -q $(FIND_LINKS) -e '.[dev,train,distributed]'
+	touch $@
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+sysdeps:
+	@missing=""; for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+demo: $(VENV)/.runtime
+	rm -rf $(DEMO_DIR)
+	$(ICTUS) phantom $(DEMO_DIR)/study --haemorrhage IPH --haemorrhage-volume-ml 30 --midline-shift-mm 6
+	$(ICTUS) series $(DEMO_DIR)/study
+	$(ICTUS) volume $(DEMO_DIR)/study -o $(DEMO_DIR)/volume.nii.gz
+
+test: $(VENV)/.dev sysdeps
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+bench: $(VENV)/.dev
+	$(PY) scripts/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

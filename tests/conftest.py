@@ -1,0 +1,49 @@
+"""Shared fixtures: where the real third-party data lives, and CLI helpers.
+
+Real data comes from ``../shared`` (relative to the project root) or from
+``$ICTUS_SHARED_DIR``. Tests that need it skip with a reason when it is absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_root() -> Path:
+    """The shared data folder (not part of the repository)."""
+    return Path(os.environ.get("ICTUS_SHARED_DIR", ROOT.parent / "shared")).resolve()
+
+
+def shared_dicom(name: str) -> Path:
+    """A folder of ``shared/data/dicom``, or skip the test with a reason."""
+    path = shared_root() / "data" / "dicom" / name
+    if not path.exists():
+        pytest.skip(f"real test data {path} is absent (set ICTUS_SHARED_DIR to the shared folder)")
+    return path
+
+
+def blast_ct_weights() -> Path:
+    """The BLAST-CT weights folder in shared, or skip."""
+    path = shared_root() / "models" / "blast-ct"
+    if not (path / "saved_models_v1").exists():
+        pytest.skip(f"BLAST-CT weights {path} are absent (set ICTUS_SHARED_DIR to the shared folder)")
+    return path
+
+
+@pytest.fixture
+def cli_runner():
+    """Run the ``ictus`` CLI in-process; returns (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    def run(*args: str):
+        runner = CliRunner()
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
