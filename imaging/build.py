@@ -1,0 +1,805 @@
+"""Build a Hounsfield-unit :class:`~imaging.volume.Volume` from the files of one CT series.
+
+This is the only place where pixels are read. :func:`build_volume` reads each
+file once (in parallel threads), decodes every supported transfer syntax through
+pydicom and the pylibjpeg plugins, converts to HU, sorts the frames along the
+slice normal and turns the stack into a regular, orthogonal grid.
+
+Decisions (each is a keyword-only tolerance of :func:`build_volume`):
+
+* **Sorting** is by the projection of ImagePositionPatient on the slice normal
+  (row x column of ImageOrientationPatient), never by InstanceNumber.
+* **Duplicates**: two frames at the same position (within ``position_tolerance_mm``)
+  with identical HU pixels are one slice: the later copy is dropped and the QC
+  flag ``duplicate_slices_dropped`` is raised. Two frames at the same position
+  with *different* pixels mean the input mixes acquisitions: that is refused
+  (:class:`InvalidInputError`), since no rule can say which one is right.
+* **HU**: per-frame RescaleSlope/RescaleIntercept (per-frame functional groups for
+  Enhanced CT). Stored values equal to PixelPaddingValue (or inside the padding
+  range) and every HU value below -1024 (the -2000/-3024 "outside the field of
+  view" padding) become -1024 HU (air): nothing physical lies below air.
+* **Gantry tilt**: when slice origins do not move along the slice normal (a
+  sheared stack), every slice is translated in-plane (bilinear) onto one
+  orthogonal grid whose axes are the row, column and true normal directions, as
+  dcm2niix does; voxels outside every slice are -1024 HU. Flag
+  ``gantry_tilt_corrected``.
+* **Variable spacing**: when the steps between slices along the normal differ by
+  more than ``spacing_tolerance_mm``, the stack is resampled by linear
+  interpolation along the normal onto a uniform spacing: the *smallest common
+  spacing*, i.e. the smallest step that occurs in a run of at least two equal
+  consecutive steps (falling back to the median step), nudged so that a whole
+  number of steps spans exactly the first to the last slice. The spacing is
+  never averaged (SimpleITK's series reader does that, which stretches the
+  anatomy). Flag ``variable_spacing_resampled``.
+* **Gaps**: a step is a gap when it exceeds ``max_gap_factor`` times the
+  expected step, the larger of the median step and the thinner neighbouring
+  SliceThickness (so a block of 7 mm slices that are 7 mm thick is variable
+  spacing, not a gap). A gap is interpolated over and flagged ``gap_detected``;
+  a gap larger than ``refuse_gap_factor`` times the expected step *and* larger
+  than ``max_gap_mm`` is refused (:class:`InvalidInputError`).
+* **Size**: Rows or Columns above ``max_dimension`` or a total voxel count above
+  ``max_voxels`` are refused from the headers, before anything is decoded or
+  allocated.
+* **Lossy input** (a lossy transfer syntax, or LossyImageCompression "01") is
+  flagged ``lossy_compression``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from imaging.errors import InvalidInputError
+from imaging.volume import SourceSlice, Volume
+
+log = logging.getLogger(__name__)
+
+AIR_HU = -1024.0
+DEFAULT_MAX_VOXELS = 2**29  # ~537 M voxels, 2 GiB of float32
+DEFAULT_MAX_DIMENSION = 4096
+
+FLAG_LOSSY = "lossy_compression"
+FLAG_TILT = "gantry_tilt_corrected"
+FLAG_VARIABLE_SPACING = "variable_spacing_resampled"
+FLAG_GAP = "gap_detected"
+FLAG_DUPLICATES = "duplicate_slices_dropped"
+
+# Transfer syntaxes that keep every bit. Anything encapsulated and not listed is lossy.
+_LOSSLESS_TRANSFER_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2",  # implicit VR little endian
+        "1.2.840.10008.1.2.1",  # explicit VR little endian
+        "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+        "1.2.840.10008.1.2.2",  # explicit VR big endian
+        "1.2.840.10008.1.2.5",  # RLE lossless
+        "1.2.840.10008.1.2.4.57",  # JPEG lossless, process 14
+        "1.2.840.10008.1.2.4.70",  # JPEG lossless, process 14, SV1
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless only
+        "1.2.840.10008.1.2.4.92",  # JPEG 2000 multi-component lossless only
+        "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+        "1.2.840.10008.1.2.4.202",  # HTJ2K lossless RPCL
+        "1.2.840.10008.1.2.4.112",  # JPEG XL lossless
+    }
+)
+
+# Non-identifying attributes kept in Volume.header (plain values only).
+_HEADER_KEYWORDS = (
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "ConvolutionKernel",
+    "SliceThickness",
+    "KVP",
+    "XRayTubeCurrent",
+    "ContrastBolusAgent",
+    "PatientSex",
+    "BodyPartExamined",
+    "StudyDate",
+    "SeriesDescription",
+    "SeriesNumber",
+    "ImageType",
+)
+
+
+# ---------------------------------------------------------------------------
+# Decoded frames
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameStack:
+    """Decoded frames of one series, sorted along the slice normal.
+
+    ``hu`` is float32 [frame, row, column]; ``positions_mm`` is (n, 3) LPS
+    ImagePositionPatient; ``axes`` is the orthonormal (row direction, column
+    direction, normal) as rows of a 3x3 array; ``normal_positions_mm`` is each
+    frame's position along the normal.
+    """
+
+    hu: np.ndarray
+    positions_mm: np.ndarray
+    axes: np.ndarray
+    normal_positions_mm: np.ndarray
+    pixel_spacing_mm: tuple[float, float]  # (row spacing, column spacing)
+    slice_thickness_mm: tuple[float | None, ...]
+    sop_instance_uids: tuple[str, ...]
+    frame_numbers: tuple[int | None, ...]
+    paths: tuple[str, ...]
+    orientation: tuple[float, float, float, float, float, float]
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    header: Mapping[str, Any]
+    qc_flags: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.hu.shape[0])
+
+    def subset(self, keep: np.ndarray) -> "FrameStack":
+        """A FrameStack holding only the frames at indices ``keep`` (in order)."""
+        idx = [int(i) for i in keep]
+        return FrameStack(
+            hu=self.hu[idx],
+            positions_mm=self.positions_mm[idx],
+            axes=self.axes,
+            normal_positions_mm=self.normal_positions_mm[idx],
+            pixel_spacing_mm=self.pixel_spacing_mm,
+            slice_thickness_mm=tuple(self.slice_thickness_mm[i] for i in idx),
+            sop_instance_uids=tuple(self.sop_instance_uids[i] for i in idx),
+            frame_numbers=tuple(self.frame_numbers[i] for i in idx),
+            paths=tuple(self.paths[i] for i in idx),
+            orientation=self.orientation,
+            study_instance_uid=self.study_instance_uid,
+            series_instance_uid=self.series_instance_uid,
+            frame_of_reference_uid=self.frame_of_reference_uid,
+            header=self.header,
+            qc_flags=self.qc_flags,
+        )
+
+
+@dataclass(frozen=True)
+class _FrameRef:
+    """Header-level facts of one frame, gathered before any pixel is decoded."""
+
+    file_index: int
+    frame_index: int  # 0-based inside its file
+    frame_number: int | None  # 1-based for multi-frame objects
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    pixel_spacing: tuple[float, float]
+    slice_thickness: float | None
+    slope: float
+    intercept: float
+
+
+def _worker_count(workers: int | None, n_items: int) -> int:
+    if workers is not None:
+        return max(1, int(workers))
+    return max(1, min(8, (os.cpu_count() or 2) * 2, n_items))
+
+
+def _read_dataset(path: str) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except FileNotFoundError as exc:
+        raise InvalidInputError(f"file {path} does not exist; rescan the study folder") from exc
+    except Exception as exc:  # pydicom raises many kinds on broken files
+        raise InvalidInputError(
+            f"file {path} is not readable DICOM ({type(exc).__name__}); remove it or re-export the series"
+        ) from exc
+
+
+def _functional_item(ds: Dataset, frame_index: int, sequence: str) -> Dataset | None:
+    """The item of a functional-group ``sequence`` for one frame (per-frame first, then shared)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and frame_index < len(per_frame):
+        seq = per_frame[frame_index].get(sequence)
+        if seq:
+            return seq[0]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        seq = shared[0].get(sequence)
+        if seq:
+            return seq[0]
+    return None
+
+
+def _floats(value: Any, count: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if len(out) != count or not all(math.isfinite(v) for v in out):
+        return None
+    return out
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _frame_refs(ds: Dataset, file_index: int, path: str, wanted: Sequence[int] | None) -> list[_FrameRef]:
+    """Geometry and rescale of every wanted frame of one dataset (no pixels decoded)."""
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    multi = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    indices = range(n_frames) if wanted is None else [int(f) - 1 for f in wanted]
+    refs = []
+    for i in indices:
+        if not 0 <= i < n_frames:
+            raise InvalidInputError(f"file {path} has {n_frames} frames, frame {i + 1} was asked for")
+        if multi:
+            pos_item = _functional_item(ds, i, "PlanePositionSequence")
+            ori_item = _functional_item(ds, i, "PlaneOrientationSequence")
+            meas_item = _functional_item(ds, i, "PixelMeasuresSequence")
+            pvt_item = _functional_item(ds, i, "PixelValueTransformationSequence")
+            position = _floats(pos_item.get("ImagePositionPatient") if pos_item else None, 3)
+            orientation = _floats(ori_item.get("ImageOrientationPatient") if ori_item else None, 6)
+            spacing = _floats(meas_item.get("PixelSpacing") if meas_item else None, 2)
+            thickness = _float_or_none(meas_item.get("SliceThickness") if meas_item else None)
+            slope = _float_or_none(pvt_item.get("RescaleSlope") if pvt_item else None)
+            intercept = _float_or_none(pvt_item.get("RescaleIntercept") if pvt_item else None)
+            # Fall back to top-level attributes (some converters write both).
+            position = position or _floats(ds.get("ImagePositionPatient"), 3)
+            orientation = orientation or _floats(ds.get("ImageOrientationPatient"), 6)
+            spacing = spacing or _floats(ds.get("PixelSpacing"), 2)
+            thickness = thickness if thickness is not None else _float_or_none(ds.get("SliceThickness"))
+            slope = slope if slope is not None else _float_or_none(ds.get("RescaleSlope"))
+            intercept = intercept if intercept is not None else _float_or_none(ds.get("RescaleIntercept"))
+        else:
+            position = _floats(ds.get("ImagePositionPatient"), 3)
+            orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+            spacing = _floats(ds.get("PixelSpacing"), 2)
+            thickness = _float_or_none(ds.get("SliceThickness"))
+            slope = _float_or_none(ds.get("RescaleSlope"))
+            intercept = _float_or_none(ds.get("RescaleIntercept"))
+        missing = [
+            name
+            for name, value in (
+                ("ImagePositionPatient", position),
+                ("ImageOrientationPatient", orientation),
+                ("PixelSpacing", spacing),
+            )
+            if value is None
+        ]
+        if missing:
+            where = f"frame {i + 1} of {path}" if n_frames > 1 else f"file {path}"
+            raise InvalidInputError(
+                f"{where} lacks {', '.join(missing)}; it cannot be placed in space, choose another series"
+            )
+        if min(spacing) <= 0:  # type: ignore[arg-type]
+            raise InvalidInputError(f"file {path} has a non-positive PixelSpacing {spacing}; re-export the series")
+        refs.append(
+            _FrameRef(
+                file_index=file_index,
+                frame_index=i,
+                frame_number=(i + 1) if (multi or n_frames > 1) else None,
+                position=position,  # type: ignore[arg-type]
+                orientation=orientation,  # type: ignore[arg-type]
+                pixel_spacing=spacing,  # type: ignore[arg-type]
+                slice_thickness=thickness,
+                slope=1.0 if slope is None else slope,
+                intercept=0.0 if intercept is None else intercept,
+            )
+        )
+    return refs
+
+
+def _orthonormal_axes(orientation: Sequence[float], where: str) -> np.ndarray:
+    """Rows: unit row direction, unit column direction (made orthogonal), normal."""
+    row = np.asarray(orientation[:3], dtype=float)
+    col = np.asarray(orientation[3:], dtype=float)
+    n_row, n_col = np.linalg.norm(row), np.linalg.norm(col)
+    if n_row < 1e-6 or n_col < 1e-6:
+        raise InvalidInputError(f"{where} has a degenerate ImageOrientationPatient; re-export the series")
+    row /= n_row
+    col -= row * float(row @ col)
+    if np.linalg.norm(col) < 1e-3:
+        raise InvalidInputError(f"{where} has parallel row and column directions; re-export the series")
+    col /= np.linalg.norm(col)
+    return np.stack([row, col, np.cross(row, col)])
+
+
+def is_lossy(ds: Dataset) -> bool:
+    """Whether a dataset's pixels went through lossy compression (now or before)."""
+    if str(ds.get("LossyImageCompression", "")).strip() == "01":
+        return True
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    return bool(ts) and ts not in _LOSSLESS_TRANSFER_SYNTAXES
+
+
+def _patient_age_years(value: Any) -> float | None:
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY]?)\s*", str(value or ""))
+    if not match:
+        return None
+    number = float(match.group(1))
+    unit = match.group(2) or "Y"
+    return round(number / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[unit], 3)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of a pydicom value."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if isinstance(value, float) or type(value).__name__ in ("DSfloat", "DSdecimal") else int(value)
+    if type(value).__name__ in ("DSfloat", "DSdecimal"):
+        return float(value)
+    if type(value).__name__ == "IS":
+        return int(value)
+    return str(value)
+
+
+def _find_attribute(ds: Dataset, keyword: str) -> Any:
+    """An attribute at the top level, or inside the shared functional groups (Enhanced CT)."""
+    if keyword in ds:
+        return ds.get(keyword)
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        for element in shared[0]:
+            if element.VR == "SQ" and element.value:
+                item = element.value[0]
+                if keyword in item:
+                    return item.get(keyword)
+    return None
+
+
+def header_summary(ds: Dataset) -> dict[str, Any]:
+    """A small, non-identifying dict of acquisition attributes (no names, no IDs)."""
+    out: dict[str, Any] = {}
+    for keyword in _HEADER_KEYWORDS:
+        value = _find_attribute(ds, keyword)
+        if value is None or value == "":
+            continue
+        plain = _plain(value)
+        if keyword in ("SliceThickness", "KVP", "XRayTubeCurrent"):
+            plain = _float_or_none(value)
+            if plain is None:
+                continue
+        if keyword == "ConvolutionKernel" and isinstance(plain, list):
+            plain = "\\".join(str(p) for p in plain)
+        out[keyword] = plain
+    age = _patient_age_years(ds.get("PatientAge"))
+    if age is not None:
+        out["PatientAgeYears"] = age
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        out["TransferSyntaxUID"] = str(meta.TransferSyntaxUID)
+    out["SOPClassUID"] = str(ds.get("SOPClassUID", ""))
+    return out
+
+
+def _hu_from_stored(stored: np.ndarray, ds: Dataset, slope: float, intercept: float, out: np.ndarray) -> None:
+    """Write HU of one stored frame into ``out`` (float32), padding and sub-air mapped to air."""
+    np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
+    out += np.float32(intercept)
+    padding = ds.get("PixelPaddingValue")
+    if padding is not None:
+        pad_limit = ds.get("PixelPaddingRangeLimit")
+        pad = int(padding)
+        if ds.get("PixelRepresentation", 0) == 1 and pad > 32767 and stored.dtype.kind == "i":
+            pad -= 65536  # stored as US but the pixels are signed
+        if pad_limit is not None:
+            lo, hi = sorted((pad, int(pad_limit)))
+            mask = (stored >= lo) & (stored <= hi)
+        else:
+            mask = stored == pad
+        out[mask] = AIR_HU
+    np.maximum(out, np.float32(AIR_HU), out=out)
+
+
+def read_frames(
+    files: Sequence[str | Path],
+    *,
+    frames: Mapping[str, Sequence[int]] | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    max_dimension: int = DEFAULT_MAX_DIMENSION,
+    orientation_tolerance: float = 1e-3,
+    workers: int | None = None,
+) -> FrameStack:
+    """Read and decode the frames of ``files`` into HU, sorted along the slice normal.
+
+    Each file is read once. ``frames`` optionally maps a path (as given) to the
+    1-based frame numbers to keep from a multi-frame file. Sizes are checked
+    from the headers before any pixel is decoded. A single frame is allowed
+    here (use :func:`build_volume` for the series-level checks).
+    """
+    paths = [str(f) for f in files]
+    if not paths:
+        raise InvalidInputError("no DICOM files were given; point to a folder holding a CT series")
+    n_workers = _worker_count(workers, len(paths))
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        datasets = list(pool.map(_read_dataset, paths))
+
+    # --- header checks, before anything is decoded ---------------------------
+    rows = cols = None
+    refs: list[_FrameRef] = []
+    for index, (path, ds) in enumerate(zip(paths, datasets)):
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise InvalidInputError(f"file {path} has no pixel data; it is not an image, choose another series")
+        r, c = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        if r <= 0 or c <= 0 or r > max_dimension or c > max_dimension:
+            raise InvalidInputError(
+                f"file {path} claims {r}x{c} pixels (limit {max_dimension}); refusing to decode it, re-export the series"
+            )
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise InvalidInputError(f"file {path} is a colour image, not CT; choose another series")
+        if rows is None:
+            rows, cols = r, c
+        elif (r, c) != (rows, cols):
+            raise InvalidInputError(
+                f"file {path} is {r}x{c} pixels while the series is {rows}x{cols}; the series mixes images, choose another"
+            )
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if n_frames <= 0 or n_frames * r * c > max_voxels:
+            raise InvalidInputError(
+                f"file {path} claims {n_frames} frames of {r}x{c} pixels (over {max_voxels} voxels); refusing to decode it"
+            )
+        wanted = None if frames is None else frames.get(path)
+        refs.extend(_frame_refs(ds, index, path, wanted))
+    assert rows is not None and cols is not None
+    total = len(refs) * rows * cols
+    if total > max_voxels:
+        raise InvalidInputError(
+            f"the series claims {len(refs)} frames of {rows}x{cols} pixels ({total} voxels, limit {max_voxels}); "
+            "refusing to allocate it"
+        )
+
+    first = refs[0]
+    axes = _orthonormal_axes(first.orientation, f"file {paths[first.file_index]}")
+    for ref in refs[1:]:
+        if np.max(np.abs(np.asarray(ref.orientation) - np.asarray(first.orientation))) > orientation_tolerance:
+            raise InvalidInputError(
+                f"file {paths[ref.file_index]} has another ImageOrientationPatient than the rest of the series; "
+                "split the series by orientation"
+            )
+        if np.max(np.abs(np.asarray(ref.pixel_spacing) - np.asarray(first.pixel_spacing))) > 1e-3 * max(first.pixel_spacing):
+            raise InvalidInputError(
+                f"file {paths[ref.file_index]} has PixelSpacing {ref.pixel_spacing} while the series has "
+                f"{first.pixel_spacing}; the series mixes reconstructions, choose another"
+            )
+
+    positions = np.array([r.position for r in refs], dtype=float)
+    along = positions @ axes[2]
+    order = np.argsort(along, kind="stable")
+    refs = [refs[i] for i in order]
+    positions, along = positions[order], along[order]
+
+    # --- decode once, straight into the sorted slots -------------------------
+    hu = np.empty((len(refs), rows, cols), dtype=np.float32)
+    slots_by_file: dict[int, list[tuple[int, _FrameRef]]] = {}
+    for slot, ref in enumerate(refs):
+        slots_by_file.setdefault(ref.file_index, []).append((slot, ref))
+
+    def decode(file_index: int) -> None:
+        ds = datasets[file_index]
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # decoder errors come in many types
+            raise InvalidInputError(
+                f"file {paths[file_index]} could not be decoded ({type(exc).__name__}: {exc}); "
+                "install the pylibjpeg decoders or re-export the series uncompressed"
+            ) from exc
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if pixels.ndim == 2:
+            pixels = pixels[None]
+        if pixels.shape != (n_frames, rows, cols):
+            raise InvalidInputError(
+                f"file {paths[file_index]} decoded to shape {pixels.shape}, expected {(n_frames, rows, cols)}; "
+                "the file is damaged"
+            )
+        for slot, ref in slots_by_file[file_index]:
+            _hu_from_stored(pixels[ref.frame_index], ds, ref.slope, ref.intercept, hu[slot])
+        # The encoded bytes are no longer needed: free them early.
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in ds:
+                del ds[keyword]
+
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        list(pool.map(decode, sorted(slots_by_file)))
+
+    used = sorted(slots_by_file)
+    lossy = any(is_lossy(datasets[i]) for i in used)
+    head = datasets[refs[0].file_index]
+    header = header_summary(head)
+    if lossy:
+        header["LossyCompression"] = True
+    series_uids = {str(datasets[i].get("SeriesInstanceUID", "")) for i in used}
+    if len(series_uids) > 1:
+        log.info("building one volume from %d SeriesInstanceUIDs", len(series_uids))
+    return FrameStack(
+        hu=hu,
+        positions_mm=positions,
+        axes=axes,
+        normal_positions_mm=along,
+        pixel_spacing_mm=(float(first.pixel_spacing[0]), float(first.pixel_spacing[1])),
+        slice_thickness_mm=tuple(r.slice_thickness for r in refs),
+        sop_instance_uids=tuple(str(datasets[r.file_index].get("SOPInstanceUID", "")) for r in refs),
+        frame_numbers=tuple(r.frame_number for r in refs),
+        paths=tuple(paths[r.file_index] for r in refs),
+        orientation=tuple(float(v) for v in first.orientation),  # type: ignore[arg-type]
+        study_instance_uid=str(head.get("StudyInstanceUID", "")),
+        series_instance_uid=str(head.get("SeriesInstanceUID", "")),
+        frame_of_reference_uid=str(head.get("FrameOfReferenceUID", "")),
+        header=header,
+        qc_flags=(FLAG_LOSSY,) if lossy else (),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Geometry: duplicates, spacing, gaps, tilt
+# ---------------------------------------------------------------------------
+def _drop_duplicates(stack: FrameStack, tolerance_mm: float) -> tuple[FrameStack, int]:
+    """Drop exact duplicates (same position, same pixels); refuse same position with other pixels."""
+    keep = [0]
+    for i in range(1, len(stack)):
+        j = keep[-1]
+        if abs(stack.normal_positions_mm[i] - stack.normal_positions_mm[j]) > tolerance_mm:
+            keep.append(i)
+            continue
+        same_place = np.allclose(stack.positions_mm[i], stack.positions_mm[j], atol=tolerance_mm)
+        if same_place and np.array_equal(stack.hu[i], stack.hu[j]):
+            continue
+        raise InvalidInputError(
+            f"two slices lie at the same position ({stack.normal_positions_mm[i]:.2f} mm along the slice normal) "
+            "with different pixels; the series mixes acquisitions, choose or split it"
+        )
+    dropped = len(stack) - len(keep)
+    if dropped:
+        stack = stack.subset(np.asarray(keep))
+    return stack, dropped
+
+
+def _smallest_common_step(steps: np.ndarray, tolerance_mm: float) -> float:
+    """The smallest step that occurs in a run of two equal consecutive steps, else the median."""
+    candidates = [
+        float(steps[i]) for i in range(len(steps) - 1) if abs(steps[i + 1] - steps[i]) <= tolerance_mm
+    ]
+    return min(candidates) if candidates else float(np.median(steps))
+
+
+def _shift_into_canvas(
+    src: np.ndarray, shift_rows: float, shift_cols: float, shape: tuple[int, int], out: np.ndarray
+) -> None:
+    """Translate ``src`` by (rows, cols) pixels, bilinear, into ``out`` of ``shape``; air outside.
+
+    ``out[r, c] = src(r - shift_rows, c - shift_cols)`` for shifts >= 0.
+    """
+    out.fill(AIR_HU)
+    i_r, i_c = int(math.floor(shift_rows + 1e-6)), int(math.floor(shift_cols + 1e-6))
+    f_r, f_c = max(shift_rows - i_r, 0.0), max(shift_cols - i_c, 0.0)
+    h, w = src.shape
+    out[i_r : i_r + h, i_c : i_c + w] = src[: shape[0] - i_r, : shape[1] - i_c]
+    # Fractional part, one axis at a time: out[y] = (1 - f) * out[y] + f * out[y - 1].
+    if f_r > 1e-6:
+        previous = np.float32(f_r) * out[:-1]  # a copy, taken before the update
+        out[1:] *= np.float32(1.0 - f_r)
+        out[1:] += previous
+        out[0] = np.float32(1.0 - f_r) * out[0] + np.float32(f_r * AIR_HU)
+    if f_c > 1e-6:
+        previous = np.float32(f_c) * out[:, :-1]
+        out[:, 1:] *= np.float32(1.0 - f_c)
+        out[:, 1:] += previous
+        out[:, 0] = np.float32(1.0 - f_c) * out[:, 0] + np.float32(f_c * AIR_HU)
+
+
+def build_volume(
+    files: Sequence[str | Path],
+    *,
+    frames: Mapping[str, Sequence[int]] | None = None,
+    min_slices: int = 2,
+    max_gap_factor: float = 1.5,
+    refuse_gap_factor: float = 3.0,
+    max_gap_mm: float = 15.0,
+    spacing_tolerance_mm: float = 0.05,
+    position_tolerance_mm: float = 0.01,
+    tilt_tolerance_px: float = 0.1,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    max_dimension: int = DEFAULT_MAX_DIMENSION,
+    workers: int | None = None,
+) -> Volume:
+    """Build the HU volume of one series from exactly these files.
+
+    See the module docstring for how tilt, variable spacing, gaps, duplicates
+    and padding are handled. Raises :class:`InvalidInputError` for a series
+    that cannot be turned into a trustworthy volume.
+    """
+    stack = read_frames(files, frames=frames, max_voxels=max_voxels, max_dimension=max_dimension, workers=workers)
+    return volume_from_frames(
+        stack,
+        min_slices=min_slices,
+        max_gap_factor=max_gap_factor,
+        refuse_gap_factor=refuse_gap_factor,
+        max_gap_mm=max_gap_mm,
+        spacing_tolerance_mm=spacing_tolerance_mm,
+        position_tolerance_mm=position_tolerance_mm,
+        tilt_tolerance_px=tilt_tolerance_px,
+        max_voxels=max_voxels,
+    )
+
+
+def volume_from_frames(
+    stack: FrameStack,
+    *,
+    min_slices: int = 2,
+    max_gap_factor: float = 1.5,
+    refuse_gap_factor: float = 3.0,
+    max_gap_mm: float = 15.0,
+    spacing_tolerance_mm: float = 0.05,
+    position_tolerance_mm: float = 0.01,
+    tilt_tolerance_px: float = 0.1,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+) -> Volume:
+    """Turn decoded, sorted frames into a regular orthogonal :class:`Volume` (pure)."""
+    flags = list(stack.qc_flags)
+    stack, dropped = _drop_duplicates(stack, position_tolerance_mm)
+    if dropped:
+        log.info("dropped %d duplicate slice(s)", dropped)
+        flags.append(FLAG_DUPLICATES)
+    n = len(stack)
+    if n < max(1, min_slices):
+        raise InvalidInputError(
+            f"the series has {n} distinct slice(s), at least {max(1, min_slices)} are needed; choose a volumetric series"
+        )
+    row_mm, col_mm = stack.pixel_spacing_mm  # DICOM: spacing between rows, between columns
+    x_axis, y_axis, normal = stack.axes
+    s = stack.normal_positions_mm
+    rows, cols = stack.hu.shape[1:]
+
+    # In-plane offset of every slice origin from the first one (non-zero = sheared stack).
+    delta = stack.positions_mm - stack.positions_mm[0]
+    off_cols = (delta @ x_axis) / col_mm  # in pixels along the column index
+    off_rows = (delta @ y_axis) / row_mm
+    tilted = bool(np.max(np.abs(off_cols)) > tilt_tolerance_px or np.max(np.abs(off_rows)) > tilt_tolerance_px)
+
+    if n == 1:
+        thickness = stack.slice_thickness_mm[0]
+        z_grid = s.copy()
+        z_mm = float(thickness) if thickness and thickness > 0 else 1.0
+        resample_z = False
+    else:
+        steps = np.diff(s)
+        median = float(np.median(steps))
+        thick = [t if (t is not None and t > 0) else 0.0 for t in stack.slice_thickness_mm]
+        for k, step in enumerate(steps):
+            expected = max(median, min(thick[k], thick[k + 1]))
+            if step <= max_gap_factor * expected:
+                continue
+            where = (
+                f"between slices {k + 1} and {k + 2} of {n} "
+                f"(at {s[k]:.1f} and {s[k + 1]:.1f} mm along the slice normal; expected spacing {expected:.2f} mm)"
+            )
+            if step > refuse_gap_factor * expected and step > max_gap_mm:
+                raise InvalidInputError(
+                    f"a gap of {step:.1f} mm {where} is too large to interpolate; "
+                    "the series is incomplete, re-send it or choose another series"
+                )
+            log.info("gap of %.1f mm %s interpolated", step, where)
+            if FLAG_GAP not in flags:
+                flags.append(FLAG_GAP)
+        uniform = bool(np.max(np.abs(steps - median)) <= spacing_tolerance_mm)
+        extent = float(s[-1] - s[0])
+        if uniform:
+            z_mm = extent / (n - 1)
+            z_grid = s.copy()
+            resample_z = False
+        else:
+            target = _smallest_common_step(steps, spacing_tolerance_mm)
+            n_out = int(round(extent / target)) + 1
+            z_mm = extent / (n_out - 1)
+            z_grid = s[0] + z_mm * np.arange(n_out)
+            z_grid[-1] = s[-1]
+            resample_z = True
+            flags.append(FLAG_VARIABLE_SPACING)
+
+    # Output in-plane grid: the union of all (translated) slices.
+    if tilted:
+        base_c, base_r = float(np.min(off_cols)), float(np.min(off_rows))
+        shift_c, shift_r = off_cols - base_c, off_rows - base_r
+        out_cols = cols + int(math.ceil(float(np.max(shift_c)) - 1e-6))
+        out_rows = rows + int(math.ceil(float(np.max(shift_r)) - 1e-6))
+        flags.append(FLAG_TILT)
+    else:
+        base_c = base_r = 0.0
+        shift_c = shift_r = np.zeros(n)
+        out_cols, out_rows = cols, rows
+    n_out_slices = len(z_grid)
+    if n_out_slices * out_rows * out_cols > max_voxels:
+        raise InvalidInputError(
+            f"the corrected grid would be {out_cols}x{out_rows}x{n_out_slices} voxels (limit {max_voxels}); "
+            "refusing to allocate it"
+        )
+
+    if not tilted and not resample_z:
+        array = stack.hu
+    else:
+        array = _resample_stack(stack.hu, s, z_grid, shift_r, shift_c, (out_rows, out_cols))
+
+    origin = stack.positions_mm[0] + base_c * col_mm * x_axis + base_r * row_mm * y_axis + (z_grid[0] - s[0]) * normal
+    image = sitk.GetImageFromArray(array)
+    del array
+    image.SetSpacing((float(col_mm), float(row_mm), float(z_mm)))
+    image.SetOrigin(tuple(float(v) for v in origin))
+    image.SetDirection(tuple(float(v) for v in np.column_stack([x_axis, y_axis, normal]).ravel()))
+
+    source_slices = tuple(
+        SourceSlice(
+            sop_instance_uid=uid,
+            frame_number=frame,
+            image_position_patient=tuple(float(v) for v in pos),  # type: ignore[arg-type]
+            image_orientation_patient=stack.orientation,
+            pixel_spacing_mm=stack.pixel_spacing_mm,
+            rows=int(rows),
+            columns=int(cols),
+        )
+        for uid, frame, pos in zip(stack.sop_instance_uids, stack.frame_numbers, stack.positions_mm)
+    )
+    header = dict(stack.header)
+    header["SourceSliceCount"] = n
+    return Volume(
+        image=image,
+        study_instance_uid=stack.study_instance_uid,
+        series_instance_uid=stack.series_instance_uid,
+        frame_of_reference_uid=stack.frame_of_reference_uid,
+        sop_instance_uids=tuple(dict.fromkeys(stack.sop_instance_uids)),
+        source_slices=source_slices,
+        source_paths=tuple(dict.fromkeys(stack.paths)),
+        qc_flags=tuple(dict.fromkeys(flags)),
+        header=header,
+    )
+
+
+def _resample_stack(
+    hu: np.ndarray,
+    s: np.ndarray,
+    z_grid: np.ndarray,
+    shift_r: np.ndarray,
+    shift_c: np.ndarray,
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Translate each slice onto the common in-plane grid and interpolate linearly along the normal."""
+    out = np.empty((len(z_grid), *shape), dtype=np.float32)
+    cache: dict[int, np.ndarray] = {}
+
+    def placed(k: int) -> np.ndarray:
+        if k not in cache:
+            for old in [key for key in cache if key < k - 1]:
+                del cache[old]
+            buf = np.empty(shape, dtype=np.float32)
+            _shift_into_canvas(hu[k], float(shift_r[k]), float(shift_c[k]), shape, buf)
+            cache[k] = buf
+        return cache[k]
+
+    n = len(s)
+    for w, z in enumerate(z_grid):
+        k = int(np.clip(np.searchsorted(s, z, side="right") - 1, 0, max(n - 2, 0)))
+        if n == 1:
+            out[w] = placed(0)
+            continue
+        f = float(np.clip((z - s[k]) / (s[k + 1] - s[k]), 0.0, 1.0))
+        if f < 1e-6:
+            out[w] = placed(k)
+        elif f > 1 - 1e-6:
+            out[w] = placed(k + 1)
+        else:
+            np.multiply(placed(k), np.float32(1.0 - f), out=out[w])
+            out[w] += np.float32(f) * placed(k + 1)
+    return out
+
