@@ -298,7 +298,7 @@ def _converter() -> Callable[..., Any]:
 
 
 def converter_available() -> bool:
-    """True where :func:`convert` can run (models.onnx_build imports)."""
+    """True where :func:`convert_to_onnx` can run (models.onnx_build imports)."""
     try:
         _converter()
     except ModelError:
@@ -306,7 +306,7 @@ def converter_available() -> bool:
     return True
 
 
-def convert(card: ModelCard, member: Member, weights_path: Path, onnx_path: Path) -> Path:
+def convert_to_onnx(card: ModelCard, member: Member, weights_path: Path, onnx_path: Path) -> Path:
     """Convert verified weights to ONNX next to them (temp file, then rename), and stamp it."""
     convert_member = _converter()
     log.info("converting %s to ONNX", weights_path.name)
@@ -347,8 +347,6 @@ def resolve_members(
     card: ModelCard,
     models_dir: str | Path | None = None,
     members: Iterable[str | int] | str | None = None,
-    *,
-    convert_missing: bool = True,
 ) -> list[ResolvedMember]:
     """ONNX files for the selected members (default: the card's default members).
 
@@ -384,7 +382,7 @@ def resolve_members(
     for m in to_convert:
         pt = directory / m.file
         _check_file(card, m, pt, directory, models_dir, origin)
-        onnx = convert(card, m, pt, directory / m.onnx_file)
+        onnx = convert_to_onnx(card, m, pt, directory / m.onnx_file)
         ready[m.name] = ResolvedMember(m.name, onnx, pt, m.sha256, converted=True)
     return [ready[m.name] for m in selected]
 
@@ -542,7 +540,7 @@ def pull(
     source: str | Path | None = None,
     *,
     members: Iterable[str | int] | str | None = None,
-    convert_onnx: bool | None = None,
+    convert: bool | None = None,
     force: bool = False,
     retries: int = 3,
     backoff_s: float = 2.0,
@@ -557,7 +555,7 @@ def pull(
     ``<id>/<version>/`` or flat). Each file is streamed to a temporary name,
     checked (size, sha256) and renamed into place; a mismatch is refused and
     the file removed. Members already present and intact are kept unless
-    ``force``. ``convert_onnx``: True converts (ModelError if the converter is
+    ``force``. ``convert``: True converts (ModelError if the converter is
     missing), None converts when the converter is available, False skips.
     Raises InvalidInputError for a bad local ``source`` and ModelError otherwise.
     """
@@ -612,8 +610,8 @@ def pull(
         report.members.append(PulledMember(m.name, action, origin, m.size_bytes))
 
     _write_card_copy(card, directory)
-    want_convert = convert_onnx if convert_onnx is not None else converter_available()
-    if convert_onnx is None and not want_convert:
+    want_convert = convert if convert is not None else converter_available()
+    if convert is None and not want_convert:
         log.warning("models.onnx_build is not available; ONNX conversion skipped (it runs on first use)")
     for i, pm in enumerate(report.members):
         m = card.member(pm.name)
@@ -621,10 +619,10 @@ def pull(
         if not force and onnx_is_current(m, onnx):
             state = "current"
         elif want_convert:
-            convert(card, m, directory / m.file, onnx)
+            convert_to_onnx(card, m, directory / m.file, onnx)
             state = "converted"
         else:
-            state = "converter unavailable" if convert_onnx is None else "skipped"
+            state = "converter unavailable" if convert is None else "skipped"
         report.members[i] = PulledMember(pm.name, pm.action, pm.source, pm.size_bytes, state)
     return report
 

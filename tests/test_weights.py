@@ -102,7 +102,7 @@ def _leftovers(directory: Path) -> list[str]:
 # ------------------------------------------------------------------ HTTP pulls
 def test_pull_over_http_verifies(served, tmp_path):
     base, _ = served
-    report = weights.pull(CARD, tmp_path, base, members="1,2", convert_onnx=False)
+    report = weights.pull(CARD, tmp_path, base, members="1,2", convert=False)
     directory = tmp_path / "blast-ct" / "v1"
     assert report.directory == directory
     assert [(m.name, m.action, m.onnx) for m in report.members] == [
@@ -116,14 +116,14 @@ def test_pull_over_http_verifies(served, tmp_path):
     assert json.loads((directory / "card.json").read_text())["id"] == "blast-ct"
     assert _leftovers(directory) == []
     # Already present and intact: nothing is fetched again.
-    again = weights.pull(CARD, tmp_path, base, members="1", convert_onnx=False)
+    again = weights.pull(CARD, tmp_path, base, members="1", convert=False)
     assert again.members[0].action == "present"
 
 
 def test_corrupted_download_is_refused_and_removed(served, tmp_path):
     base, _ = served
     with pytest.raises(ModelError) as info:
-        weights.pull(CARD, tmp_path, base, members="3", convert_onnx=False)
+        weights.pull(CARD, tmp_path, base, members="3", convert=False)
     message = str(info.value)
     assert "\n" not in message
     assert f"expected sha256 {CARD.member('model_3').sha256}" in message
@@ -136,14 +136,14 @@ def test_corrupted_download_is_refused_and_removed(served, tmp_path):
 def test_missing_file_404(served, tmp_path):
     base, _ = served
     with pytest.raises(ModelError, match=r"model_4\.pt was not found \(HTTP 404\) at .*blast_ct/data/saved_models/model_4\.pt"):
-        weights.pull(CARD, tmp_path, base, members="4", convert_onnx=False)
+        weights.pull(CARD, tmp_path, base, members="4", convert=False)
     assert not (tmp_path / "blast-ct" / "v1" / "model_4.pt").exists()
 
 
 def test_wrong_size_is_refused(served, tmp_path):
     base, _ = served
     with pytest.raises(ModelError, match=r"offers 1000 bytes for model_5\.pt, the card expects 4171363"):
-        weights.pull(CARD, tmp_path, base, members="5", convert_onnx=False, retries=0)
+        weights.pull(CARD, tmp_path, base, members="5", convert=False, retries=0)
     assert not (tmp_path / "blast-ct" / "v1" / "model_5.pt").exists()
 
 
@@ -152,13 +152,13 @@ def test_retries_with_backoff(served, tmp_path):
     path = "/blast_ct/data/saved_models/model_2.pt"
     handler.failures[path] = 2
     handler.requests.clear()
-    report = weights.pull(CARD, tmp_path, base, members="2", convert_onnx=False, retries=3, backoff_s=0.0)
+    report = weights.pull(CARD, tmp_path, base, members="2", convert=False, retries=3, backoff_s=0.0)
     assert report.members[0].action == "downloaded"
     assert [p for p, _ in handler.requests].count(path) == 3
 
     handler.failures[path] = 5
     with pytest.raises(ModelError, match=r"failed after 2 attempts .*503"):
-        weights.pull(CARD, tmp_path / "other", base, members="2", convert_onnx=False, retries=1, backoff_s=0.0)
+        weights.pull(CARD, tmp_path / "other", base, members="2", convert=False, retries=1, backoff_s=0.0)
     handler.failures.clear()
 
 
@@ -169,7 +169,7 @@ def test_partial_download_resumes(served, tmp_path):
     full = (blast_ct_weights() / "saved_models_v1" / "model_1.pt").read_bytes()
     (directory / ".model_1.pt.part").write_bytes(full[:1_000_000])
     handler.requests.clear()
-    weights.pull(CARD, tmp_path, base, members="1", convert_onnx=False)
+    weights.pull(CARD, tmp_path, base, members="1", convert=False)
     assert handler.requests == [("/blast_ct/data/saved_models/model_1.pt", "bytes=1000000-")]
     assert (directory / "model_1.pt").read_bytes() == full
 
@@ -177,7 +177,7 @@ def test_partial_download_resumes(served, tmp_path):
 # --------------------------------------------------------------- local mirror
 def test_pull_from_local_mirror(tmp_path):
     shared = blast_ct_weights()
-    report = weights.pull(CARD, tmp_path, shared, members="1", convert_onnx=False)
+    report = weights.pull(CARD, tmp_path, shared, members="1", convert=False)
     assert report.members[0].action == "copied"
     assert report.members[0].source == str(shared.resolve() / "saved_models_v1" / "model_1.pt")
     assert weights.verify(CARD, tmp_path, "fast").ok
@@ -210,7 +210,7 @@ def test_resolve_follows_the_order(clean_env, monkeypatch):
     monkeypatch.setattr(weights, "_converter", lambda: _fake_converter(calls))
     shared = blast_ct_weights()
     for where in ("arg", "env", "xdg/ictus/models"):
-        weights.pull(CARD, tmp / where, shared, members="1", convert_onnx=False)
+        weights.pull(CARD, tmp / where, shared, members="1", convert=False)
     monkeypatch.setenv(weights.ENV_MODELS_DIR, str(tmp / "env"))
     for arg, expected in ((tmp / "arg", tmp / "arg"), (None, tmp / "env")):
         [resolved] = weights.resolve_members(CARD, arg, "fast")
@@ -237,7 +237,7 @@ def test_no_weights_anywhere_says_what_to_run(clean_env):
 def test_conversion_on_demand_and_staleness(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(weights, "_converter", lambda: _fake_converter(calls))
-    weights.pull(CARD, tmp_path, blast_ct_weights(), members="1,2", convert_onnx=False)
+    weights.pull(CARD, tmp_path, blast_ct_weights(), members="1,2", convert=False)
     first = weights.resolve_members(CARD, tmp_path, "1,2")
     assert [r.converted for r in first] == [True, True] and calls == ["model_1.pt", "model_2.pt"]
     assert [r.name for r in weights.resolve_members(CARD, tmp_path, "1,2")] == ["model_1", "model_2"]
@@ -269,7 +269,7 @@ def test_missing_converter_is_a_model_error(tmp_path, monkeypatch):
         raise ModelError("the ONNX converter models.onnx_build is not available (test)")
 
     monkeypatch.setattr(weights, "_converter", missing)
-    weights.pull(CARD, tmp_path, blast_ct_weights(), members="1", convert_onnx=False)
+    weights.pull(CARD, tmp_path, blast_ct_weights(), members="1", convert=False)
     with pytest.raises(ModelError, match="converter models.onnx_build is not available"):
         weights.resolve_members(CARD, tmp_path, "fast")
     report = weights.pull(CARD, tmp_path, blast_ct_weights(), members="1")

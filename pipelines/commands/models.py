@@ -77,7 +77,7 @@ def pull_command(
     """Download (or import with --from) MODEL's weights, verify sha256, convert to ONNX."""
     card = _card(model)
     report = pull(
-        card, models_dir, source, members=members, convert_onnx=False if no_convert else None,
+        card, models_dir, source, members=members, convert=False if no_convert else None,
         force=force, retries=retries,
     )
     if as_json:
