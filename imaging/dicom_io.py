@@ -1,0 +1,561 @@
+"""DICOM input: find the instances of a study and read their headers.
+
+:func:`scan` turns a folder (searched recursively), a DICOMDIR (or a folder
+holding one) or a single file into a :class:`ScanResult`: one
+:class:`InstanceHeader` per readable DICOM instance, plus counts of what was
+skipped. Only headers are read here (``stop_before_pixels``), in parallel;
+pixels are read later, and only for the chosen series. :func:`read_frame_hu`
+reads the pixels of one frame when a caller needs a cheap sample.
+
+Patient names and IDs are never copied into these objects. Header text that
+may end up in a file name goes through :func:`safe_path_component` first.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import struct
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from imaging.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+MEDIA_STORAGE_DIRECTORY_UID = "1.2.840.10008.1.3.10"
+DEFLATED_TRANSFER_SYNTAX_UIDS = frozenset({"1.2.840.10008.1.2.1.99"})
+BIG_ENDIAN_TRANSFER_SYNTAX_UID = "1.2.840.10008.1.2.2"
+IMPLICIT_TRANSFER_SYNTAX_UID = "1.2.840.10008.1.2"
+PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_EXPLICIT_LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UT", b"UC", b"UR", b"SV", b"UV"})
+_MAX_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The non-identifying header attributes of one DICOM instance.
+
+    Geometry is in the DICOM patient frame (LPS, mm). For a multi-frame object
+    ``frame_positions`` holds one position per frame (1-based frame ``i`` is
+    ``frame_positions[i - 1]``); for a single-frame object it holds the one
+    ``ImagePositionPatient``. No patient name or ID is kept.
+    """
+
+    path: str
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    frame_of_reference_uid: str = ""
+    modality: str = ""
+    image_type: tuple[str, ...] = ()
+    series_description: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+    acquisition_number: int | None = None
+    manufacturer: str = ""
+    body_part: str = ""
+    transfer_syntax_uid: str = ""
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int = 1
+    is_multiframe: bool = False
+    orientation: tuple[float, float, float, float, float, float] | None = None
+    position: tuple[float, float, float] | None = None
+    frame_positions: tuple[tuple[float, float, float], ...] = ()
+    pixel_spacing_mm: tuple[float, float] | None = None
+    slice_thickness_mm: float | None = None
+    gantry_tilt_deg: float | None = None
+    kernel: str = ""
+    contrast_agent: str = ""
+    contrast_administered: bool | None = None
+    kvp: float | None = None
+    patient_age_years: float | None = None
+    lossy_compression: bool = False
+    has_pixel_data: bool = False
+
+    @property
+    def n_frames(self) -> int:
+        """Frames this instance contributes (1 for a classic single-frame image)."""
+        return max(1, self.number_of_frames)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What :func:`scan` found under one input path."""
+
+    root: str
+    source: str  # "folder", "dicomdir" or "file"
+    instances: tuple[InstanceHeader, ...]
+    n_files: int
+    skipped_non_dicom: int = 0
+    unreadable: int = 0
+    index_files: int = 0  # DICOMDIR files met while walking a folder
+    flags: tuple[str, ...] = ()
+    unreadable_paths: tuple[str, ...] = field(default=(), repr=False)
+
+    def summary(self) -> str:
+        """One line: what was found (counts only, no header text)."""
+        return (
+            f"{self.n_files} files: {len(self.instances)} DICOM, "
+            f"{self.skipped_non_dicom} non-DICOM, {self.unreadable} unreadable"
+        )
+
+
+# ---------------------------------------------------------------------------
+# file names from header text
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(10)} | {f"LPT{i}" for i in range(10)}
+)
+
+
+def safe_path_component(text: object, *, max_length: int = 64, default: str = "unnamed") -> str:
+    """Turn header text (a UID, a description...) into one safe file-name component.
+
+    Keeps ASCII letters, digits, ``.``, ``_`` and ``-``; every other run of
+    characters (path separators, control characters, spaces, non-ASCII)
+    becomes one ``_``. Leading dots and dashes are dropped, so the result is never
+    ``.``, ``..``, hidden or an option. Longer results are cut to
+    ``max_length`` with a short hash of the full text appended, so distinct
+    long inputs stay distinct. Returns ``default`` when nothing is left.
+    """
+    if max_length < 12:
+        raise ValueError("max_length must be at least 12")
+    raw = "" if text is None else str(text)
+    ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode("ascii")
+    cleaned = _UNSAFE_CHARS.sub("_", ascii_text).lstrip(".-_").rstrip("._ ")
+    if not cleaned:
+        return default
+    if cleaned.split(".")[0].upper() in _WINDOWS_RESERVED:
+        cleaned = "_" + cleaned
+    if len(cleaned) > max_length:
+        digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        cleaned = cleaned[: max_length - 9].rstrip("._") + "_" + digest
+    return cleaned
+
+
+# ---------------------------------------------------------------------------
+# header parsing helpers (each tolerates a missing or malformed value)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a malformed value reads as absent
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value).strip()
+    return str(value).strip()
+
+
+def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | None:
+    if ds is None:
+        return None
+    try:
+        value = ds.get(keyword)
+        if value is None:
+            return None
+        values = [float(v) for v in (value if hasattr(value, "__len__") and not isinstance(value, str) else [value])]
+    except Exception:  # noqa: BLE001
+        return None
+    if len(values) != n or not all(math.isfinite(v) for v in values):
+        return None
+    return tuple(values)
+
+
+def _float(ds: Dataset | None, keyword: str) -> float | None:
+    values = _floats(ds, keyword, 1)
+    return values[0] if values else None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _item(ds: Dataset | None, keyword: str) -> Dataset | None:
+    """The first item of a sequence, or None."""
+    if ds is None:
+        return None
+    try:
+        seq = ds.get(keyword)
+        return seq[0] if seq else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
+
+
+def parse_age_years(text: str) -> float | None:
+    """Parse a DICOM AS value (``052Y``, ``006M``, ``010W``, ``003D``) into years."""
+    match = _AGE.match(text or "")
+    if not match:
+        return None
+    return int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2).upper()]
+
+
+def _functional(ds: Dataset, frame_group: Dataset | None, sequence: str) -> Dataset | None:
+    """A functional-group macro item, per-frame first, then shared."""
+    return _item(frame_group, sequence) or _item(_item(ds, "SharedFunctionalGroupsSequence"), sequence)
+
+
+def header_from_dataset(ds: Dataset, path: str, *, has_pixel_data: bool) -> InstanceHeader:
+    """Build an :class:`InstanceHeader` from a dataset read without pixels."""
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = _text(meta, "TransferSyntaxUID") if meta is not None else ""
+    n_frames = _int(ds, "NumberOfFrames") or 1
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") if "PerFrameFunctionalGroupsSequence" in ds else None
+    enhanced = per_frame is not None or "SharedFunctionalGroupsSequence" in ds
+
+    orientation = _floats(ds, "ImageOrientationPatient", 6)
+    position = _floats(ds, "ImagePositionPatient", 3)
+    spacing = _floats(ds, "PixelSpacing", 2)
+    thickness = _float(ds, "SliceThickness")
+    kernel = _text(ds, "ConvolutionKernel")
+    contrast_agent = _text(ds, "ContrastBolusAgent")
+    contrast_administered: bool | None = None
+    frame_positions: tuple[tuple[float, float, float], ...] = ()
+
+    if enhanced:
+        first = per_frame[0] if per_frame else None
+        orientation = orientation or _floats(_functional(ds, first, "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
+        measures = _functional(ds, first, "PixelMeasuresSequence")
+        spacing = spacing or _floats(measures, "PixelSpacing", 2)
+        thickness = thickness if thickness is not None else _float(measures, "SliceThickness")
+        kernel = kernel or _text(_functional(ds, first, "CTReconstructionSequence") or Dataset(), "ConvolutionKernel")
+        usage = _functional(ds, first, "ContrastBolusUsageSequence")
+        if usage is not None:
+            administered = _text(usage, "ContrastBolusAgentAdministered").upper()
+            contrast_administered = administered == "YES" if administered else None
+        agent_item = _item(ds, "ContrastBolusAgentSequence")
+        if agent_item is not None and not contrast_agent:
+            contrast_agent = _text(agent_item, "CodeMeaning") or "CODED AGENT"
+        positions = []
+        for group in per_frame or ():
+            pos = _floats(_item(group, "PlanePositionSequence"), "ImagePositionPatient", 3)
+            if pos is None:
+                positions = []
+                break
+            positions.append(pos)
+        if not positions:
+            shared_pos = _floats(_functional(ds, None, "PlanePositionSequence"), "ImagePositionPatient", 3)
+            if shared_pos is not None and n_frames == 1:
+                positions = [shared_pos]
+        frame_positions = tuple(positions)  # type: ignore[arg-type]
+        position = position or (frame_positions[0] if frame_positions else None)
+    elif position is not None:
+        frame_positions = (position,)  # type: ignore[assignment]
+
+    return InstanceHeader(
+        path=path,
+        sop_class_uid=_text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta is not None else ""),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+        modality=_text(ds, "Modality").upper(),
+        image_type=tuple(v.strip().upper() for v in _text(ds, "ImageType").split("\\") if v.strip()),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        instance_number=_int(ds, "InstanceNumber"),
+        acquisition_number=_int(ds, "AcquisitionNumber"),
+        manufacturer=_text(ds, "Manufacturer"),
+        body_part=_text(ds, "BodyPartExamined").upper(),
+        transfer_syntax_uid=transfer_syntax,
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        number_of_frames=n_frames,
+        is_multiframe=enhanced or n_frames > 1,
+        orientation=orientation,  # type: ignore[arg-type]
+        position=position,  # type: ignore[arg-type]
+        frame_positions=frame_positions,
+        pixel_spacing_mm=spacing,  # type: ignore[arg-type]
+        slice_thickness_mm=thickness,
+        gantry_tilt_deg=_float(ds, "GantryDetectorTilt"),
+        kernel=kernel,
+        contrast_agent=contrast_agent,
+        contrast_administered=contrast_administered,
+        kvp=_float(ds, "KVP"),
+        patient_age_years=parse_age_years(_text(ds, "PatientAge")),
+        lossy_compression=_text(ds, "LossyImageCompression") == "01",
+        has_pixel_data=has_pixel_data,
+    )
+
+
+# ---------------------------------------------------------------------------
+# reading one file
+
+_NON_DICOM, _UNREADABLE, _INDEX = "non_dicom", "unreadable", "index"
+
+
+def _looks_like_raw_dataset(head: bytes) -> bool:
+    """A file without the DICM prefix that starts with a plausible group 0002/0008 tag."""
+    if len(head) < 8:
+        return False
+    group, elem = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008) or elem > 0x0100:
+        return False
+    vr = head[4:6]
+    return (b"AA" <= vr <= b"ZZ") or struct.unpack("<I", head[4:8])[0] < 0x10000
+
+
+def _pixel_data_state(fp: Any, file_size: int, transfer_syntax: str, implicit: bool) -> tuple[bool, bool]:
+    """After a ``stop_before_pixels`` read: (has pixel data, pixel data truncated)."""
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        return False, False
+    little = transfer_syntax != BIG_ENDIAN_TRANSFER_SYNTAX_UID
+    group, elem = struct.unpack("<HH" if little else ">HH", head[:4])
+    if (group << 16 | elem) not in PIXEL_DATA_TAGS:
+        return False, False
+    if implicit:
+        (length,), value_start = struct.unpack("<I", head[4:8]), start + 8
+    elif head[4:6] in _EXPLICIT_LONG_VRS:
+        if len(head) < 12:
+            return True, True
+        (length,), value_start = struct.unpack("<I" if little else ">I", head[8:12]), start + 12
+    else:
+        (length,), value_start = struct.unpack("<H" if little else ">H", head[6:8]), start + 8
+    if length != 0xFFFFFFFF:
+        return True, value_start + length > file_size
+    # Encapsulated: the file must end with (or near) the sequence delimiter.
+    tail_size = min(file_size - value_start, 1 << 16)
+    fp.seek(file_size - tail_size)
+    tail = fp.read(tail_size)
+    return True, _SEQUENCE_DELIMITER not in tail
+
+
+def read_header(path: str) -> tuple[str, InstanceHeader | None]:
+    """Read one file's header. Returns (kind, header): kind is "dicom",
+    "non_dicom", "unreadable" or "index" (a DICOMDIR); never raises for bad files."""
+    try:
+        file_size = os.path.getsize(path)
+        with open(path, "rb") as fp:
+            head = fp.read(132)
+            if head[128:132] == b"DICM":
+                force = False
+            elif _looks_like_raw_dataset(head):
+                force = True
+            else:
+                return _NON_DICOM, None
+            fp.seek(0)
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+            meta = getattr(ds, "file_meta", None)
+            transfer_syntax = _text(meta, "TransferSyntaxUID") if meta is not None else ""
+            media_class = _text(meta, "MediaStorageSOPClassUID") if meta is not None else ""
+            if "DirectoryRecordSequence" in ds or media_class == MEDIA_STORAGE_DIRECTORY_UID:
+                # A DICOMDIR is an index, not an instance; a vendor index under
+                # another name (Philips DIRFILE) counts as non-DICOM.
+                return (_INDEX if _is_dicomdir_name(Path(path)) else _NON_DICOM), None
+            if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+                # e.g. a Philips DIRFILE: a DICM prefix but no DICOM object inside
+                return _NON_DICOM, None
+            if transfer_syntax in DEFLATED_TRANSFER_SYNTAX_UIDS:
+                has_pixels, truncated = True, False
+            else:
+                implicit = (transfer_syntax == IMPLICIT_TRANSFER_SYNTAX_UID) or (
+                    not transfer_syntax and force and not (b"AA" <= head[4:6] <= b"ZZ")
+                )
+                has_pixels, truncated = _pixel_data_state(fp, file_size, transfer_syntax, implicit)
+            if truncated:
+                log.debug("pixel data truncated in a file; counted as unreadable")
+                return _UNREADABLE, None
+            return "dicom", header_from_dataset(ds, path, has_pixel_data=has_pixels)
+    except (InvalidDicomError, EOFError, OSError, struct.error, ValueError, KeyError,
+            IndexError, TypeError, AttributeError, NotImplementedError, OverflowError,
+            UnicodeDecodeError, LookupError) as exc:
+        log.debug("unreadable file (%s)", type(exc).__name__)
+        return _UNREADABLE, None
+
+
+# ---------------------------------------------------------------------------
+# finding files
+
+
+def _walk_files(folder: Path) -> list[str]:
+    """Every regular file under ``folder`` (recursive, no symlinked folders), sorted."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if os.path.isfile(full):
+                found.append(full)
+    return found
+
+
+def _dicomdir_files(dicomdir: Path) -> tuple[list[str] | None, str]:
+    """The files a DICOMDIR references, or (None, flag) when the index cannot be
+    trusted: ``stale_dicomdir`` if it lists a file that does not exist (or one
+    outside its folder), ``invalid_dicomdir`` if it cannot be read."""
+    from pydicom.fileset import FileSet
+
+    root = dicomdir.parent.resolve()
+    try:
+        fileset = FileSet(pydicom.dcmread(str(dicomdir)))
+        paths = [Path(instance.path).resolve() for instance in fileset]
+    except Exception as exc:  # noqa: BLE001 - any broken index means: scan the folder
+        log.warning("DICOMDIR unreadable (%s); scanning its folder instead", type(exc).__name__)
+        return None, "invalid_dicomdir"
+    for p in paths:
+        if not p.is_file() or root not in p.parents:
+            log.warning("DICOMDIR lists files that do not exist; scanning its folder instead")
+            return None, "stale_dicomdir"
+    return [str(p) for p in paths], ""
+
+
+def _is_directory_object(path: Path) -> bool:
+    """True for a file holding a Media Storage Directory (a DICOMDIR, whatever its name)."""
+    if _is_dicomdir_name(path):
+        return True
+    try:
+        with open(path, "rb") as fp:
+            if fp.read(132)[128:132] != b"DICM":
+                return False
+        meta = pydicom.filereader.read_file_meta_info(str(path))
+        return _text(meta, "MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY_UID
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _read_all(paths: Sequence[str], max_workers: int | None) -> list[tuple[str, InstanceHeader | None]]:
+    workers = max_workers or min(_MAX_WORKERS, 2 * (os.cpu_count() or 1))
+    if len(paths) < 4 or workers <= 1:
+        return [read_header(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ictus-scan") as pool:
+        return list(pool.map(read_header, paths, chunksize=8))
+
+
+def _is_dicomdir_name(path: Path) -> bool:
+    return path.name.upper() == "DICOMDIR"
+
+
+def scan(path: str | os.PathLike[str], *, max_workers: int | None = None) -> ScanResult:
+    """Find the DICOM instances under ``path`` and read their headers (no pixels).
+
+    ``path`` may be a folder (searched recursively), a DICOMDIR, a folder with a
+    DICOMDIR at its top, or a single file. A DICOMDIR that lists missing files
+    is ignored and its folder scanned instead (flag ``stale_dicomdir``).
+    Non-DICOM files are skipped and counted; truncated or corrupt ones are
+    counted as unreadable. Raises :class:`InvalidInputError` when the path does
+    not exist or holds no readable DICOM instance.
+    """
+    given = Path(path)
+    if not given.exists():
+        raise InvalidInputError(
+            "input not found: no file or folder at the given path; give a study folder, a DICOMDIR or a DICOM file"
+        )
+    flags: list[str] = []
+    dicomdir: Path | None = None
+    if given.is_dir():
+        candidates = [p for p in given.iterdir() if _is_dicomdir_name(p) and p.is_file()]
+        dicomdir = candidates[0] if candidates else None
+        folder = given
+    else:
+        folder = given.parent
+        if _is_directory_object(given):
+            dicomdir = given
+
+    source = "folder"
+    paths: list[str] | None = None
+    if dicomdir is not None:
+        paths, flag = _dicomdir_files(dicomdir)
+        if paths is None:
+            flags.append(flag)
+        else:
+            source = "dicomdir"
+    if paths is None:
+        if given.is_file() and dicomdir is None:
+            paths, source = [str(given)], "file"
+        else:
+            paths = _walk_files(folder)
+
+    if not paths:
+        raise InvalidInputError(
+            "the input folder is empty (0 files); give the folder that holds the study's DICOM files"
+        )
+    results = _read_all(paths, max_workers)
+    instances = tuple(h for kind, h in results if kind == "dicom" and h is not None)
+    non_dicom = sum(1 for kind, _ in results if kind == _NON_DICOM)
+    unreadable_paths = tuple(p for p, (kind, _) in zip(paths, results) if kind == _UNREADABLE)
+    index_files = sum(1 for kind, _ in results if kind == _INDEX)
+    result = ScanResult(
+        root=str(given),
+        source=source,
+        instances=instances,
+        n_files=len(paths),
+        skipped_non_dicom=non_dicom,
+        unreadable=len(unreadable_paths),
+        index_files=index_files,
+        flags=tuple(flags),
+        unreadable_paths=unreadable_paths,
+    )
+    log.info("scanned %s (%s)", result.summary(), source)
+    if not instances:
+        raise InvalidInputError(
+            f"no readable DICOM instance: {len(paths)} files, {non_dicom} non-DICOM, "
+            f"{len(unreadable_paths)} unreadable; check that the path holds the study's DICOM files "
+            "(truncated copies must be transferred again)"
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------
+# pixels of one frame (a cheap sample; the volume builder reads whole series)
+
+
+def _rescale(ds: Dataset, frame_number: int | None) -> tuple[float, float]:
+    slope, intercept = _float(ds, "RescaleSlope"), _float(ds, "RescaleIntercept")
+    if slope is None or intercept is None:
+        group = None
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence") if frame_number else None
+        if per_frame and 0 < frame_number <= len(per_frame):  # type: ignore[operator]
+            group = per_frame[frame_number - 1]  # type: ignore[operator]
+        item = _functional(ds, group, "PixelValueTransformationSequence")
+        slope, intercept = _float(item, "RescaleSlope"), _float(item, "RescaleIntercept")
+    return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+
+
+def read_frame_hu(path: str, frame_number: int | None = None) -> np.ndarray:
+    """Pixels of one frame (1-based ``frame_number`` for multi-frame objects)
+    with the modality rescale applied, as float32. Raises InvalidInputError."""
+    from pydicom.pixels import pixel_array
+
+    ds = Dataset()
+    try:
+        index = (frame_number - 1) if frame_number else 0
+        arr = pixel_array(path, index=index, ds_out=ds)
+    except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+        raise InvalidInputError(
+            f"cannot decode the pixels of one image ({type(exc).__name__}); check the file is complete "
+            "and its transfer syntax is supported"
+        ) from exc
+    slope, intercept = _rescale(ds, frame_number)
+    return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def iter_paths(instances: Iterable[InstanceHeader]) -> tuple[str, ...]:
+    """The distinct file paths of some instances, in order."""
+    return tuple(dict.fromkeys(h.path for h in instances))
