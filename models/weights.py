@@ -268,16 +268,16 @@ def verify(
 # ----------------------------------------------------------------------- resolve
 def _pull_hint(card: ModelCard, models_dir: str | Path | None, origin: str, names: list[str], all_default: bool) -> str:
     """The exact command(s) to run when weights are missing."""
-    cmd = f"ictus models pull {card.id}"
+    cmd = f"ictus models pull {card.card_path if origin == 'card folder' else card.id}"
     if origin == "--models-dir":
         cmd += f" --models-dir {models_dir}"
     if not all_default:
         cmd += " --members " + ",".join(n.split("_")[-1] if n.startswith("model_") else n for n in names)
-    where = (
-        f"the folder named by {ENV_MODELS_DIR}"
-        if origin == ENV_MODELS_DIR
-        else ("the folder given by --models-dir" if origin == "--models-dir" else "the user cache")
-    )
+    where = {
+        ENV_MODELS_DIR: f"the folder named by {ENV_MODELS_DIR}",
+        "--models-dir": "the folder given by --models-dir",
+        "card folder": "the card's folder",
+    }.get(origin, "the user cache")
     return (
         f"run `{cmd}` (downloads from the pinned upstream URLs) or `{cmd} --from /path/to/mirror` "
         f"(imports a local copy) to install them into {where}, "

@@ -291,3 +291,18 @@ def test_real_conversion_runs_in_onnxruntime(tmp_path):
     x = np.zeros((1, 1, size, size, size), np.float32)
     (logits,) = session.run(None, {session.get_inputs()[0].name: x})
     assert logits.shape == (1, CARD.num_classes, *(3 * [CARD.patch.output_size_for(size)]))
+
+
+def test_card_folder_with_bare_onnx_members(tmp_path):
+    """A card loaded by path uses ONNX files next to it; a missing one names the card in the fix."""
+    from models.registry import load_card
+
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "card.json").write_text(json.dumps(CARD.to_dict()))
+    (folder / "model_1.onnx").write_bytes(b"an onnx model")
+    card = load_card(folder)
+    [resolved] = weights.resolve_members(card, None, "fast")
+    assert resolved.onnx_path == folder.resolve() / "model_1.onnx" and resolved.weights_path is None
+    with pytest.raises(ModelError, match=rf"`ictus models pull {folder.resolve() / 'card.json'} --members 2`.*card's folder"):
+        weights.resolve_members(card, None, "2")
