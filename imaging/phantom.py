@@ -1,0 +1,1510 @@
+"""A synthetic head-CT phantom with known ground truth.
+
+The anatomy is defined *analytically* as functions of physical LPS coordinates
+(mm; +x = patient left, +y = posterior, +z = superior; the head centre is the
+origin), so any acquisition geometry (slice thickness, gantry tilt, pixel
+spacing) samples the same object:
+
+- scalp (skin ~40 HU, subcutaneous fat ~-90 HU, galea ~40 HU) and a neck;
+- skull: outer table, diploe, inner table;
+- subarachnoid CSF rim, cortical grey matter, white matter, deep grey nuclei;
+- paired lateral ventricles, third ventricle, septum pellucidum (the tissue
+  left between the two lateral ventricles), suprasellar cistern, a falx in the
+  interhemispheric fissure;
+- dural venous sinuses (dense even without contrast), and with ``contrast``
+  enhancing arteries and sinuses.
+
+Optional haemorrhage (IPH, EAH, IVH) of an exact volume, an optional
+perihaematomal oedema rim, and an optional midline shift: the midline brain
+structures are displaced along patient x by the shift inside a central
+plateau, and the displacement decays smoothly (raised cosine) to zero at the
+inner table, so the skull stays symmetric.
+
+Conventions recorded in the ground truth:
+
+- Labels follow BLAST-CT: 0 background, 1 IPH, 2 EAH, 3 oedema, 4 IVH.
+- ``midline_shift_signed_mm`` is positive towards patient LEFT (+x in LPS),
+  negative towards patient right. The ideal midline is the plane x = 0 (the
+  skull's symmetry plane). By default the shift points away from the
+  haemorrhage.
+- Nominal volumes are realised on a fine grid (0.5-0.7 mm) and hit the
+  requested volume; ``on_grid`` volumes are label voxel counts on the written
+  grid times the voxel volume (a label voxel is one where most of the
+  sub-samples across the slice thickness fall inside the class).
+
+Use :func:`render_phantom` (in memory, no DICOM), :func:`phantom_volume` (a
+:class:`imaging.volume.Volume`), :func:`sample_phantom` (any orthogonal or
+sheared grid) and :func:`write_phantom` (DICOM study + ground truth; the only
+function here that touches disk).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from imaging.errors import InvalidInputError, OutputError
+from imaging.volume import Volume, volume_from_array
+
+log = logging.getLogger(__name__)
+
+HAEMORRHAGE_TYPES = ("IPH", "EAH", "IVH")
+COMPRESSIONS = ("none", "rle", "jpeg-ls", "j2k", "j2k-lossy")
+LABELS = {"background": 0, "IPH": 1, "EAH": 2, "oedema": 3, "IVH": 4}
+IPH_LOCATIONS = ("basal-ganglia", "thalamus", "lobar-frontal", "lobar-parietal")
+EAH_LOCATIONS = ("convexity", "frontal", "temporal", "occipital")
+
+#: Tissue codes of the ``tissue`` map returned by :func:`render_phantom`.
+TISSUES = {
+    "air": 0,
+    "soft_tissue": 1,
+    "fat": 2,
+    "cortical_bone": 3,
+    "diploe": 4,
+    "csf": 5,
+    "grey_matter": 6,
+    "white_matter": 7,
+    "deep_grey": 8,
+    "lateral_ventricle_left": 9,
+    "lateral_ventricle_right": 10,
+    "third_ventricle": 11,
+    "falx": 12,
+    "venous_sinus": 13,
+    "artery": 14,
+    "haemorrhage": 15,
+    "oedema": 16,
+}
+PARENCHYMA_TISSUES = (TISSUES["grey_matter"], TISSUES["white_matter"], TISSUES["deep_grey"])
+VENTRICLE_TISSUES = (
+    TISSUES["lateral_ventricle_left"],
+    TISSUES["lateral_ventricle_right"],
+    TISSUES["third_ventricle"],
+)
+
+# Tissue HU (non-contrast); partial volume and noise are added on top.
+HU = {
+    "air": -1000.0,
+    "soft_tissue": 40.0,
+    "fat": -90.0,
+    "cortical_bone": 1300.0,
+    "diploe": 650.0,
+    "csf": 8.0,
+    "grey_matter": 40.0,
+    "white_matter": 27.0,
+    "deep_grey": 37.0,
+    "ventricle": 5.0,
+    "falx": 60.0,
+    "venous_sinus": 48.0,
+    "venous_sinus_contrast": 250.0,
+    "artery_contrast": 300.0,
+    "oedema": 20.0,
+}
+
+_HU_MIN, _HU_MAX = -1024.0, 3071.0
+_SEPTUM_HALF_MM = 1.5  # half thickness of the septum pellucidum
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """Every option of a phantom. Lengths in mm, volumes in mL, densities in HU.
+
+    ``haemorrhage_side`` is "left" or "right" (patient side); for IVH also
+    "both". ``haemorrhage_location`` names a place (see ``IPH_LOCATIONS`` and
+    ``EAH_LOCATIONS``); ``haemorrhage_centre_lps_mm`` overrides it (IPH: the
+    ellipsoid centre; EAH: a point whose direction from the head centre gives
+    the thickest part of the crescent). ``midline_shift_direction`` is "left"
+    or "right" (towards the patient's side); None points away from the
+    haemorrhage, or to the left without one. ``slice_spacing_mm`` None means
+    contiguous slices (= thickness); with gantry tilt it is the distance
+    between the tilted planes and the table moves spacing / cos(tilt).
+    ``n_slices`` None covers ``z_coverage_mm``.
+    """
+
+    haemorrhage: str | None = None
+    haemorrhage_volume_ml: float = 30.0
+    haemorrhage_side: str = "right"
+    haemorrhage_location: str | None = None
+    haemorrhage_centre_lps_mm: tuple[float, float, float] | None = None
+    haemorrhage_hu: float = 65.0
+    oedema_rim_mm: float = 0.0
+    midline_shift_mm: float = 0.0
+    midline_shift_direction: str | None = None
+    slice_thickness_mm: float = 5.0
+    slice_spacing_mm: float | None = None
+    pixel_spacing_mm: float = 0.45
+    matrix: int = 512
+    n_slices: int | None = None
+    z_coverage_mm: float = 170.0
+    gantry_tilt_deg: float = 0.0
+    compression: str = "none"
+    contrast: bool = False
+    patient_age_years: float = 60.0
+    noise_hu: float = 5.0
+    seed: int = 0
+    with_scout: bool = False
+    partial_volume_samples: int = 5
+
+    def validated(self) -> "PhantomSpec":
+        """The spec itself, or InvalidInputError naming the bad option."""
+        def bad(msg: str) -> InvalidInputError:
+            return InvalidInputError(f"phantom: {msg}")
+
+        if self.haemorrhage is not None and self.haemorrhage not in HAEMORRHAGE_TYPES:
+            raise bad(f"unknown haemorrhage type {self.haemorrhage!r}; use one of {', '.join(HAEMORRHAGE_TYPES)}")
+        if self.haemorrhage is not None and not 0.05 <= self.haemorrhage_volume_ml <= 200:
+            raise bad(f"haemorrhage volume {self.haemorrhage_volume_ml} mL is outside 0.05-200 mL")
+        sides = ("left", "right", "both") if self.haemorrhage == "IVH" else ("left", "right")
+        if self.haemorrhage is not None and self.haemorrhage_side not in sides:
+            raise bad(f"haemorrhage side {self.haemorrhage_side!r} is not one of {', '.join(sides)}")
+        if self.haemorrhage_location is not None:
+            allowed = {"IPH": IPH_LOCATIONS, "EAH": EAH_LOCATIONS}.get(self.haemorrhage or "", ())
+            if self.haemorrhage_location not in allowed:
+                raise bad(f"location {self.haemorrhage_location!r} is not known for {self.haemorrhage}; "
+                          f"use one of {', '.join(allowed) or '(none)'}")
+        if not 0 <= self.midline_shift_mm <= 20:
+            raise bad(f"midline shift {self.midline_shift_mm} mm is outside 0-20 mm")
+        if self.midline_shift_direction not in (None, "left", "right"):
+            raise bad(f"midline shift direction {self.midline_shift_direction!r} is not left or right")
+        if not 0.3 <= self.slice_thickness_mm <= 10:
+            raise bad(f"slice thickness {self.slice_thickness_mm} mm is outside 0.3-10 mm")
+        if self.slice_spacing_mm is not None and not 0.3 <= self.slice_spacing_mm <= 20:
+            raise bad(f"slice spacing {self.slice_spacing_mm} mm is outside 0.3-20 mm")
+        if not 0.1 <= self.pixel_spacing_mm <= 5:
+            raise bad(f"pixel spacing {self.pixel_spacing_mm} mm is outside 0.1-5 mm")
+        if not 16 <= self.matrix <= 1024:
+            raise bad(f"matrix {self.matrix} is outside 16-1024")
+        if self.n_slices is not None and not 1 <= self.n_slices <= 2000:
+            raise bad(f"number of slices {self.n_slices} is outside 1-2000")
+        if not 5 <= self.z_coverage_mm <= 400:
+            raise bad(f"z coverage {self.z_coverage_mm} mm is outside 5-400 mm")
+        if not -35 <= self.gantry_tilt_deg <= 35:
+            raise bad(f"gantry tilt {self.gantry_tilt_deg} degrees is outside -35..35")
+        if self.compression not in COMPRESSIONS:
+            raise bad(f"compression {self.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        if not 0 <= self.patient_age_years <= 120:
+            raise bad(f"patient age {self.patient_age_years} years is outside 0-120")
+        if not 0 <= self.noise_hu <= 100:
+            raise bad(f"noise {self.noise_hu} HU is outside 0-100 HU")
+        if not 0 <= self.oedema_rim_mm <= 20:
+            raise bad(f"oedema rim {self.oedema_rim_mm} mm is outside 0-20 mm")
+        if self.oedema_rim_mm > 0 and self.haemorrhage != "IPH":
+            raise bad("an oedema rim needs an IPH haemorrhage")
+        if not 1 <= self.partial_volume_samples <= 15:
+            raise bad(f"partial-volume samples {self.partial_volume_samples} is outside 1-15")
+        return self
+
+
+# ---------------------------------------------------------------------------
+# Geometry of the written grid
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PhantomGeometry:
+    """Where the written DICOM pixels lie (LPS mm).
+
+    Pixel (column i, row j) of slice k lies at ``ipp[k] + i*dc*row_dir +
+    j*dr*col_dir``; slices are ordered inferior to superior. With gantry tilt
+    the stack is sheared: the planes are tilted about patient x (GE style) and
+    the positions advance along the table (z) only.
+    """
+
+    rows: int
+    columns: int
+    pixel_spacing_mm: tuple[float, float]  # (row spacing, column spacing), DICOM order
+    image_orientation_patient: tuple[float, float, float, float, float, float]
+    image_positions_patient: tuple[tuple[float, float, float], ...]
+    slice_thickness_mm: float
+    slice_spacing_mm: float  # between the planes, along their normal
+    table_increment_mm: float  # between image positions, along z
+    gantry_tilt_deg: float
+
+    @property
+    def n_slices(self) -> int:
+        """Number of slices."""
+        return len(self.image_positions_patient)
+
+    @property
+    def row_direction(self) -> np.ndarray:
+        """Direction of increasing column index (LPS)."""
+        return np.array(self.image_orientation_patient[:3], dtype=float)
+
+    @property
+    def column_direction(self) -> np.ndarray:
+        """Direction of increasing row index (LPS)."""
+        return np.array(self.image_orientation_patient[3:], dtype=float)
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit normal of the image planes."""
+        return np.cross(self.row_direction, self.column_direction)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 (i, j, k) -> LPS mm affine of the stack (sheared when tilted)."""
+        ipp = np.array(self.image_positions_patient, dtype=float)
+        step = (ipp[-1] - ipp[0]) / (len(ipp) - 1) if len(ipp) > 1 else self.normal * self.slice_spacing_mm
+        out = np.eye(4)
+        out[:3, 0] = self.row_direction * self.pixel_spacing_mm[1]
+        out[:3, 1] = self.column_direction * self.pixel_spacing_mm[0]
+        out[:3, 2] = step
+        out[:3, 3] = ipp[0]
+        return out
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel (pixel area x slice spacing) in mL."""
+        return self.pixel_spacing_mm[0] * self.pixel_spacing_mm[1] * self.slice_spacing_mm / 1000.0
+
+    @property
+    def is_orthogonal(self) -> bool:
+        """True when the stack advances along the plane normal (no tilt)."""
+        return abs(self.gantry_tilt_deg) < 1e-9
+
+
+def phantom_geometry(spec: PhantomSpec) -> PhantomGeometry:
+    """The written grid of a spec: a matrix x matrix FOV centred on the head."""
+    spec = spec.validated()
+    tilt = math.radians(spec.gantry_tilt_deg)
+    spacing = spec.slice_spacing_mm or spec.slice_thickness_mm
+    table_inc = spacing / math.cos(tilt)
+    n = spec.n_slices or max(1, int(round(spec.z_coverage_mm / spacing)))
+    k = _head_scale(spec.patient_age_years)
+    z_top = 72.0 * k + 3.0  # 3 mm above the vertex
+    centres_z = z_top - (n - 1 - np.arange(n)) * table_inc
+    if spec.n_slices is not None:  # centre a given number of slices on the head
+        centres_z = centres_z - (centres_z[0] + centres_z[-1]) / 2.0 + _head_centre_z(spec, k)
+    row = np.array([1.0, 0.0, 0.0])
+    col = np.array([0.0, math.cos(tilt), -math.sin(tilt)])  # GE: +tilt -> negative z component
+    d = spec.pixel_spacing_mm
+    half = (spec.matrix - 1) / 2.0
+    ipps = tuple(
+        tuple(float(round(v, 6)) for v in (np.array([0.0, 0.0, zc]) - half * d * row - half * d * col))
+        for zc in centres_z
+    )
+    iop = tuple(float(round(v, 9)) for v in (*row, *col))
+    return PhantomGeometry(
+        rows=spec.matrix,
+        columns=spec.matrix,
+        pixel_spacing_mm=(d, d),
+        image_orientation_patient=iop,  # type: ignore[arg-type]
+        image_positions_patient=ipps,
+        slice_thickness_mm=spec.slice_thickness_mm,
+        slice_spacing_mm=spacing,
+        table_increment_mm=table_inc,
+        gantry_tilt_deg=spec.gantry_tilt_deg,
+    )
+
+
+def _head_scale(age_years: float) -> float:
+    """Linear head size relative to an adult (children have smaller heads)."""
+    if age_years >= 16:
+        return 1.0
+    return 0.72 + 0.28 * math.sqrt(max(age_years, 0.0) / 16.0)
+
+
+def _head_centre_z(spec: PhantomSpec, k: float) -> float:
+    """The z a fixed slice count is centred on (mid-cranium, a little low)."""
+    return -8.0 * k
+
+
+# ---------------------------------------------------------------------------
+# Analytic anatomy
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Ellipsoid:
+    centre: tuple[float, float, float]
+    semi: tuple[float, float, float]
+
+    def bbox(self, pad: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        c, s = np.array(self.centre), np.array(self.semi)
+        return c - s - pad, c + s + pad
+
+    def q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Squared normalised radius (< 1 inside)."""
+        (cx, cy, cz), (a, b, c) = self.centre, self.semi
+        return ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / c) ** 2
+
+    def scaled(self, anchor: Sequence[float], factors: Sequence[float], semi_factors: Sequence[float]) -> "_Ellipsoid":
+        c = tuple(float(a + f * (v - a)) for v, a, f in zip(self.centre, anchor, factors))
+        s = tuple(float(v * f) for v, f in zip(self.semi, semi_factors))
+        return _Ellipsoid(c, s)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Capsule:
+    a: tuple[float, float, float]
+    b: tuple[float, float, float]
+    radius: float
+
+    def bbox(self) -> tuple[np.ndarray, np.ndarray]:
+        a, b = np.array(self.a), np.array(self.b)
+        return np.minimum(a, b) - self.radius, np.maximum(a, b) + self.radius
+
+    def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        a, b = np.array(self.a, dtype=float), np.array(self.b, dtype=float)
+        ab = b - a
+        t = ((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / float(ab @ ab)
+        t = np.clip(t, 0.0, 1.0)
+        d2 = (x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2
+        return d2 < self.radius**2
+
+
+@dataclass(frozen=True)
+class _Haemorrhage:
+    """A fitted haemorrhage: membership = kind-specific key < threshold."""
+
+    kind: str
+    side: str  # "left", "right", "both"
+    hu: float
+    threshold: float
+    # IPH: ellipsoid quadratic form normalised by the base semi-axes
+    ellipsoid: _Ellipsoid | None = None
+    oedema_semi: tuple[float, float, float] | None = None  # absolute semi-axes of the oedema ellipsoid
+    # EAH: thickest direction and angular half-extent
+    direction: tuple[float, float, float] | None = None
+    half_angle_rad: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    """All analytic parameters of one head (lengths already scaled by age)."""
+
+    k: float
+    scalp: _Ellipsoid
+    fat: _Ellipsoid
+    galea: _Ellipsoid
+    skull: _Ellipsoid
+    diploe: _Ellipsoid
+    inner_table_bone: _Ellipsoid
+    intracranial: _Ellipsoid
+    brain: _Ellipsoid
+    white: _Ellipsoid
+    deep_grey: tuple[_Ellipsoid, ...]
+    ventricles_left: tuple[_Ellipsoid, ...]
+    ventricles_right: tuple[_Ellipsoid, ...]
+    third_ventricle: _Ellipsoid
+    cistern: _Ellipsoid
+    falx_free_edge: _Ellipsoid  # the falx lies outside this (in y-z)
+    neck: _Ellipsoid  # an elliptic cylinder below neck_top_z (z semi ignored)
+    neck_top_z: float
+    spine: _Capsule
+    arteries: tuple[_Capsule, ...]
+    shift_signed_mm: float
+    shift_plateau: float  # normalised intracranial radius of the rigid-shift plateau
+    ventricle_dilation: float
+    contrast: bool
+    haemorrhage: _Haemorrhage | None = None
+
+
+def _build_anatomy(spec: PhantomSpec, ventricle_dilation: float | None = None) -> _Anatomy:
+    """The analytic head for a spec (without the haemorrhage)."""
+    k = _head_scale(spec.patient_age_years)
+    age = spec.patient_age_years
+    E = lambda c, s: _Ellipsoid(tuple(k * v for v in c), tuple(k * v for v in s))  # noqa: E731
+    inner = (65.0, 82.0, 60.0)
+    grow = lambda s, d: tuple(v + d for v in s)  # noqa: E731
+    csf_rim = 2.0 + 0.08 * max(0.0, age - 40.0)  # atrophy widens the subarachnoid space
+    brain_semi = grow(inner, -csf_rim)
+    if ventricle_dilation is None:
+        ventricle_dilation = 1.0 + 0.007 * max(0.0, age - 30.0)
+    s = ventricle_dilation
+    sy = math.sqrt(s)
+
+    def ventricle(side: float) -> tuple[_Ellipsoid, ...]:
+        anchor = (side * _SEPTUM_HALF_MM * k, 0.0, 10.0 * k)
+        # component centres keep the inner wall at the septum: x = side*(1.5 + semi_x)
+        parts = [
+            ((1.5 + 5.5, -2.0, 14.0), (5.5, 26.0, 6.5)),   # body
+            ((1.5 + 6.0, -24.0, 10.0), (6.0, 9.0, 8.0)),   # frontal horn
+            ((1.5 + 9.5, 24.0, 8.0), (5.0, 12.0, 6.0)),    # atrium / occipital horn
+        ]
+        out = []
+        for c, sm in parts:
+            e = _Ellipsoid((side * c[0] * k, c[1] * k, c[2] * k), tuple(v * k for v in sm))
+            out.append(e.scaled(anchor, (s, sy, s), (s, sy, s)))
+        # temporal horns: only their calibre grows
+        t = _Ellipsoid((side * 31.0 * k, 4.0 * k, -20.0 * k), (3.0 * k, 12.0 * k, 3.0 * k))
+        out.append(_Ellipsoid(t.centre, (t.semi[0] * sy, t.semi[1], t.semi[2] * sy)))
+        return tuple(out)
+
+    deep = tuple(
+        E((sd * cx, cy, cz), sm)
+        for sd in (-1.0, 1.0)
+        for cx, cy, cz, sm in (
+            (11.0, 9.0, 4.0, (8.0, 12.0, 8.0)),    # thalamus
+            (23.0, -5.0, 3.0, (6.0, 14.0, 9.0)),   # lentiform nucleus
+            (11.0, -17.0, 11.0, (4.5, 8.0, 8.0)),  # caudate head
+        )
+    )
+    arteries = (
+        _Capsule((-12 * k, -10 * k, -75 * k), (-12 * k, -10 * k, -22 * k), 2.2 * k),  # ICAs
+        _Capsule((12 * k, -10 * k, -75 * k), (12 * k, -10 * k, -22 * k), 2.2 * k),
+        _Capsule((0.0, 16 * k, -75 * k), (0.0, 6 * k, -24 * k), 1.6 * k),  # basilar
+        _Capsule((-12 * k, -10 * k, -22 * k), (-45 * k, -8 * k, -16 * k), 1.5 * k),  # MCAs
+        _Capsule((12 * k, -10 * k, -22 * k), (45 * k, -8 * k, -16 * k), 1.5 * k),
+        _Capsule((-3 * k, -14 * k, -18 * k), (-3 * k, -45 * k, 18 * k), 1.2 * k),  # ACAs
+        _Capsule((3 * k, -14 * k, -18 * k), (3 * k, -45 * k, 18 * k), 1.2 * k),
+    )
+    return _Anatomy(
+        k=k,
+        scalp=E((0, 0, 0), grow(inner, 12.0)),
+        fat=E((0, 0, 0), grow(inner, 10.5)),
+        galea=E((0, 0, 0), grow(inner, 8.5)),
+        skull=E((0, 0, 0), grow(inner, 7.0)),
+        diploe=E((0, 0, 0), grow(inner, 5.2)),
+        inner_table_bone=E((0, 0, 0), grow(inner, 2.0)),
+        intracranial=E((0, 0, 0), inner),
+        brain=E((0, 0, 0), brain_semi),
+        white=E((0, 0, 0), grow(brain_semi, -3.5)),
+        deep_grey=deep,
+        ventricles_left=ventricle(+1.0),
+        ventricles_right=ventricle(-1.0),
+        third_ventricle=E((0, 5, 2), (2.2, 12.0, 8.0)),
+        cistern=E((0, -6, -24), (11.0, 9.0, 5.0)),
+        falx_free_edge=E((0, 0, -5), (1e6, 48.0, 36.0)),
+        neck=E((0, 12, 0), (48.0, 52.0, 1.0)),
+        neck_top_z=-40.0 * k,
+        spine=_Capsule((0.0, 38 * k, -300.0), (0.0, 38 * k, -75 * k), 9.0 * k),
+        arteries=arteries,
+        shift_signed_mm=_signed_shift(spec),
+        shift_plateau=0.5,
+        ventricle_dilation=float(ventricle_dilation),
+        contrast=spec.contrast,
+    )
+
+
+def _signed_shift(spec: PhantomSpec) -> float:
+    """Midline shift in mm, positive towards patient left (+x)."""
+    if spec.midline_shift_mm == 0:
+        return 0.0
+    direction = spec.midline_shift_direction
+    if direction is None:
+        side = spec.haemorrhage_side if spec.haemorrhage else "right"
+        direction = "right" if side == "left" else "left"  # away from the lesion
+    return spec.midline_shift_mm if direction == "left" else -spec.midline_shift_mm
+
+
+def _displacement(anat: _Anatomy, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray | float:
+    """Lateral displacement (mm) of the brain at final position (x, y, z).
+
+    Equal to the shift inside a central plateau (normalised intracranial
+    radius < plateau), decaying as a raised cosine to 0 at the inner table.
+    The map x -> x - d stays monotonic for shifts up to ~20 mm.
+    """
+    if anat.shift_signed_mm == 0:
+        return 0.0
+    rho = np.sqrt(anat.intracranial.q(x, y, z))
+    p0 = anat.shift_plateau
+    t = np.clip((rho - p0) / (1.0 - p0), 0.0, 1.0)
+    return (anat.shift_signed_mm * 0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)
+
+
+def _inner_depth(anat: _Anatomy, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(depth below the inner table in mm, distance from the head centre) - approximate but smooth."""
+    cx, cy, cz = anat.intracranial.centre
+    r = np.sqrt((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2)
+    rho = np.sqrt(anat.intracranial.q(x, y, z))
+    return r * (1.0 / np.maximum(rho, 1e-6) - 1.0), r
+
+
+# ---------------------------------------------------------------------------
+# The painter: evaluate the phantom on a structured block of points
+# ---------------------------------------------------------------------------
+class _Block:
+    """Points x[i] (1-D, columns) x (y, z)[t, j] (2-D: sub-sample/plane, rows).
+
+    Every point is (xs[i], ys[t, j], zs[t, j]); arrays are [t, j, i]. This
+    covers untilted and tilted (about x) stacks and fine 3-D grids.
+    """
+
+    def __init__(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray):
+        self.xs = np.asarray(xs, dtype=np.float32)
+        self.ys = np.asarray(ys, dtype=np.float32)
+        self.zs = np.asarray(zs, dtype=np.float32)
+        shape = (self.ys.shape[0], self.ys.shape[1], self.xs.shape[0])
+        self.hu = np.full(shape, HU["air"], dtype=np.float32)
+        self.tissue = np.zeros(shape, dtype=np.uint8)
+        self.label = np.zeros(shape, dtype=np.uint8)
+        self._disp: np.ndarray | None = None
+        self._disp_box: tuple[slice, slice] | None = None
+        self._anat: _Anatomy | None = None
+
+    def region(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice] | None:
+        """Row and column slices whose points may fall inside the box [lo, hi]."""
+        ii = np.nonzero((self.xs >= lo[0]) & (self.xs <= hi[0]))[0]
+        if ii.size == 0:
+            return None
+        rows = ((self.ys >= lo[1]) & (self.ys <= hi[1]) & (self.zs >= lo[2]) & (self.zs <= hi[2])).any(axis=0)
+        jj = np.nonzero(rows)[0]
+        if jj.size == 0:
+            return None
+        return slice(int(jj[0]), int(jj[-1]) + 1), slice(int(ii[0]), int(ii[-1]) + 1)
+
+    def coords(self, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rs, cs = box
+        return self.xs[None, None, cs], self.ys[:, rs, None], self.zs[:, rs, None]
+
+    def set_displacement(self, anat: _Anatomy) -> None:
+        self._anat = anat
+        lo, hi = anat.intracranial.bbox(abs(anat.shift_signed_mm))
+        box = self.region(lo, hi)
+        self._disp_box = box
+        if box is None or anat.shift_signed_mm == 0:
+            self._disp = None
+            return
+        x, y, z = self.coords(box)
+        self._disp = np.broadcast_to(_displacement(anat, x, y, z), (self.ys.shape[0], box[0].stop - box[0].start,
+                                                                    box[1].stop - box[1].start))
+
+    def warped_coords(self, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Source coordinates (x - displacement) of the brain inside ``box``."""
+        x, y, z = self.coords(box)
+        if self._anat is None or self._anat.shift_signed_mm == 0:
+            return x, y, z
+        rs, cs = box
+        if self._disp is not None and self._disp_box is not None:
+            drs, dcs = self._disp_box
+            if drs.start <= rs.start and rs.stop <= drs.stop and dcs.start <= cs.start and cs.stop <= dcs.stop:
+                d = self._disp[:, rs.start - drs.start: rs.stop - drs.start, cs.start - dcs.start: cs.stop - dcs.start]
+                return x - d, y, z
+        return x - _displacement(self._anat, x, y, z), y, z
+
+    def paint(self, box: tuple[slice, slice], mask: np.ndarray, hu: float, tissue: int) -> None:
+        rs, cs = box
+        mask = np.broadcast_to(mask, (self.ys.shape[0], rs.stop - rs.start, cs.stop - cs.start))
+        np.copyto(self.hu[:, rs, cs], np.float32(hu), where=mask)
+        np.copyto(self.tissue[:, rs, cs], np.uint8(tissue), where=mask)
+
+
+def _paint_ellipsoid(blk: _Block, e: _Ellipsoid, hu: float, tissue: int, warped: bool, pad: float = 0.0,
+                     within: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+    lo, hi = e.bbox(pad)
+    box = blk.region(lo, hi)
+    if box is None:
+        return
+    x, y, z = blk.warped_coords(box) if warped else blk.coords(box)
+    mask = e.q(x, y, z) < 1.0
+    if within is not None:
+        mask = mask & within(x, y, z)
+    blk.paint(box, mask, hu, tissue)
+
+
+def _paint_anatomy(blk: _Block, anat: _Anatomy) -> None:
+    """Paint every normal structure, outside in; later paints win."""
+    T = TISSUES
+    shift_pad = abs(anat.shift_signed_mm)
+    # neck (an elliptic cylinder under the head) and cervical spine
+    n = anat.neck
+    lo = np.array([n.centre[0] - n.semi[0], n.centre[1] - n.semi[1], -1e4])
+    hi = np.array([n.centre[0] + n.semi[0], n.centre[1] + n.semi[1], anat.neck_top_z])
+    box = blk.region(lo, hi)
+    if box is not None:
+        x, y, z = blk.coords(box)
+        r2 = ((x - n.centre[0]) / n.semi[0]) ** 2 + ((y - n.centre[1]) / n.semi[1]) ** 2
+        blk.paint(box, (r2 < 1.0) & (z < anat.neck_top_z), HU["soft_tissue"], T["soft_tissue"])
+        blk.paint(box, (r2 < 0.72) & (r2 >= 0.6) & (z < anat.neck_top_z), HU["fat"], T["fat"])
+    lo, hi = anat.spine.bbox()
+    box = blk.region(lo, hi)
+    if box is not None:
+        x, y, z = blk.coords(box)
+        blk.paint(box, anat.spine.inside(x, y, z), HU["diploe"], T["diploe"])
+    # scalp, skull
+    _paint_ellipsoid(blk, anat.scalp, HU["soft_tissue"], T["soft_tissue"], False)
+    _paint_ellipsoid(blk, anat.fat, HU["fat"], T["fat"], False)
+    _paint_ellipsoid(blk, anat.galea, HU["soft_tissue"], T["soft_tissue"], False)
+    _paint_ellipsoid(blk, anat.skull, HU["cortical_bone"], T["cortical_bone"], False)
+    _paint_ellipsoid(blk, anat.diploe, HU["diploe"], T["diploe"], False)
+    _paint_ellipsoid(blk, anat.inner_table_bone, HU["cortical_bone"], T["cortical_bone"], False)
+    _paint_ellipsoid(blk, anat.intracranial, HU["csf"], T["csf"], False)
+    # brain (displaced by the midline shift)
+    blk.set_displacement(anat)
+    _paint_ellipsoid(blk, anat.brain, HU["grey_matter"], T["grey_matter"], True, shift_pad)
+    _paint_ellipsoid(blk, anat.white, HU["white_matter"], T["white_matter"], True, shift_pad)
+    for e in anat.deep_grey:
+        _paint_ellipsoid(blk, e, HU["deep_grey"], T["deep_grey"], True, shift_pad)
+    for e in anat.ventricles_left:
+        _paint_ellipsoid(blk, e, HU["ventricle"], T["lateral_ventricle_left"], True, shift_pad)
+    for e in anat.ventricles_right:
+        _paint_ellipsoid(blk, e, HU["ventricle"], T["lateral_ventricle_right"], True, shift_pad)
+    _paint_ellipsoid(blk, anat.third_ventricle, HU["ventricle"], T["third_ventricle"], True, shift_pad)
+    _paint_ellipsoid(blk, anat.cistern, HU["csf"], T["csf"], True, shift_pad)
+    # interhemispheric fissure and falx: a thin sagittal sheet above the free edge
+    ic = anat.intracranial
+    fissure_half = 1.8 * anat.k
+    lo, hi = ic.bbox()
+    lo[0], hi[0] = -fissure_half - shift_pad, fissure_half + shift_pad
+    box = blk.region(lo, hi)
+    if box is not None:
+        x, y, z = blk.warped_coords(box)
+        fe = anat.falx_free_edge
+        sheet = (((y - fe.centre[1]) / fe.semi[1]) ** 2 + ((z - fe.centre[2]) / fe.semi[2]) ** 2 > 1.0)
+        sheet = sheet & (ic.q(*blk.coords(box)) < 1.0) & (anat.brain.q(x, y, z) < 1.0)
+        blk.paint(box, sheet & (np.abs(x) < fissure_half), HU["csf"], T["csf"])
+        blk.paint(box, sheet & (np.abs(x) < 0.6 * anat.k), HU["falx"], T["falx"])
+    # dural venous sinuses (attached to the skull: not displaced)
+    sinus_hu = HU["venous_sinus_contrast"] if anat.contrast else HU["venous_sinus"]
+    lo, hi = ic.bbox()
+    lo[0], hi[0] = -6.0 * anat.k, 6.0 * anat.k
+    box = blk.region(lo, hi)
+    if box is not None:
+        x, y, z = blk.coords(box)
+        depth, _ = _inner_depth(anat, x, y, z)
+        sss = (depth < 7.0 * anat.k) & (np.abs(x) < 0.55 * (7.0 * anat.k - depth)) & ((z > -5 * anat.k) | (y > 55 * anat.k))
+        sss = sss & (ic.q(x, y, z) < 1.0)
+        blk.paint(box, sss, sinus_hu, T["venous_sinus"])
+    lo, hi = ic.bbox()
+    lo[1], lo[2], hi[2] = 30.0 * anat.k, -22.0 * anat.k, -8.0 * anat.k
+    box = blk.region(lo, hi)
+    if box is not None:
+        x, y, z = blk.coords(box)
+        depth, _ = _inner_depth(anat, x, y, z)
+        ts = (depth < 5.0 * anat.k) & (np.abs(z + 15.0 * anat.k) < 3.5 * anat.k) & (np.abs(x) > 4.0 * anat.k)
+        blk.paint(box, ts & (ic.q(x, y, z) < 1.0), sinus_hu, T["venous_sinus"])
+    if anat.contrast:
+        for cap in anat.arteries:
+            lo, hi = cap.bbox()
+            lo[0] -= shift_pad
+            hi[0] += shift_pad
+            box = blk.region(lo, hi)
+            if box is None:
+                continue
+            x, y, z = blk.warped_coords(box)
+            blk.paint(box, cap.inside(x, y, z), HU["artery_contrast"], T["artery"])
+
+
+def _haemorrhage_key(blk: _Block, anat: _Anatomy, h: _Haemorrhage, box: tuple[slice, slice],
+                     tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(eligible mask, key) inside ``box``: the haemorrhage is eligible & key < threshold."""
+    x, y, z = blk.coords(box)
+    shape = tissue.shape
+    if h.kind == "IPH":
+        xs, _, _ = blk.warped_coords(box)
+        sign = 1.0 if h.side == "left" else -1.0
+        eligible = np.isin(tissue, PARENCHYMA_TISSUES) & (sign * xs > 2.0 * anat.k)
+        key = h.ellipsoid.q(x, y, z)  # type: ignore[union-attr]
+    elif h.kind == "EAH":
+        xs, _, _ = blk.warped_coords(box)
+        sign = 1.0 if h.side == "left" else -1.0
+        inside = anat.intracranial.q(x, y, z) < 1.0
+        eligible = inside & (sign * xs > 2.0 * anat.k) & (tissue != TISSUES["venous_sinus"])
+        depth, r = _inner_depth(anat, x, y, z)
+        u = np.array(h.direction, dtype=np.float32)
+        cosang = (x * u[0] + y * u[1] + z * u[2]) / np.maximum(r, 1e-6)
+        ang = np.arccos(np.clip(cosang, -1.0, 1.0))
+        profile = 1.0 - (ang / h.half_angle_rad) ** 2
+        eligible = eligible & (profile > 0)
+        key = depth / np.maximum(profile, 1e-6)
+    else:  # IVH: the dependent (posterior, +y in a supine patient) part of the ventricles
+        codes = {"left": (TISSUES["lateral_ventricle_left"],), "right": (TISSUES["lateral_ventricle_right"],),
+                 "both": (TISSUES["lateral_ventricle_left"], TISSUES["lateral_ventricle_right"])}[h.side]
+        eligible = np.isin(tissue, codes)
+        key = -y
+    return np.broadcast_to(eligible, shape), np.broadcast_to(key, shape)
+
+
+def _haemorrhage_box(anat: _Anatomy, h: _Haemorrhage) -> tuple[np.ndarray, np.ndarray]:
+    if h.kind == "IPH":
+        return h.ellipsoid.scaled(h.ellipsoid.centre, (1, 1, 1), (math.sqrt(h.threshold),) * 3).bbox(  # type: ignore[union-attr]
+            pad=1.0 + (max(h.oedema_semi) if h.oedema_semi else 0.0))
+    if h.kind == "EAH":
+        return anat.intracranial.bbox()
+    ellipsoids = {"left": anat.ventricles_left, "right": anat.ventricles_right,
+                  "both": anat.ventricles_left + anat.ventricles_right}[h.side]
+    los, his = zip(*(e.bbox(abs(anat.shift_signed_mm)) for e in ellipsoids))
+    return np.min(los, axis=0), np.max(his, axis=0)
+
+
+def _paint_haemorrhage(blk: _Block, anat: _Anatomy) -> None:
+    h = anat.haemorrhage
+    if h is None:
+        return
+    lo, hi = _haemorrhage_box(anat, h)
+    box = blk.region(lo, hi)
+    if box is None:
+        return
+    rs, cs = box
+    tissue = blk.tissue[:, rs, cs]
+    eligible, key = _haemorrhage_key(blk, anat, h, box, tissue)
+    blood = eligible & (key < h.threshold)
+    if h.kind == "IPH" and h.oedema_semi is not None:
+        x, y, z = blk.coords(box)
+        oe = _Ellipsoid(h.ellipsoid.centre, h.oedema_semi)  # type: ignore[union-attr]
+        oedema = eligible & ~blood & (oe.q(x, y, z) < 1.0)
+        blk.paint(box, oedema, HU["oedema"], TISSUES["oedema"])
+        np.copyto(blk.label[:, rs, cs], np.uint8(LABELS["oedema"]), where=oedema)
+    blk.paint(box, blood, h.hu, TISSUES["haemorrhage"])
+    np.copyto(blk.label[:, rs, cs], np.uint8(LABELS[h.kind]), where=blood)
+
+
+def _evaluate(anat: _Anatomy, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> _Block:
+    blk = _Block(xs, ys, zs)
+    _paint_anatomy(blk, anat)
+    _paint_haemorrhage(blk, anat)
+    return blk
+
+
+# ---------------------------------------------------------------------------
+# Fitting the haemorrhage to the requested volume on a fine grid
+# ---------------------------------------------------------------------------
+def _fine_grid(lo: np.ndarray, hi: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs = np.arange(lo[0], hi[0] + step / 2, step)
+    yv = np.arange(lo[1], hi[1] + step / 2, step)
+    zv = np.arange(lo[2], hi[2] + step / 2, step)
+    zz, yy = np.meshgrid(zv, yv, indexing="ij")
+    return xs, yy, zz
+
+
+def _named_iph_centre(name: str, sign: float, k: float) -> tuple[float, float, float]:
+    table = {
+        "basal-ganglia": (26.0, -3.0, 8.0),
+        "thalamus": (13.0, 9.0, 4.0),
+        "lobar-frontal": (30.0, -42.0, 24.0),
+        "lobar-parietal": (34.0, 28.0, 30.0),
+    }
+    x, y, z = table[name]
+    return (sign * x * k, y * k, z * k)
+
+
+def _named_eah_direction(name: str, sign: float) -> np.ndarray:
+    table = {
+        "convexity": (0.8, -0.15, 0.55),
+        "frontal": (0.55, -0.75, 0.35),
+        "temporal": (0.95, -0.1, -0.2),
+        "occipital": (0.45, 0.85, 0.25),
+    }
+    v = np.array(table[name], dtype=float)
+    v[0] *= sign
+    return v / np.linalg.norm(v)
+
+
+def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, dict[str, Any]]:
+    """Choose the haemorrhage's threshold so its fine-grid volume is the requested one."""
+    kind, side = spec.haemorrhage, spec.haemorrhage_side
+    target_mm3 = spec.haemorrhage_volume_ml * 1000.0
+    k = anat.k
+    sign = 1.0 if side == "left" else -1.0
+    if kind == "IPH":
+        centre = spec.haemorrhage_centre_lps_mm
+        if centre is not None:
+            side = "left" if centre[0] > 0 else "right"
+            sign = 1.0 if side == "left" else -1.0
+        else:
+            centre = _named_iph_centre(spec.haemorrhage_location or "basal-ganglia", sign, k)
+        a = (3.0 * target_mm3 / (4.0 * math.pi * 1.3 * 1.15)) ** (1.0 / 3.0)
+        base = _Ellipsoid(tuple(float(c) for c in centre), (a, 1.3 * a, 1.15 * a))  # type: ignore[arg-type]
+        reach = 2.0
+        h0 = _Haemorrhage("IPH", side, spec.haemorrhage_hu, threshold=reach**2, ellipsoid=base)
+        lo, hi = base.bbox()
+        c = np.array(base.centre)
+        lo, hi = c + (lo - c) * reach, c + (hi - c) * reach
+        step = float(np.clip(a / 14.0, 0.25, 0.6))
+    elif kind == "EAH":
+        if spec.haemorrhage_centre_lps_mm is not None:
+            u = np.array(spec.haemorrhage_centre_lps_mm, dtype=float)
+            side = "left" if u[0] > 0 else "right"
+            sign = 1.0 if side == "left" else -1.0
+            u = u / max(np.linalg.norm(u), 1e-6)
+        else:
+            u = _named_eah_direction(spec.haemorrhage_location or "convexity", sign)
+        half_angle = math.radians(20.0 + 3.3 * math.sqrt(spec.haemorrhage_volume_ml))
+        h0 = _Haemorrhage("EAH", side, spec.haemorrhage_hu, threshold=40.0 * k, direction=tuple(u),
+                          half_angle_rad=half_angle)
+        lo, hi = _cap_bbox(anat, u, half_angle, depth_mm=40.0 * k)
+        step = 0.5 if spec.haemorrhage_volume_ml < 10 else 0.7
+    else:
+        h0 = _Haemorrhage("IVH", side, spec.haemorrhage_hu, threshold=1e9)
+        lo, hi = _haemorrhage_box(anat, h0)
+        step = 0.4 if spec.haemorrhage_volume_ml < 15 else 0.6
+    xs, ys, zs = _fine_grid(lo, hi, step)
+    probe = dataclasses.replace(anat, haemorrhage=None)
+    # evaluate in z chunks to bound memory
+    keys, pts = [], []
+    for z0 in range(0, ys.shape[0], 32):
+        blk = _Block(xs, ys[z0:z0 + 32], zs[z0:z0 + 32])
+        _paint_anatomy(blk, probe)
+        full = (slice(0, ys.shape[1]), slice(0, xs.shape[0]))
+        eligible, key = _haemorrhage_key(blk, probe, h0, full, blk.tissue)
+        sel = eligible & (key < h0.threshold)
+        keys.append(key[sel])
+        idx = np.nonzero(sel)
+        pts.append(np.stack([xs[idx[2]], ys[z0:z0 + 32][idx[0], idx[1]], zs[z0:z0 + 32][idx[0], idx[1]]], axis=1))
+    key = np.concatenate(keys)
+    pts = np.concatenate(pts)
+    dv = step**3
+    need = int(round(target_mm3 / dv))
+    capacity_ml = key.size * dv / 1000.0
+    if need < 1 or key.size <= need:
+        raise InvalidInputError(
+            f"phantom: a {kind} of {spec.haemorrhage_volume_ml:g} mL does not fit at the requested place "
+            f"(room for about {capacity_ml:.1f} mL); choose a smaller volume or another location or side")
+    order = np.argsort(key, kind="stable")
+    thr = float((key[order[need - 1]] + key[order[need]]) / 2.0)
+    chosen = pts[order[:need]]
+    h = dataclasses.replace(h0, threshold=thr)
+    if kind == "IPH" and spec.oedema_rim_mm > 0:
+        scale = math.sqrt(thr)
+        h = dataclasses.replace(h, oedema_semi=tuple(s * scale + spec.oedema_rim_mm for s in base.semi))
+    info = {
+        "fine_grid_step_mm": step,
+        "fine_grid_volume_ml": need * dv / 1000.0,
+        "centroid_lps_mm": [float(v) for v in chosen.mean(axis=0)],
+        "eligible_capacity_ml": capacity_ml,
+    }
+    if kind == "IVH":
+        info["fluid_level_y_mm"] = -thr
+    if kind == "EAH":
+        info["max_thickness_mm"] = thr
+        info["half_angle_deg"] = math.degrees(half_angle)
+    return h, info
+
+
+def _cap_bbox(anat: _Anatomy, u: np.ndarray, half_angle: float, depth_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box of the intracranial shell within ``half_angle`` of direction ``u``."""
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(20000, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v = v[v @ u >= math.cos(half_angle)]
+    v = np.vstack([v, u[None, :]])
+    a = np.array(anat.intracranial.semi)
+    surface = v / np.sqrt(((v / a) ** 2).sum(axis=1, keepdims=True))
+    inner = surface * (1.0 - depth_mm / np.linalg.norm(surface, axis=1, keepdims=True))
+    pts = np.vstack([surface, inner])
+    return pts.min(axis=0) - 2.0, pts.max(axis=0) + 2.0
+
+
+def _ventricle_volume_ml(anat: _Anatomy, side: str, step: float = 0.6) -> float:
+    h0 = _Haemorrhage("IVH", side, 0.0, 1e9)
+    lo, hi = _haemorrhage_box(anat, h0)
+    xs, ys, zs = _fine_grid(lo, hi, step)
+    codes = {"left": (TISSUES["lateral_ventricle_left"],), "right": (TISSUES["lateral_ventricle_right"],),
+             "both": (TISSUES["lateral_ventricle_left"], TISSUES["lateral_ventricle_right"])}[side]
+    total = 0
+    for z0 in range(0, ys.shape[0], 32):
+        blk = _Block(xs, ys[z0:z0 + 32], zs[z0:z0 + 32])
+        _paint_anatomy(blk, anat)
+        total += int(np.isin(blk.tissue, codes).sum())
+    return total * step**3 / 1000.0
+
+
+_IVH_MAX_FILL = 0.8
+_MAX_VENTRICLE_DILATION = 2.6
+
+
+def build_model(spec: PhantomSpec) -> tuple[_Anatomy, dict[str, Any]]:
+    """The analytic phantom of a spec, with the haemorrhage fitted to its volume.
+
+    Returns the (opaque) model and a dict of fit information. For a large IVH
+    the lateral ventricles are dilated (hydrocephalus, as large IVH casts the
+    ventricles) until the blood fills at most 80% of them; the dilation factor
+    is reported in the ground truth.
+    """
+    spec = spec.validated()
+    anat = _build_anatomy(spec)
+    info: dict[str, Any] = {}
+    if spec.haemorrhage == "IVH":
+        s = anat.ventricle_dilation
+        for _ in range(6):
+            capacity = _ventricle_volume_ml(anat, spec.haemorrhage_side)
+            if spec.haemorrhage_volume_ml <= _IVH_MAX_FILL * capacity:
+                break
+            ratio = spec.haemorrhage_volume_ml / (_IVH_MAX_FILL * capacity)
+            s = s * ratio ** (1.0 / 2.5) * 1.01
+            if s > _MAX_VENTRICLE_DILATION:
+                raise InvalidInputError(
+                    f"phantom: an IVH of {spec.haemorrhage_volume_ml:g} mL does not fit in the "
+                    f"{spec.haemorrhage_side} lateral ventricle(s) even when dilated; choose a smaller volume "
+                    "or --haemorrhage-side both")
+            anat = _build_anatomy(spec, ventricle_dilation=s)
+        else:
+            raise InvalidInputError(f"phantom: could not fit an IVH of {spec.haemorrhage_volume_ml:g} mL; "
+                                    "choose a smaller volume")
+    if spec.haemorrhage is not None:
+        h, info = _fit_haemorrhage(spec, anat)
+        anat = dataclasses.replace(anat, haemorrhage=h)
+    return anat, info
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PhantomRender:
+    """A rendered phantom on its written grid; arrays are indexed [slice, row, column].
+
+    ``hu``: float32 HU with partial volume and noise; ``labels``: uint8
+    BLAST-CT labels (majority of the sub-samples across the slice);
+    ``tissue``: uint8 tissue codes (``TISSUES``) at the slice centre.
+    """
+
+    spec: PhantomSpec
+    hu: np.ndarray
+    labels: np.ndarray
+    tissue: np.ndarray
+    geometry: PhantomGeometry
+    fit_info: Mapping[str, Any] = field(default_factory=dict)
+    model: Any = None
+
+
+def _slab_offsets(spec: PhantomSpec) -> np.ndarray:
+    n = spec.partial_volume_samples
+    return ((np.arange(n) + 0.5) / n - 0.5) * spec.slice_thickness_mm
+
+
+def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample the model on the stack: (mean HU, majority label, centre tissue)."""
+    H, W, n = geom.rows, geom.columns, geom.n_slices
+    dr, dc = geom.pixel_spacing_mm
+    rowd, cold, nrm = geom.row_direction, geom.column_direction, geom.normal
+    hu = np.empty((n, H, W), dtype=np.float32)
+    labels = np.zeros((n, H, W), dtype=np.uint8)
+    tissue = np.zeros((n, H, W), dtype=np.uint8)
+    j = np.arange(H, dtype=np.float64)
+    i = np.arange(W, dtype=np.float64)
+    centre_t = int(np.argmin(np.abs(offsets)))
+    for kk, ipp in enumerate(geom.image_positions_patient):
+        ipp_a = np.asarray(ipp, dtype=float)
+        xs = ipp_a[0] + i * dc * rowd[0]
+        # y, z of (offset t, row j); the row direction has no y/z component (tilt is about x)
+        ys = ipp_a[1] + j[None, :] * dr * cold[1] + offsets[:, None] * nrm[1]
+        zs = ipp_a[2] + j[None, :] * dr * cold[2] + offsets[:, None] * nrm[2]
+        blk = _evaluate(anat, xs, ys, zs)
+        hu[kk] = blk.hu.mean(axis=0)
+        tissue[kk] = blk.tissue[centre_t]
+        if anat.haemorrhage is not None:
+            labels[kk] = _majority(blk.label)
+    return hu, labels, tissue
+
+
+def _majority(label: np.ndarray) -> np.ndarray:
+    """Per-pixel majority label over axis 0 (background unless a class holds > half)."""
+    out = np.zeros(label.shape[1:], dtype=np.uint8)
+    n = label.shape[0]
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        out[(label == value).sum(axis=0) * 2 > n] = value
+    return out
+
+
+def _add_noise(hu: np.ndarray, sigma_hu: float, seed: int) -> np.ndarray:
+    """Add in-plane correlated Gaussian noise of standard deviation ``sigma_hu``."""
+    if sigma_hu <= 0:
+        return hu
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(hu.shape, dtype=np.float32)
+    noise = gaussian_filter(noise, sigma=(0, 0.7, 0.7), mode="wrap")
+    noise *= np.float32(sigma_hu / float(noise.std()))
+    return hu + noise
+
+
+def render_phantom(spec: PhantomSpec) -> PhantomRender:
+    """Render a phantom in memory on its written grid (no DICOM): HU, labels, tissue, geometry."""
+    spec = spec.validated()
+    anat, info = build_model(spec)
+    geom = phantom_geometry(spec)
+    hu, labels, tissue = _sample_stack(anat, geom, _slab_offsets(spec))
+    hu = _add_noise(hu, spec.noise_hu, spec.seed)
+    np.clip(hu, _HU_MIN, _HU_MAX, out=hu)
+    return PhantomRender(spec=spec, hu=hu, labels=labels, tissue=tissue, geometry=geom, fit_info=info, model=anat)
+
+
+def sample_phantom(render_or_spec: "PhantomRender | PhantomSpec", origin_lps_mm: Sequence[float],
+                   spacing_mm: Sequence[float], size: Sequence[int], *, thickness_mm: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free (HU, labels) of the same analytic phantom on an axis-aligned LPS grid.
+
+    ``size`` and ``spacing_mm`` are (x, y, z); arrays come back [z, y, x].
+    ``thickness_mm`` averages sub-samples across z (default: the z spacing).
+    Use it to compare a tilt-corrected or resampled volume with the truth.
+    """
+    if isinstance(render_or_spec, PhantomRender):
+        spec, anat = render_or_spec.spec, render_or_spec.model
+    else:
+        spec = render_or_spec.validated()
+        anat, _ = build_model(spec)
+    sx, sy, sz = (float(v) for v in spacing_mm)
+    nx, ny, nz = (int(v) for v in size)
+    geom = PhantomGeometry(
+        rows=ny, columns=nx, pixel_spacing_mm=(sy, sx), image_orientation_patient=(1, 0, 0, 0, 1, 0),
+        image_positions_patient=tuple((float(origin_lps_mm[0]), float(origin_lps_mm[1]), float(origin_lps_mm[2]) + kk * sz)
+                                      for kk in range(nz)),
+        slice_thickness_mm=thickness_mm or sz, slice_spacing_mm=sz, table_increment_mm=sz, gantry_tilt_deg=0.0)
+    n = spec.partial_volume_samples
+    offsets = ((np.arange(n) + 0.5) / n - 0.5) * (thickness_mm or sz)
+    hu, labels, _ = _sample_stack(anat, geom, offsets)
+    return hu, labels
+
+
+def phantom_volume(spec: PhantomSpec) -> Volume:
+    """An untilted phantom as a :class:`Volume` (HU with noise), for tests of other modules.
+
+    The ground-truth labels are in ``volume.header["phantom_labels"]`` ([z, y, x] uint8).
+    """
+    spec = spec.validated()
+    if spec.gantry_tilt_deg != 0:
+        raise InvalidInputError("phantom: phantom_volume needs gantry_tilt_deg=0; write DICOM for tilted phantoms")
+    r = render_phantom(spec)
+    g = r.geometry
+    truth = ground_truth(r)
+    return volume_from_array(
+        r.hu,
+        spacing_mm=(g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.slice_spacing_mm),
+        origin_mm=g.image_positions_patient[0],
+        header={
+            "phantom_labels": r.labels,
+            "phantom_ground_truth": truth,
+            "SliceThickness": spec.slice_thickness_mm,
+            "ConvolutionKernel": "STANDARD",
+            "PatientAge_years": spec.patient_age_years,
+            "ContrastBolusAgent": "IOHEXOL" if spec.contrast else "",
+        },
+    )
+
+
+# ---------------------------------------------------------------------------
+# Ground truth
+# ---------------------------------------------------------------------------
+def _brain_volumes_ml(anat: _Anatomy, step: float = 1.0) -> dict[str, float]:
+    """Parenchyma, intracranial and ventricular volumes on a 1 mm grid (before haemorrhage)."""
+    lo, hi = anat.intracranial.bbox()
+    xs, ys, zs = _fine_grid(lo, hi, step)
+    counts = np.zeros(256, dtype=np.int64)
+    probe = dataclasses.replace(anat, haemorrhage=None)
+    for z0 in range(0, ys.shape[0], 16):
+        blk = _Block(xs, ys[z0:z0 + 16], zs[z0:z0 + 16])
+        _paint_anatomy(blk, probe)
+        counts += np.bincount(blk.tissue.ravel(), minlength=256)
+    dv = step**3 / 1000.0
+    T = TISSUES
+    parenchyma = sum(counts[c] for c in PARENCHYMA_TISSUES)
+    lv = counts[T["lateral_ventricle_left"]] + counts[T["lateral_ventricle_right"]]
+    icv = parenchyma + lv + counts[T["third_ventricle"]] + counts[T["csf"]] + counts[T["falx"]] + counts[T["venous_sinus"]] + counts[T["artery"]]
+    return {
+        "brain_volume_ml": float(parenchyma * dv),
+        "intracranial_volume_ml": float(icv * dv),
+        "lateral_ventricles_volume_ml": float(lv * dv),
+        "left_lateral_ventricle_volume_ml": float(counts[T["lateral_ventricle_left"]] * dv),
+        "right_lateral_ventricle_volume_ml": float(counts[T["lateral_ventricle_right"]] * dv),
+    }
+
+
+def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ground-truth record (JSON-ready) of a rendered phantom."""
+    spec, anat, g = render.spec, render.model, render.geometry
+    vox_ml = g.voxel_volume_ml
+    counts = np.bincount(render.labels.ravel(), minlength=8)
+    volumes: dict[str, Any] = {}
+    h = anat.haemorrhage
+    for name in ("IPH", "EAH", "oedema", "IVH"):
+        nominal = 0.0
+        if h is not None and name == h.kind:
+            nominal = spec.haemorrhage_volume_ml
+        volumes[name] = {"nominal_ml": nominal, "on_grid_ml": float(counts[LABELS[name]] * vox_ml)}
+    if h is not None and h.kind == "IPH" and h.oedema_semi is not None:
+        volumes["oedema"]["nominal_ml"] = _oedema_volume_ml(anat)
+    shift = anat.shift_signed_mm
+    direction = None if shift == 0 else ("left" if shift > 0 else "right")
+    hem = None
+    if h is not None:
+        hem = "bilateral" if h.side == "both" else h.side
+    truth: dict[str, Any] = {
+        "schema": "ictus-phantom-ground-truth/1",
+        "spec": dataclasses.asdict(spec),
+        "conventions": {
+            "coordinates": "DICOM patient LPS in mm: +x patient left, +y posterior, +z superior; head centre at x=0",
+            "labels": dict(LABELS),
+            "midline_shift_sign": "midline_shift_signed_mm > 0 means the midline structures moved towards patient LEFT (+x)",
+            "ideal_midline": "the plane x = 0 mm (the skull's symmetry plane)",
+            "on_grid": "label voxel count on the written DICOM grid x voxel volume (pixel area x slice spacing); "
+                       "a voxel is labelled when most sub-samples across the slice thickness are inside",
+            "nominal": "the requested volume, realised on a fine grid (fit_info.fine_grid_step_mm)",
+        },
+        "haemorrhage": None if h is None else {
+            "type": h.kind,
+            "hemisphere": hem,
+            "hu": h.hu,
+            "nominal_volume_ml": spec.haemorrhage_volume_ml,
+            "on_grid_volume_ml": volumes[h.kind]["on_grid_ml"],
+            "centroid_lps_mm": render.fit_info.get("centroid_lps_mm"),
+            "fit_info": dict(render.fit_info),
+        },
+        "volumes_ml": volumes,
+        "ich_total_volume_ml": {
+            "nominal_ml": sum(volumes[c]["nominal_ml"] for c in ("IPH", "EAH", "IVH")),
+            "on_grid_ml": sum(volumes[c]["on_grid_ml"] for c in ("IPH", "EAH", "IVH")),
+        },
+        "midline_shift_mm": abs(shift),
+        "midline_shift_direction": direction,
+        "midline_shift_signed_mm": shift,
+        "midline_shift_where": "septum pellucidum, third ventricle and lateral ventricles move rigidly by the shift; "
+                               "the displacement decays to 0 at the inner table (skull unchanged)",
+        "ideal_midline_x_mm": 0.0,
+        "septum_pellucidum_x_mm": shift,
+        "ventricle_dilation_factor": anat.ventricle_dilation,
+        "head_scale": anat.k,
+        **_brain_volumes_ml(anat),
+        "contrast": spec.contrast,
+        "geometry": {
+            "rows": g.rows,
+            "columns": g.columns,
+            "n_slices": g.n_slices,
+            "pixel_spacing_mm": list(g.pixel_spacing_mm),
+            "slice_thickness_mm": g.slice_thickness_mm,
+            "slice_spacing_mm": g.slice_spacing_mm,
+            "table_increment_mm": g.table_increment_mm,
+            "gantry_tilt_deg": g.gantry_tilt_deg,
+            "image_orientation_patient": list(g.image_orientation_patient),
+            "first_image_position_patient": list(g.image_positions_patient[0]),
+            "last_image_position_patient": list(g.image_positions_patient[-1]),
+            "affine_ijk_to_lps": g.affine.round(6).tolist(),
+            "voxel_volume_ml": vox_ml,
+        },
+    }
+    if uids:
+        truth["uids"] = dict(uids)
+    return truth
+
+
+def _oedema_volume_ml(anat: _Anatomy) -> float:
+    h = anat.haemorrhage
+    lo, hi = _haemorrhage_box(anat, h)
+    step = 0.5
+    xs, ys, zs = _fine_grid(lo, hi, step)
+    total = 0
+    for z0 in range(0, ys.shape[0], 32):
+        blk = _evaluate(anat, xs, ys[z0:z0 + 32], zs[z0:z0 + 32])
+        total += int((blk.label == LABELS["oedema"]).sum())
+    return total * step**3 / 1000.0
+
+
+# ---------------------------------------------------------------------------
+# DICOM writer (the only disk I/O of this module)
+# ---------------------------------------------------------------------------
+_TRANSFER_SYNTAX = {
+    "none": "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "rle": "1.2.840.10008.1.2.5",
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "j2k": "1.2.840.10008.1.2.4.90",
+    "j2k-lossy": "1.2.840.10008.1.2.4.91",
+}
+_RESCALE_INTERCEPT = -1024.0
+_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, for generated UIDs
+
+
+def _uid(spec: PhantomSpec, *parts: Any) -> str:
+    """A UID derived from the spec (so a spec + seed gives the same study)."""
+    from pydicom.uid import generate_uid
+
+    entropy = [json.dumps(dataclasses.asdict(spec), sort_keys=True), *map(str, parts)]
+    return str(generate_uid(prefix=_UID_ROOT, entropy_srcs=entropy))
+
+
+def _base_dataset(spec: PhantomSpec, uids: Mapping[str, str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = "PH" + hashlib.sha1(uids["study_instance_uid"].encode()).hexdigest()[:10].upper()
+    ds.Modality = "CT"
+    ds.Manufacturer = "Ictus"
+    ds.ManufacturerModelName = "Ictus synthetic head phantom"
+    ds.InstitutionName = "Synthetic"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "CT HEAD WO CONTRAST (PHANTOM)" if not spec.contrast else "CT HEAD W CONTRAST (PHANTOM)"
+    ds.PatientName = "PHANTOM^ICTUS"
+    ds.PatientID = "ICTUS-PHANTOM-" + hashlib.sha1(uids["study_instance_uid"].encode()).hexdigest()[:8].upper()
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    age = int(spec.patient_age_years)
+    ds.PatientAge = f"{age:03d}Y" if age >= 1 else f"{max(int(round(spec.patient_age_years * 12)), 0):03d}M"
+    ds.BodyPartExamined = "HEAD"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = uids["study_instance_uid"]
+    ds.StudyID = "1"
+    ds.FrameOfReferenceUID = uids["frame_of_reference_uid"]
+    ds.PositionReferenceIndicator = ""
+    ds.KVP = "120"
+    ds.SoftwareVersions = "ictus-phantom-1"
+    if spec.contrast:
+        ds.ContrastBolusAgent = "IOHEXOL"
+        ds.ContrastBolusRoute = "IV"
+    return ds
+
+
+def _file_meta(ds: Any, transfer_syntax: str) -> Any:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "ICTUS_PHANTOM"
+    return meta
+
+
+def _slice_dataset(spec: PhantomSpec, g: PhantomGeometry, uids: Mapping[str, str], k: int, stored: np.ndarray) -> Any:
+    ds = _base_dataset(spec, uids)
+    ds.SOPInstanceUID = uids["sop_instance_uids"][k]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SeriesInstanceUID = uids["series_instance_uid"]
+    ds.SeriesNumber = 2
+    ds.SeriesDescription = f"HEAD {spec.slice_thickness_mm:g}mm STANDARD"
+    ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = "120100"
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in g.image_positions_patient[k]]
+    ds.ImageOrientationPatient = [f"{v:.9f}" for v in g.image_orientation_patient]
+    ds.SliceLocation = f"{g.image_positions_patient[k][2] - g.column_direction[2] * 0:.6f}"
+    ds.SliceThickness = f"{g.slice_thickness_mm:g}"
+    ds.SpacingBetweenSlices = f"{g.slice_spacing_mm:g}"
+    ds.PixelSpacing = [f"{g.pixel_spacing_mm[0]:g}", f"{g.pixel_spacing_mm[1]:g}"]
+    ds.GantryDetectorTilt = f"{g.gantry_tilt_deg:g}"
+    ds.ConvolutionKernel = "STANDARD"
+    ds.ReconstructionDiameter = f"{g.pixel_spacing_mm[1] * g.columns:g}"
+    ds.DataCollectionDiameter = "250"
+    ds.XRayTubeCurrent = 250
+    ds.ExposureTime = 1000
+    ds.RotationDirection = "CW"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = g.rows, g.columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = f"{_RESCALE_INTERCEPT:g}"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.WindowCenter, ds.WindowWidth = "40", "80"
+    ds.BurnedInAnnotation = "NO"
+    ds.file_meta = _file_meta(ds, _TRANSFER_SYNTAX["none"])
+    _set_pixels(ds, stored, spec.compression)
+    return ds
+
+
+def _set_pixels(ds: Any, stored: np.ndarray, compression: str) -> None:
+    """Store pixels uncompressed or compressed with pydicom's encoders."""
+    stored = np.ascontiguousarray(stored, dtype=np.uint16)
+    if compression == "none":
+        ds.PixelData = stored.tobytes()
+        return
+    kwargs: dict[str, Any] = {}
+    if compression == "j2k-lossy":
+        kwargs["j2k_cr"] = [12]
+    try:
+        ds.compress(_TRANSFER_SYNTAX[compression], stored, generate_instance_uid=False, **kwargs)
+    except RuntimeError as exc:
+        raise OutputError(f"phantom: the {compression} encoder is unavailable ({exc}); "
+                          "install pylibjpeg-openjpeg / pyjpegls or use --compression none") from exc
+    if compression == "j2k-lossy":
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = "12"
+        ds.LossyImageCompressionMethod = "ISO_15444_1"
+
+
+def _scout_dataset(spec: PhantomSpec, anat: _Anatomy, uids: Mapping[str, str]) -> Any:
+    """A lateral localizer: line integrals of attenuation through the head along x."""
+    step = 1.5
+    size = 256
+    half = (size - 1) / 2.0 * step
+    ys = np.linspace(-half, half, size)
+    zs = np.linspace(half - 40.0, -half - 40.0, size)  # row 0 is superior
+    xs = np.arange(-90.0, 90.0 + 1e-6, step)
+    yy = np.broadcast_to(ys[None, :], (size, size))
+    zz = np.broadcast_to(zs[:, None], (size, size))
+    proj = np.zeros((size, size), dtype=np.float32)
+    for z0 in range(0, size, 32):
+        blk = _Block(xs, yy[z0:z0 + 32], zz[z0:z0 + 32])
+        _paint_anatomy(blk, anat)
+        _paint_haemorrhage(blk, anat)
+        mu = np.clip(blk.hu + 1000.0, 0.0, None) / 1000.0 * 0.019  # ~water attenuation per mm
+        proj[z0:z0 + 32] = mu.sum(axis=2) * step
+    stored = np.clip(proj / max(float(proj.max()), 1e-6) * 4000.0, 0, 4095).astype(np.uint16)
+    ds = _base_dataset(spec, uids)
+    ds.SOPInstanceUID = uids["scout_sop_instance_uid"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.SeriesInstanceUID = uids["scout_series_instance_uid"]
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = "SCOUT LAT"
+    ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = "120000"
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [f"{0.0:.6f}", f"{-half:.6f}", f"{zs[0]:.6f}"]
+    ds.ImageOrientationPatient = ["0", "1", "0", "0", "0", "-1"]
+    ds.PixelSpacing = [f"{step:g}", f"{step:g}"]
+    ds.SliceThickness = f"{2 * 90.0:g}"
+    ds.ConvolutionKernel = "STANDARD"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    ds.BurnedInAnnotation = "NO"
+    ds.file_meta = _file_meta(ds, _TRANSFER_SYNTAX["none"])
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def phantom_uids(spec: PhantomSpec, n_slices: int) -> dict[str, Any]:
+    """The UIDs of a phantom study, derived from its spec (deterministic)."""
+    return {
+        "study_instance_uid": _uid(spec, "study"),
+        "series_instance_uid": _uid(spec, "series"),
+        "frame_of_reference_uid": _uid(spec, "frame"),
+        "scout_series_instance_uid": _uid(spec, "scout-series") if spec.with_scout else None,
+        "scout_sop_instance_uid": _uid(spec, "scout-instance") if spec.with_scout else None,
+        "sop_instance_uids": [_uid(spec, "instance", k) for k in range(n_slices)],
+    }
+
+
+def _labels_image(render: PhantomRender) -> tuple[Any, dict[str, Any]]:
+    """The label map as a SimpleITK image, and a description of its grid."""
+    import SimpleITK as sitk
+
+    g = render.geometry
+    if g.is_orthogonal:
+        labels = render.labels
+        origin = g.image_positions_patient[0]
+        spacing = (g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.slice_spacing_mm)
+        kind = "dicom"
+    else:
+        # The tilted stack is sheared; NIfTI readers (ITK) need orthonormal axes, so sample the
+        # same analytic labels on an axis-aligned grid covering the stack: same x and y sampling
+        # as the pixels' row/column spacing, z every table increment, bounding the sheared stack.
+        corners = []
+        aff = g.affine
+        for i in (0, g.columns - 1):
+            for j in (0, g.rows - 1):
+                for kk in (0, g.n_slices - 1):
+                    corners.append(aff @ np.array([i, j, kk, 1.0]))
+        corners = np.array(corners)[:, :3]
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+        spacing = (g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.table_increment_mm)
+        size = tuple(int(math.floor((hi[a] - lo[a]) / spacing[a] + 1e-6)) + 1 for a in range(3))
+        origin = tuple(float(v) for v in lo)
+        _, labels = sample_phantom(render, origin, spacing, size, thickness_mm=g.slice_thickness_mm)
+        kind = "orthogonal"
+    img = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))
+    img.SetOrigin(tuple(float(v) for v in origin))
+    img.SetSpacing(tuple(float(v) for v in spacing))
+    img.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    desc = {
+        "kind": kind,
+        "description": ("labels on the written DICOM grid" if kind == "dicom" else
+                        "tilted series: labels sampled from the same analytic phantom on an axis-aligned LPS grid "
+                        "bounding the sheared stack (x, y at the pixel spacing, z at the table increment)"),
+        "origin_lps_mm": [float(v) for v in origin],
+        "spacing_mm": [float(v) for v in spacing],
+        "size_xyz": [int(v) for v in img.GetSize()],
+        "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+        "voxel_counts": {name: int((labels == value).sum()) for name, value in LABELS.items() if value},
+    }
+    return img, desc
+
+
+@dataclass(frozen=True)
+class PhantomWritten:
+    """What :func:`write_phantom` wrote."""
+
+    out_dir: Path
+    series_dir: Path
+    n_files: int
+    ground_truth_path: Path
+    labels_path: Path
+    truth: dict
+
+
+def write_phantom(spec: PhantomSpec, out_dir: str | os.PathLike, *, force: bool = False) -> PhantomWritten:
+    """Write the phantom as a DICOM study plus ``ground_truth.json`` and ``ground_truth_labels.nii.gz``.
+
+    Layout: ``OUT_DIR/series-002-axial/CT0001.dcm...`` (inferior to superior),
+    ``OUT_DIR/series-001-scout/SC0001.dcm`` with ``with_scout``, and the two
+    ground-truth files at the top. Written into a temporary sibling folder and
+    renamed into place. A non-empty ``out_dir`` is refused unless ``force``.
+    """
+    import SimpleITK as sitk
+
+    spec = spec.validated()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"phantom: {out} exists and is not a folder; choose another output folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputError(f"phantom: output folder {out} is not empty; choose an empty folder or use --force")
+    render = render_phantom(spec)
+    g = render.geometry
+    uids = phantom_uids(spec, g.n_slices)
+    stored = np.rint(render.hu - _RESCALE_INTERCEPT).clip(0, 65535).astype(np.uint16)
+    truth = ground_truth(render, uids)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the study is an ordinary folder
+    except OSError as exc:
+        raise OutputError(f"phantom: cannot create {out.parent} ({exc.strerror}); choose a writable folder") from exc
+    try:
+        series_dir = tmp / "series-002-axial"
+        series_dir.mkdir()
+        for k in range(g.n_slices):
+            ds = _slice_dataset(spec, g, uids, k, stored[k])
+            ds.save_as(series_dir / f"CT{k + 1:04d}.dcm", enforce_file_format=True)
+        if spec.with_scout:
+            scout_dir = tmp / "series-001-scout"
+            scout_dir.mkdir()
+            _scout_dataset(spec, render.model, uids).save_as(scout_dir / "SC0001.dcm", enforce_file_format=True)
+        img, desc = _labels_image(render)
+        sitk.WriteImage(img, str(tmp / "ground_truth_labels.nii.gz"), useCompression=True)
+        truth["labels_file"] = "ground_truth_labels.nii.gz"
+        truth["labels_grid"] = desc
+        truth["series_folder"] = series_dir.name
+        truth["n_files"] = g.n_slices
+        (tmp / "ground_truth.json").write_text(json.dumps(truth, indent=2, default=_json_default) + "\n")
+        _replace_dir(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"phantom: cannot write {out} ({exc.strerror or exc}); check space and permissions") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("phantom written to %s (%d slices)", out, g.n_slices)
+    return PhantomWritten(out_dir=out, series_dir=out / "series-002-axial", n_files=g.n_slices,
+                          ground_truth_path=out / "ground_truth.json",
+                          labels_path=out / "ground_truth_labels.nii.gz", truth=truth)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out``, replacing an existing folder only after the new one is complete."""
+    if out.is_dir():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
