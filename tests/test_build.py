@@ -1,0 +1,467 @@
+"""Tests for imaging.build: real files checked against dcm2niix, pydicom and highdicom,
+and malformed or synthetic series built inside the tests."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from imaging.build import (
+    FLAG_DUPLICATES,
+    FLAG_GAP,
+    FLAG_LOSSY,
+    FLAG_TILT,
+    FLAG_VARIABLE_SPACING,
+    build_volume,
+    read_frames,
+)
+from imaging.errors import InvalidInputError
+from tests.conftest import shared_dicom
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def write_ct_slice(
+    path: Path,
+    position,
+    stored: np.ndarray,
+    *,
+    orientation=AXIAL,
+    spacing=(0.5, 0.5),
+    thickness: float | None = None,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    series_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    padding: int | None = None,
+    rows: int | None = None,
+    columns: int | None = None,
+    sop_uid: str | None = None,
+) -> Path:
+    """A minimal single-frame CT file with signed 16-bit pixels."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.3"
+    ds.Modality = "CT"
+    ds.Manufacturer = "Test"
+    ds.PatientName = "Secret^Name"
+    ds.PatientID = "SECRET-ID"
+    ds.PatientAge = "062Y"
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.PixelSpacing = [float(v) for v in spacing]
+    if thickness is not None:
+        ds.SliceThickness = thickness
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows if rows is not None else stored.shape[0]
+    ds.Columns = columns if columns is not None else stored.shape[1]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    if padding is not None:
+        ds.PixelPaddingValue = padding
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<i2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_stack(folder: Path, z_positions, shape=(8, 10), value=40, **kwargs) -> list[Path]:
+    """Axial slices at ``z_positions``; slice i holds ``value + i`` HU everywhere."""
+    paths = []
+    for i, z in enumerate(z_positions):
+        stored = np.full(shape, value + i + 1024, dtype=np.int16)
+        paths.append(write_ct_slice(folder / f"s{i:03d}.dcm", (0.0, 0.0, z), stored, **kwargs))
+    return paths
+
+
+def voxel_world_points(image: sitk.Image) -> np.ndarray:
+    """LPS position of every voxel centre, shaped like the [z, y, x] array plus a last axis of 3."""
+    size = image.GetSize()
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    index = np.stack([i, j, k], axis=-1).astype(float)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    spacing = np.array(image.GetSpacing())
+    return np.array(image.GetOrigin()) + (index * spacing) @ direction.T
+
+
+def head_bbox_lps(image: sitk.Image, threshold_hu: float = -300.0) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box (LPS mm) of the voxel centres above ``threshold_hu``."""
+    array = sitk.GetArrayViewFromImage(image)
+    index = np.argwhere(array > threshold_hu)[:, ::-1].astype(float)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    points = np.array(image.GetOrigin()) + (index * np.array(image.GetSpacing())) @ direction.T
+    return points.min(axis=0), points.max(axis=0)
+
+
+def dcm2niix_executable() -> str:
+    exe = shutil.which("dcm2niix") or str(Path(sys.executable).with_name("dcm2niix"))
+    if not Path(exe).exists():
+        pytest.skip("dcm2niix (PyPI package dcm2niix) is not installed")
+    return exe
+
+
+# ---------------------------------------------------------------------------
+# real data: GE head with tilt and variable spacing, against dcm2niix
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ge_volume():
+    folder = shared_dicom("ge-head-tilt-variable-spacing")
+    return folder, build_volume(sorted(folder.glob("*.dcm")))
+
+
+def test_ge_head_flags_and_uniform_grid(ge_volume):
+    _, volume = ge_volume
+    assert FLAG_TILT in volume.qc_flags
+    assert FLAG_VARIABLE_SPACING in volume.qc_flags
+    assert FLAG_GAP not in volume.qc_flags  # the 7 mm block is 7 mm thick: no missing anatomy
+    assert len(volume.source_slices) == 28
+    assert volume.image.GetPixelID() == sitk.sitkFloat32
+    direction = np.array(volume.image.GetDirection()).reshape(3, 3)
+    assert np.allclose(direction.T @ direction, np.eye(3), atol=1e-6)  # orthogonal after tilt correction
+    # The normal is tilted 18.5 degrees from the scanner z axis.
+    assert np.degrees(np.arccos(direction[2, 2])) == pytest.approx(18.5, abs=0.1)
+    assert 3.9 < volume.spacing_mm[2] < 4.1  # the 4 mm block keeps its resolution
+    assert "PatientName" not in volume.header and "PatientID" not in volume.header
+    assert volume.header["ConvolutionKernel"] == "STD+"
+
+
+def test_ge_head_matches_dcm2niix(ge_volume, tmp_path):
+    folder, volume = ge_volume
+    subprocess.run(
+        [dcm2niix_executable(), "-z", "n", "-b", "n", "-f", "ge", "-o", str(tmp_path), str(folder)],
+        check=True,
+        capture_output=True,
+    )
+    corrected = sorted(tmp_path.glob("ge*Tilt*.nii"))
+    assert corrected, f"dcm2niix wrote no tilt-corrected file: {sorted(p.name for p in tmp_path.iterdir())}"
+    reference = sitk.ReadImage(str(corrected[-1]), sitk.sitkFloat32)  # NIfTI RAS -> ITK LPS on reading
+
+    ours_low, ours_high = head_bbox_lps(volume.image)
+    ref_low, ref_high = head_bbox_lps(reference)
+    assert np.all(np.abs(ours_low - ref_low) <= 1.0), (ours_low, ref_low)
+    assert np.all(np.abs(ours_high - ref_high) <= 1.0), (ours_high, ref_high)
+
+    on_our_grid = sitk.Resample(reference, volume.image, sitk.Transform(), sitk.sitkLinear, -5000.0)
+    ours = sitk.GetArrayViewFromImage(volume.image)
+    theirs = sitk.GetArrayViewFromImage(on_our_grid)
+    inside = (ours > -300) & (theirs > -4000)
+    assert inside.sum() > 100_000
+    assert np.corrcoef(ours[inside], theirs[inside])[0, 1] >= 0.98
+
+
+def test_ge_head_simpleitk_series_reader_averages_spacing(ge_volume):
+    """Documentation, not a requirement: SimpleITK's reader averages the spacing (5.627 mm)."""
+    folder, volume = ge_volume
+    reader = sitk.ImageSeriesReader()
+    names = reader.GetGDCMSeriesFileNames(str(folder))
+    reader.SetFileNames(names)
+    image = reader.Execute()
+    z_spacing = image.GetSpacing()[2]
+    if abs(z_spacing - 5.627) > 0.05:
+        pytest.skip(f"SimpleITK now reports {z_spacing:.3f} mm; it no longer averages the spacing")
+    # An averaged spacing matches neither block, and the grid stays sheared (no tilt correction).
+    assert abs(z_spacing - volume.spacing_mm[2]) > 1.0
+    assert image.GetSize()[1] == 512 and volume.size[1] > 512
+
+
+# ---------------------------------------------------------------------------
+# real data: compressed transfer syntaxes
+# ---------------------------------------------------------------------------
+WG04_LOSSLESS = ("J2KR", "JLSL", "JPLL", "RLE")
+WG04_LOSSY = ("J2KI", "JLSN")
+
+
+def _wg04_file(name: str) -> Path:
+    folder = shared_dicom("wg04-ct2-compression") / name
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    assert len(files) == 1
+    return files[0]
+
+
+def test_wg04_reference_hu_matches_pydicom_modality_lut():
+    ref = _wg04_file("REF")
+    stack = read_frames([ref])
+    ds = pydicom.dcmread(ref)
+    expected = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    assert np.array_equal(stack.hu[0], np.maximum(expected, -1024.0))
+    assert stack.qc_flags == ()
+
+
+@pytest.mark.parametrize("encoding", WG04_LOSSLESS)
+def test_wg04_lossless_is_bit_identical_to_reference(encoding):
+    reference = read_frames([_wg04_file("REF")]).hu
+    decoded = read_frames([_wg04_file(encoding)])
+    assert np.array_equal(decoded.hu, reference)
+    assert FLAG_LOSSY not in decoded.qc_flags
+
+
+@pytest.mark.parametrize("encoding", WG04_LOSSY)
+def test_wg04_lossy_is_flagged(encoding):
+    decoded = read_frames([_wg04_file(encoding)])
+    assert FLAG_LOSSY in decoded.qc_flags
+    volume = build_volume([_wg04_file(encoding)], min_slices=1)
+    assert FLAG_LOSSY in volume.qc_flags
+
+
+def test_single_slice_is_refused_by_default():
+    with pytest.raises(InvalidInputError, match="1 distinct slice"):
+        build_volume([_wg04_file("REF")])
+
+
+# ---------------------------------------------------------------------------
+# real data: Enhanced CT multi-frame
+# ---------------------------------------------------------------------------
+CT0012_LOSSLESS = (
+    "CT0012.fragmented_no_bot_jpeg_lossless.57.dcm",
+    "CT0012.fragmented_no_bot_jpeg_lossless.70.dcm",
+    "CT0012.fragmented_no_bot_jpeg_ls.80.dcm",
+    "CT0012.not_fragmented_bot_jpeg_ls.80.dcm",
+    "CT0012.not_fragmented_no_bot_jpeg_ls.80.dcm",
+    "CT0012.not_fragmented_bot_rle.dcm",
+    "CT0012.not_fragmented_no_bot_rle.dcm",
+)
+
+
+def test_enhanced_ct_geometry_matches_highdicom():
+    highdicom = pytest.importorskip("highdicom")
+    path = shared_dicom("ct0012-multiframe-encodings") / "CT0012.explicit_little_endian.dcm"
+    volume = build_volume([path])
+    assert volume.size == (512, 512, 2)
+    assert volume.spacing_mm[2] == pytest.approx(10.0)
+    assert [s.frame_number for s in volume.source_slices] == [2, 1]  # sorted along the normal (0, 0, -1)
+    reference = highdicom.imread(str(path)).get_volume()
+    # Map every highdicom voxel (slice, row, column) to our (x, y, z) index through both affines.
+    hd_index = np.argwhere(np.ones(reference.array.shape, dtype=bool))
+    world = reference.affine[:3, :3] @ hd_index.T + reference.affine[:3, 3:4]
+    ours_index = np.linalg.solve(volume.affine[:3, :3], world - volume.affine[:3, 3:4]).T
+    rounded = np.round(ours_index).astype(int)
+    assert np.abs(ours_index - rounded).max() < 1e-3
+    ours = volume.array()[rounded[:, 2], rounded[:, 1], rounded[:, 0]]
+    expected = np.maximum(reference.array[tuple(hd_index.T)], -1024.0)
+    assert np.array_equal(ours, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", CT0012_LOSSLESS)
+def test_enhanced_ct_lossless_encodings_equal_uncompressed(name):
+    folder = shared_dicom("ct0012-multiframe-encodings")
+    reference = read_frames([folder / "CT0012.explicit_little_endian.dcm"])
+    decoded = read_frames([folder / name])
+    assert np.array_equal(decoded.hu, reference.hu)
+    assert np.allclose(decoded.positions_mm, reference.positions_mm)
+    assert FLAG_LOSSY not in decoded.qc_flags
+
+
+@pytest.mark.parametrize(
+    "name", ["CT0012.fragmented_no_bot_jpeg_baseline.51.dcm", "CT0012.fragmented_no_bot_jpeg_ls.81.dcm"]
+)
+def test_enhanced_ct_lossy_encodings_flagged(name):
+    decoded = read_frames([shared_dicom("ct0012-multiframe-encodings") / name])
+    assert FLAG_LOSSY in decoded.qc_flags
+
+
+def test_enhanced_ct_frame_selection():
+    path = shared_dicom("ct0012-multiframe-encodings") / "CT0012.explicit_little_endian.dcm"
+    stack = read_frames([path], frames={str(path): [2]})
+    assert len(stack) == 1 and stack.frame_numbers == (2,)
+    assert stack.positions_mm[0][2] == pytest.approx(-149.0)
+
+
+# ---------------------------------------------------------------------------
+# pydicom's dicomdirtests: the 4-slice head series with a 202.5 mm gap
+# ---------------------------------------------------------------------------
+def test_dicomdirtests_head_gap_is_refused():
+    from pydicom.data import get_testdata_file
+
+    dicomdir = get_testdata_file("DICOMDIR")
+    if dicomdir is None:
+        pytest.skip("pydicom's test files are not installed")
+    files = sorted((Path(dicomdir).parent / "77654033" / "CT2").iterdir())
+    assert len(files) == 4
+    with pytest.raises(InvalidInputError, match=r"gap of 202\.5 mm between slices 1 and 2 of 4"):
+        build_volume(files)
+
+
+# ---------------------------------------------------------------------------
+# inputs built inside the tests
+# ---------------------------------------------------------------------------
+def test_regular_stack_is_sorted_and_kept_as_is(tmp_path):
+    z = [10.0, 0.0, 5.0, 15.0]
+    paths = write_stack(tmp_path, z, thickness=5.0)
+    volume = build_volume(paths)
+    assert volume.size == (10, 8, 4)
+    assert volume.spacing_mm == pytest.approx((0.5, 0.5, 5.0))
+    assert volume.image.GetOrigin() == pytest.approx((0.0, 0.0, 0.0))
+    # Slice i was written with value 40 + i, so sorted by z the order is 1, 2, 0, 3.
+    assert volume.array()[:, 0, 0].tolist() == [41.0, 42.0, 40.0, 43.0]
+    assert volume.qc_flags == ()
+    assert volume.header["PatientAgeYears"] == 62
+    assert "SECRET" not in repr(volume.header) and "Secret" not in repr(volume.header)
+
+
+def test_duplicate_slices_are_dropped(tmp_path):
+    paths = write_stack(tmp_path, [0.0, 5.0, 10.0], thickness=5.0)
+    copy = tmp_path / "copy.dcm"
+    shutil.copy(paths[1], copy)
+    volume = build_volume([*paths, copy])
+    assert volume.size[2] == 3
+    assert FLAG_DUPLICATES in volume.qc_flags
+    assert len(volume.source_slices) == 3
+
+
+def test_same_position_with_other_pixels_is_refused(tmp_path):
+    paths = write_stack(tmp_path / "a", [0.0, 5.0, 10.0])
+    other = write_ct_slice(tmp_path / "b.dcm", (0.0, 0.0, 5.0), np.full((8, 10), 2000, dtype=np.int16))
+    with pytest.raises(InvalidInputError, match="same position"):
+        build_volume([*paths, other])
+
+
+def test_inconsistent_rows_and_columns_are_refused(tmp_path):
+    paths = write_stack(tmp_path, [0.0, 5.0])
+    odd = write_ct_slice(tmp_path / "odd.dcm", (0.0, 0.0, 10.0), np.zeros((9, 10), dtype=np.int16))
+    with pytest.raises(InvalidInputError, match="9x10 pixels while the series is 8x10"):
+        build_volume([*paths, odd])
+
+
+def test_missing_geometry_is_refused(tmp_path):
+    paths = write_stack(tmp_path, [0.0, 5.0])
+    ds = pydicom.dcmread(paths[1])
+    del ds.ImagePositionPatient
+    ds.save_as(paths[1])
+    with pytest.raises(InvalidInputError, match="lacks ImagePositionPatient"):
+        build_volume(paths)
+
+
+def test_large_gap_is_refused(tmp_path):
+    z = [0.0, 5.0, 10.0, 15.0, 215.0, 220.0, 225.0]
+    paths = write_stack(tmp_path, z, thickness=5.0)
+    with pytest.raises(InvalidInputError, match=r"gap of 200\.0 mm between slices 4 and 5 of 7"):
+        build_volume(paths)
+
+
+def test_moderate_gap_is_interpolated_and_flagged(tmp_path):
+    z = [0.0, 5.0, 10.0, 20.0, 25.0, 30.0]  # one missing 5 mm slice at 15 mm
+    paths = write_stack(tmp_path, z, thickness=5.0)
+    volume = build_volume(paths)
+    assert FLAG_GAP in volume.qc_flags
+    assert volume.size[2] == 7 and volume.spacing_mm[2] == pytest.approx(5.0)
+    column = volume.array()[:, 0, 0]
+    # Slices hold 40..45; the missing one is the mean of its neighbours (42 and 43).
+    assert column.tolist() == pytest.approx([40, 41, 42, 42.5, 43, 44, 45])
+
+
+def test_absurd_dimensions_are_refused_before_allocating(tmp_path):
+    paths = [
+        write_ct_slice(tmp_path / f"{i}.dcm", (0.0, 0.0, 5.0 * i), np.zeros((2, 2), dtype=np.int16), rows=65535, columns=65535)
+        for i in range(3)
+    ]
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInputError, match="65535x65535"):
+            build_volume(paths)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20  # nowhere near the 16 GiB the headers claim
+
+
+def test_voxel_budget_is_checked_across_the_series(tmp_path):
+    paths = write_stack(tmp_path, [0.0, 5.0, 10.0])
+    with pytest.raises(InvalidInputError, match="refusing to allocate"):
+        build_volume(paths, max_voxels=8 * 10 * 2)
+
+
+def test_per_slice_rescale_slope_and_intercept(tmp_path):
+    hu = np.array([[-1000, 0], [40, 1500]], dtype=np.int16)
+    a = write_ct_slice(tmp_path / "a.dcm", (0, 0, 0), hu + 1024, slope=1.0, intercept=-1024.0)
+    b = write_ct_slice(tmp_path / "b.dcm", (0, 0, 2), (hu + 2048) // 2, slope=2.0, intercept=-2048.0)
+    c = write_ct_slice(tmp_path / "c.dcm", (0, 0, 4), hu, slope=1.0, intercept=0.0)
+    volume = build_volume([a, b, c])
+    array = volume.array()
+    for k in range(3):
+        assert np.array_equal(array[k], hu.astype(np.float32))
+
+
+def test_padding_values_become_air(tmp_path):
+    stored = np.array([[-2000, 1064], [-3024, 0]], dtype=np.int16)  # HU = stored - 1024 + ...
+    a = write_ct_slice(tmp_path / "a.dcm", (0, 0, 0), stored, intercept=0.0, padding=-2000)
+    b = write_ct_slice(tmp_path / "b.dcm", (0, 0, 1), stored + 1024, intercept=-1024.0, padding=-976)
+    volume = build_volume([a, b])
+    array = volume.array()
+    assert array[0].tolist() == [[-1024.0, 1064.0], [-1024.0, 0.0]]
+    # Slice b: stored -976 is the padding value (HU -2000); -3024+1024 -> HU -3024 below air.
+    assert array[1].tolist() == [[-1024.0, 1064.0], [-1024.0, 0.0]]
+
+
+def _ramp_hu(points_lps: np.ndarray) -> np.ndarray:
+    """A linear HU field: linear interpolation reproduces it exactly."""
+    return 0.5 * points_lps[..., 0] - 0.8 * points_lps[..., 1] + 1.3 * points_lps[..., 2] + 100.0
+
+
+@pytest.mark.parametrize("tilt_deg", [18.5, -22.0])
+def test_synthetic_tilted_variable_stack_matches_the_truth(tmp_path, tilt_deg):
+    """Slices sample a known linear field on a sheared grid (couch moves along z, gantry tilted)."""
+    t = np.radians(tilt_deg)
+    row_dir = np.array([1.0, 0.0, 0.0])
+    col_dir = np.array([0.0, np.cos(t), -np.sin(t)])
+    rows, cols, spacing = 24, 20, (1.0, 1.25)  # (row spacing, column spacing)
+    z_couch = np.concatenate([np.arange(0, 12, 3.0), 12 + np.arange(1, 5) * 5.0])  # 3 mm then 5 mm steps
+    paths = []
+    for k, z in enumerate(z_couch):
+        origin = np.array([-10.0, -12.0, z])
+        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        points = origin + c[..., None] * spacing[1] * row_dir + r[..., None] * spacing[0] * col_dir
+        stored = np.round((_ramp_hu(points) + 1024.0) * 8).astype(np.int16)  # slope 1/8 keeps precision
+        paths.append(
+            write_ct_slice(
+                tmp_path / f"{k}.dcm", origin, stored, orientation=(*row_dir, *col_dir), spacing=spacing,
+                slope=0.125, intercept=-1024.0,
+            )
+        )
+    volume = build_volume(paths)
+    assert FLAG_TILT in volume.qc_flags and FLAG_VARIABLE_SPACING in volume.qc_flags
+    direction = np.array(volume.image.GetDirection()).reshape(3, 3)
+    assert np.allclose(direction[:, 0], row_dir) and np.allclose(direction[:, 1], col_dir)
+    assert np.allclose(direction[:, 2], np.cross(row_dir, col_dir))
+    normal_steps = np.diff(z_couch) * np.cos(t)
+    assert volume.spacing_mm[2] == pytest.approx(normal_steps.min(), rel=0.05)
+
+    # Compare every voxel that lies inside the sheared source stack with the analytic field.
+    points = voxel_world_points(volume.image)
+    array = volume.array()
+    rel = points - np.array([-10.0, -12.0, 0.0])
+    z_at = rel @ np.cross(row_dir, col_dir) / np.cos(t)  # couch position of the plane through each voxel
+    col_mm = rel @ row_dir
+    row_mm = (rel - np.outer(z_at.ravel(), [0, 0, 1]).reshape(rel.shape)) @ col_dir
+    inside = (
+        (col_mm >= 0) & (col_mm <= (cols - 1) * spacing[1])
+        & (row_mm >= 2.5) & (row_mm <= (rows - 1) * spacing[0] - 2.5)  # both neighbours cover it
+        & (z_at >= z_couch[0]) & (z_at <= z_couch[-1])
+    )
+    assert inside.sum() > 0.3 * inside.size
+    assert np.abs(array[inside] - _ramp_hu(points[inside])).max() < 0.2
+    outside = (row_mm < -4) | (row_mm > (rows - 1) * spacing[0] + 4)
+    assert np.all(array[outside] == -1024.0)
