@@ -19,6 +19,7 @@ import os
 import re
 import struct
 import unicodedata
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,6 +348,29 @@ def _pixel_data_state(fp: Any, file_size: int, transfer_syntax: str, implicit: b
     return True, _SEQUENCE_DELIMITER not in tail
 
 
+def _last_value_short(ds: Dataset) -> bool:
+    """True when the file ended inside the value of the last element read
+    (pydicom keeps the short value without complaint)."""
+    try:
+        raw = ds._dict[max(ds._dict)] if ds._dict else None
+    except Exception:  # noqa: BLE001
+        return False
+    value, length = getattr(raw, "value", None), getattr(raw, "length", None)
+    if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF:
+        return len(value) < length
+    return False
+
+
+_PIXEL_MODULE = ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+                 "BitsStored", "HighBit", "PixelRepresentation")
+
+
+def _pixel_module_partial(ds: Dataset) -> bool:
+    """Some but not all Image Pixel attributes: the file was cut inside them."""
+    present = [k in ds for k in _PIXEL_MODULE]
+    return any(present) and not all(present)
+
+
 def read_header(path: str) -> tuple[str, InstanceHeader | None]:
     """Read one file's header. Returns (kind, header): kind is "dicom",
     "non_dicom", "unreadable" or "index" (a DICOMDIR); never raises for bad files."""
@@ -370,8 +394,9 @@ def read_header(path: str) -> tuple[str, InstanceHeader | None]:
                 # another name (Philips DIRFILE) counts as non-DICOM.
                 return (_INDEX if _is_dicomdir_name(Path(path)) else _NON_DICOM), None
             if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
-                # e.g. a Philips DIRFILE: a DICM prefix but no DICOM object inside
-                return _NON_DICOM, None
+                # A DICM prefix but no object: cut short, or some vendor file.
+                cut = len(ds) == 0 or _last_value_short(ds) or (meta is not None and _last_value_short(meta))
+                return (_UNREADABLE if cut else _NON_DICOM), None
             if transfer_syntax in DEFLATED_TRANSFER_SYNTAX_UIDS:
                 has_pixels, truncated = True, False
             else:
@@ -379,6 +404,7 @@ def read_header(path: str) -> tuple[str, InstanceHeader | None]:
                     not transfer_syntax and force and not (b"AA" <= head[4:6] <= b"ZZ")
                 )
                 has_pixels, truncated = _pixel_data_state(fp, file_size, transfer_syntax, implicit)
+            truncated = truncated or _last_value_short(ds) or (not has_pixels and _pixel_module_partial(ds))
             if truncated:
                 log.debug("pixel data truncated in a file; counted as unreadable")
                 return _UNREADABLE, None
@@ -414,11 +440,18 @@ def _dicomdir_files(dicomdir: Path) -> tuple[list[str] | None, str]:
 
     root = dicomdir.parent.resolve()
     try:
-        fileset = FileSet(pydicom.dcmread(str(dicomdir)))
+        index = pydicom.dcmread(str(dicomdir))
+        referenced = sum(1 for r in index.get("DirectoryRecordSequence", ()) if "ReferencedFileID" in r)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns, then drops, missing files
+            fileset = FileSet(index)
         paths = [Path(instance.path).resolve() for instance in fileset]
     except Exception as exc:  # noqa: BLE001 - any broken index means: scan the folder
         log.warning("DICOMDIR unreadable (%s); scanning its folder instead", type(exc).__name__)
         return None, "invalid_dicomdir"
+    if len(paths) < referenced:
+        log.warning("DICOMDIR lists files that do not exist; scanning its folder instead")
+        return None, "stale_dicomdir"
     for p in paths:
         if not p.is_file() or root not in p.parents:
             log.warning("DICOMDIR lists files that do not exist; scanning its folder instead")
@@ -543,10 +576,10 @@ def read_frame_hu(path: str, frame_number: int | None = None) -> np.ndarray:
     with the modality rescale applied, as float32. Raises InvalidInputError."""
     from pydicom.pixels import pixel_array
 
-    ds = Dataset()
     try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
         index = (frame_number - 1) if frame_number else 0
-        arr = pixel_array(path, index=index, ds_out=ds)
+        arr = pixel_array(path, index=index)
     except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
         raise InvalidInputError(
             f"cannot decode the pixels of one image ({type(exc).__name__}); check the file is complete "
