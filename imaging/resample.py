@@ -111,8 +111,19 @@ def resample_like(
     interpolator: Interpolator = "linear",
     default: float = AIR_HU,
 ) -> ImageLike:
-    """Resample ``image`` onto the grid (size, spacing, origin, direction) of ``reference``."""
+    """Resample ``image`` onto the grid (size, spacing, origin, direction) of ``reference``.
+
+    When both grids already match, ``image`` is returned unchanged (no interpolation).
+    """
     ref = _image(reference)
+    src = _image(image)
+    if (
+        src.GetSize() == ref.GetSize()
+        and np.allclose(src.GetSpacing(), ref.GetSpacing(), rtol=0, atol=1e-6)
+        and np.allclose(src.GetOrigin(), ref.GetOrigin(), rtol=0, atol=1e-5)
+        and np.allclose(src.GetDirection(), ref.GetDirection(), rtol=0, atol=1e-7)
+    ):
+        return image
     out = _resample(
         _image(image),
         ref.GetSize(),
@@ -141,8 +152,8 @@ def reorient_to_nearest_axes(
     physical box, with the same spacing.
     """
     image = _image(volume_or_image)
-    oriented = sitk.DICOMOrient(image, orientation.upper())
     target = _axis_directions(orientation.upper())
+    oriented = sitk.DICOMOrient(image, orientation.upper())
     direction = np.array(oriented.GetDirection(), dtype=float).reshape(3, 3)
     cos = np.clip(np.abs(np.sum(direction * target, axis=0)), 0.0, 1.0)
     if float(np.degrees(np.arccos(cos.min()))) <= tolerance_deg:
@@ -154,7 +165,7 @@ def reorient_to_nearest_axes(
     physical = np.array([oriented.TransformContinuousIndexToPhysicalPoint(c.astype(float).tolist()) for c in corners])
     in_target = physical @ target  # coordinates along the target axes
     low, high = in_target.min(axis=0), in_target.max(axis=0)
-    new_size = tuple(int(math.floor((hi - lo) / sp + 1e-6)) + 1 for lo, hi, sp in zip(low, high, spacing))
+    new_size = tuple(int(math.ceil((hi - lo) / sp - 1e-6)) + 1 for lo, hi, sp in zip(low, high, spacing))
     origin = target @ low
     out = _resample(
         oriented,

@@ -18,85 +18,41 @@ import click
 import SimpleITK as sitk
 
 from imaging.build import build_volume
-from imaging.errors import InvalidInputError, NoEligibleSeriesError, OutputError
+from imaging.errors import InvalidInputError, OutputError
 from imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
-_NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 
-def _candidate_uid(candidate: Any) -> str:
-    for name in ("series_instance_uid", "uid", "series_uid"):
-        value = getattr(candidate, name, None)
-        if value:
-            return str(value)
-    return ""
+def candidate_files(candidate: Any) -> tuple[list[str], dict[str, list[int]] | None]:
+    """Files of a series candidate, and the frame numbers to keep from multi-frame files."""
+    files = [str(f) for f in candidate.files]
+    frames: dict[str, list[int]] = {}
+    for ref in getattr(candidate, "frames", ()):
+        if getattr(ref, "frame_number", None) is not None:
+            frames.setdefault(str(ref.path), []).append(int(ref.frame_number))
+    return files, (frames or None)
 
 
-def _candidate_files(candidate: Any) -> tuple[list[str], dict[str, list[int]] | None]:
-    files = [str(f) for f in getattr(candidate, "files", ())]
-    frames = getattr(candidate, "frames", None)
-    return files, (dict(frames) if frames else None)
+def select_files(
+    study: Path, series_uid: str | None = None
+) -> tuple[list[str], dict[str, list[int]] | None, tuple[str, ...]]:
+    """Files, frame numbers (multi-frame only) and scan QC flags of the series to build.
 
-
-def _files_from_selection(study: Path, series_uid: str | None) -> tuple[list[str], dict[str, list[int]] | None, tuple[str, ...]]:
-    """Files (and frames) of the chosen series, through the series-selection API."""
+    The series is the one :func:`imaging.series.select_series` chooses, or the
+    one named by ``series_uid`` (its SeriesInstanceUID or split key).
+    """
     from imaging.dicom_io import scan
-    from imaging.series import require_choice, select_series
+    from imaging.series import find_candidate, require_choice, select_series
 
-    scanned = scan(study)
-    choice = select_series(scanned)
-    scan_flags = tuple(getattr(scanned, "flags", ()))
-    if series_uid:
-        for candidate in getattr(choice, "candidates", ()):
-            if _candidate_uid(candidate) == series_uid:
-                files, frames = _candidate_files(candidate)
-                if files:
-                    return files, frames, scan_flags
-        raise NoEligibleSeriesError(
-            f"no series with SeriesInstanceUID {series_uid} under {study}; run `ictus series {study}` to list them"
-        )
-    chosen = require_choice(choice)
-    # require_choice may return the chosen candidate or the choice itself.
-    chosen = getattr(chosen, "chosen", chosen)
-    files, frames = _candidate_files(chosen)
-    return files, frames, scan_flags
-
-
-def _files_from_folder(study: Path, series_uid: str | None) -> tuple[list[str], None, tuple[str, ...]]:
-    """Fallback for a folder holding one series, used while series selection is unavailable."""
-    import pydicom
-
-    if study.is_file():
-        candidates = [study]
-    else:
-        candidates = sorted(p for p in study.rglob("*") if p.is_file() and p.name.upper() != "DICOMDIR")
-    files = []
-    for path in candidates:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"])
-        except Exception:  # noqa: BLE001 - not DICOM: skipped, as scanning does
-            continue
-        if series_uid and str(ds.get("SeriesInstanceUID", "")) != series_uid:
-            continue
-        files.append(str(path))
-    if not files:
-        raise NoEligibleSeriesError(f"no DICOM image found under {study}; point to a study folder")
-    return files, None, ()
-
-
-def select_files(study: Path, series_uid: str | None = None) -> tuple[list[str], dict[str, list[int]] | None, tuple[str, ...]]:
-    """Files, optional frame numbers and scan QC flags of the series to build."""
     if not study.exists():
         raise InvalidInputError(f"{study} does not exist; point to a study folder, a DICOMDIR or a file")
-    try:
-        import imaging.series  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "imaging.series":
-            raise
-        return _files_from_folder(study, series_uid)
-    return _files_from_selection(study, series_uid)
+    choice = select_series(scan(study))
+    candidate = find_candidate(choice, series_uid) if series_uid else require_choice(choice)
+    files, frames = candidate_files(candidate)
+    return files, frames, tuple(choice.flags)
 
 
 def _umask() -> int:
@@ -150,4 +106,4 @@ def command(study: Path, output: Path, series_uid: str | None) -> None:
     click.echo(summary_line(volume, output))
 
 
-__all__: Sequence[str] = ("command", "select_files", "write_image_atomic", "summary_line")
+__all__: Sequence[str] = ("command", "candidate_files", "select_files", "write_image_atomic", "summary_line")
