@@ -119,7 +119,7 @@ class PhantomSpec:
     """Every option of a phantom. Lengths in mm, volumes in mL, densities in HU.
 
     ``haemorrhage_side`` is "left" or "right" (patient side); for IVH also
-    "both". ``haemorrhage_location`` names a place (see ``IPH_LOCATIONS`` and
+    "both"; None means "right" (IPH, EAH) or "both" (IVH). ``haemorrhage_location`` names a place (see ``IPH_LOCATIONS`` and
     ``EAH_LOCATIONS``); ``haemorrhage_centre_lps_mm`` overrides it (IPH: the
     ellipsoid centre; EAH: a point whose direction from the head centre gives
     the thickest part of the crescent). ``midline_shift_direction`` is "left"
@@ -127,12 +127,14 @@ class PhantomSpec:
     haemorrhage, or to the left without one. ``slice_spacing_mm`` None means
     contiguous slices (= thickness); with gantry tilt it is the distance
     between the tilted planes and the table moves spacing / cos(tilt).
-    ``n_slices`` None covers ``z_coverage_mm``.
+    ``n_slices`` None covers ``z_coverage_mm``. Pixels are stored as signed
+    int16 with RescaleIntercept 0 (GE style), or with ``unsigned_pixels`` as
+    uint16 with RescaleIntercept -1024 (Siemens style).
     """
 
     haemorrhage: str | None = None
     haemorrhage_volume_ml: float = 30.0
-    haemorrhage_side: str = "right"
+    haemorrhage_side: str | None = None
     haemorrhage_location: str | None = None
     haemorrhage_centre_lps_mm: tuple[float, float, float] | None = None
     haemorrhage_hu: float = 65.0
@@ -152,6 +154,7 @@ class PhantomSpec:
     noise_hu: float = 5.0
     seed: int = 0
     with_scout: bool = False
+    unsigned_pixels: bool = False
     partial_volume_samples: int = 5
 
     def validated(self) -> "PhantomSpec":
@@ -164,7 +167,7 @@ class PhantomSpec:
         if self.haemorrhage is not None and not 0.05 <= self.haemorrhage_volume_ml <= 200:
             raise bad(f"haemorrhage volume {self.haemorrhage_volume_ml} mL is outside 0.05-200 mL")
         sides = ("left", "right", "both") if self.haemorrhage == "IVH" else ("left", "right")
-        if self.haemorrhage is not None and self.haemorrhage_side not in sides:
+        if self.haemorrhage is not None and self.haemorrhage_side not in (None, *sides):
             raise bad(f"haemorrhage side {self.haemorrhage_side!r} is not one of {', '.join(sides)}")
         if self.haemorrhage_location is not None:
             allowed = {"IPH": IPH_LOCATIONS, "EAH": EAH_LOCATIONS}.get(self.haemorrhage or "", ())
@@ -202,6 +205,13 @@ class PhantomSpec:
         if not 1 <= self.partial_volume_samples <= 15:
             raise bad(f"partial-volume samples {self.partial_volume_samples} is outside 1-15")
         return self
+
+    @property
+    def side(self) -> str:
+        """The haemorrhage side with its default resolved ("left", "right" or "both")."""
+        if self.haemorrhage_side is not None:
+            return self.haemorrhage_side
+        return "both" if self.haemorrhage == "IVH" else "right"
 
 
 # ---------------------------------------------------------------------------
@@ -488,8 +498,8 @@ def _signed_shift(spec: PhantomSpec) -> float:
         return 0.0
     direction = spec.midline_shift_direction
     if direction is None:
-        side = spec.haemorrhage_side if spec.haemorrhage else "right"
-        direction = "right" if side == "left" else "left"  # away from the lesion
+        side = spec.side if spec.haemorrhage else "both"
+        direction = "right" if side == "left" else "left"  # away from the lesion (left when none or both)
     return spec.midline_shift_mm if direction == "left" else -spec.midline_shift_mm
 
 
@@ -788,7 +798,7 @@ def _named_eah_direction(name: str, sign: float) -> np.ndarray:
 
 def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, dict[str, Any]]:
     """Choose the haemorrhage's threshold so its fine-grid volume is the requested one."""
-    kind, side = spec.haemorrhage, spec.haemorrhage_side
+    kind, side = spec.haemorrhage, spec.side
     target_mm3 = spec.haemorrhage_volume_ml * 1000.0
     k = anat.k
     sign = 1.0 if side == "left" else -1.0
@@ -815,7 +825,7 @@ def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, d
             u = u / max(np.linalg.norm(u), 1e-6)
         else:
             u = _named_eah_direction(spec.haemorrhage_location or "convexity", sign)
-        half_angle = math.radians(20.0 + 3.3 * math.sqrt(spec.haemorrhage_volume_ml))
+        half_angle = math.radians(min(14.0 + 4.0 * math.sqrt(spec.haemorrhage_volume_ml), 75.0))
         h0 = _Haemorrhage("EAH", side, spec.haemorrhage_hu, threshold=40.0 * k, direction=tuple(u),
                           half_angle_rad=half_angle)
         lo, hi = _cap_bbox(anat, u, half_angle, depth_mm=40.0 * k)
@@ -896,7 +906,7 @@ def _ventricle_volume_ml(anat: _Anatomy, side: str, step: float = 0.6) -> float:
 
 
 _IVH_MAX_FILL = 0.8
-_MAX_VENTRICLE_DILATION = 2.6
+_MAX_VENTRICLE_DILATION = 3.0
 
 
 def build_model(spec: PhantomSpec) -> tuple[_Anatomy, dict[str, Any]]:
@@ -913,7 +923,7 @@ def build_model(spec: PhantomSpec) -> tuple[_Anatomy, dict[str, Any]]:
     if spec.haemorrhage == "IVH":
         s = anat.ventricle_dilation
         for _ in range(6):
-            capacity = _ventricle_volume_ml(anat, spec.haemorrhage_side)
+            capacity = _ventricle_volume_ml(anat, spec.side)
             if spec.haemorrhage_volume_ml <= _IVH_MAX_FILL * capacity:
                 break
             ratio = spec.haemorrhage_volume_ml / (_IVH_MAX_FILL * capacity)
@@ -921,7 +931,7 @@ def build_model(spec: PhantomSpec) -> tuple[_Anatomy, dict[str, Any]]:
             if s > _MAX_VENTRICLE_DILATION:
                 raise InvalidInputError(
                     f"phantom: an IVH of {spec.haemorrhage_volume_ml:g} mL does not fit in the "
-                    f"{spec.haemorrhage_side} lateral ventricle(s) even when dilated; choose a smaller volume "
+                    f"{spec.side} lateral ventricle(s) even when dilated; choose a smaller volume "
                     "or --haemorrhage-side both")
             anat = _build_anatomy(spec, ventricle_dilation=s)
         else:
@@ -952,6 +962,7 @@ class PhantomRender:
     geometry: PhantomGeometry
     fit_info: Mapping[str, Any] = field(default_factory=dict)
     model: Any = None
+    label_fraction_voxels: Mapping[str, float] = field(default_factory=dict)
 
 
 def _slab_offsets(spec: PhantomSpec) -> np.ndarray:
@@ -959,18 +970,20 @@ def _slab_offsets(spec: PhantomSpec) -> np.ndarray:
     return ((np.arange(n) + 0.5) / n - 0.5) * spec.slice_thickness_mm
 
 
-def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sample the model on the stack: (mean HU, majority label, centre tissue)."""
+def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray, normal: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Sample the model on the stack: (mean HU, majority label, centre tissue, fractional voxels per class)."""
     H, W, n = geom.rows, geom.columns, geom.n_slices
     dr, dc = geom.pixel_spacing_mm
-    rowd, cold, nrm = geom.row_direction, geom.column_direction, geom.normal
+    rowd, cold = geom.row_direction, geom.column_direction
+    nrm = geom.normal if normal is None else np.asarray(normal, dtype=float)
     hu = np.empty((n, H, W), dtype=np.float32)
     labels = np.zeros((n, H, W), dtype=np.uint8)
     tissue = np.zeros((n, H, W), dtype=np.uint8)
     j = np.arange(H, dtype=np.float64)
     i = np.arange(W, dtype=np.float64)
     centre_t = int(np.argmin(np.abs(offsets)))
+    fractions = np.zeros(256, dtype=np.float64)
     for kk, ipp in enumerate(geom.image_positions_patient):
         ipp_a = np.asarray(ipp, dtype=float)
         xs = ipp_a[0] + i * dc * rowd[0]
@@ -982,7 +995,8 @@ def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray
         tissue[kk] = blk.tissue[centre_t]
         if anat.haemorrhage is not None:
             labels[kk] = _majority(blk.label)
-    return hu, labels, tissue
+            fractions += np.bincount(blk.label.ravel(), minlength=256) / len(offsets)
+    return hu, labels, tissue, {name: float(fractions[v]) for name, v in LABELS.items() if v}
 
 
 def _majority(label: np.ndarray) -> np.ndarray:
@@ -1014,37 +1028,72 @@ def render_phantom(spec: PhantomSpec) -> PhantomRender:
     spec = spec.validated()
     anat, info = build_model(spec)
     geom = phantom_geometry(spec)
-    hu, labels, tissue = _sample_stack(anat, geom, _slab_offsets(spec))
+    hu, labels, tissue, fractions = _sample_stack(anat, geom, _slab_offsets(spec))
     hu = _add_noise(hu, spec.noise_hu, spec.seed)
     np.clip(hu, _HU_MIN, _HU_MAX, out=hu)
-    return PhantomRender(spec=spec, hu=hu, labels=labels, tissue=tissue, geometry=geom, fit_info=info, model=anat)
+    return PhantomRender(spec=spec, hu=hu, labels=labels, tissue=tissue, geometry=geom, fit_info=info, model=anat,
+                         label_fraction_voxels=fractions)
 
 
 def sample_phantom(render_or_spec: "PhantomRender | PhantomSpec", origin_lps_mm: Sequence[float],
-                   spacing_mm: Sequence[float], size: Sequence[int], *, thickness_mm: float | None = None
+                   spacing_mm: Sequence[float], size: Sequence[int], *,
+                   direction: Sequence[float] | None = None, thickness_mm: float | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free (HU, labels) of the same analytic phantom on an axis-aligned LPS grid.
+    """Noise-free (HU, labels) of the same analytic phantom on another grid.
 
-    ``size`` and ``spacing_mm`` are (x, y, z); arrays come back [z, y, x].
-    ``thickness_mm`` averages sub-samples across z (default: the z spacing).
-    Use it to compare a tilt-corrected or resampled volume with the truth.
+    ``size`` and ``spacing_mm`` are (x, y, z) in SimpleITK order; arrays come
+    back [k, j, i]. ``direction`` is a SimpleITK (row-major 3x3) direction;
+    it may be any rotation about patient x (with flips), e.g. a tilt-corrected
+    grid as dcm2niix writes it; default identity. ``thickness_mm`` averages
+    sub-samples along the third axis (default: its spacing). Use it to compare
+    a tilt-corrected or resampled volume with the truth.
     """
     if isinstance(render_or_spec, PhantomRender):
         spec, anat = render_or_spec.spec, render_or_spec.model
     else:
         spec = render_or_spec.validated()
         anat, _ = build_model(spec)
+    d = np.eye(3) if direction is None else np.array(direction, dtype=float).reshape(3, 3)
+    cols = [d[:, a] for a in range(3)]
+    if abs(abs(cols[0][0]) - 1.0) > 1e-6 or abs(cols[1][0]) > 1e-6 or abs(cols[2][0]) > 1e-6:
+        raise InvalidInputError("phantom: sample_phantom supports grids whose first axis is patient x "
+                                "(rotations about x only); resample your volume onto such a grid")
     sx, sy, sz = (float(v) for v in spacing_mm)
     nx, ny, nz = (int(v) for v in size)
+    origin = np.array(origin_lps_mm, dtype=float)
     geom = PhantomGeometry(
-        rows=ny, columns=nx, pixel_spacing_mm=(sy, sx), image_orientation_patient=(1, 0, 0, 0, 1, 0),
-        image_positions_patient=tuple((float(origin_lps_mm[0]), float(origin_lps_mm[1]), float(origin_lps_mm[2]) + kk * sz)
-                                      for kk in range(nz)),
+        rows=ny, columns=nx, pixel_spacing_mm=(sy, sx),
+        image_orientation_patient=tuple(float(v) for v in (*cols[0], *cols[1])),  # type: ignore[arg-type]
+        image_positions_patient=tuple(tuple(float(v) for v in origin + kk * sz * cols[2]) for kk in range(nz)),
         slice_thickness_mm=thickness_mm or sz, slice_spacing_mm=sz, table_increment_mm=sz, gantry_tilt_deg=0.0)
     n = spec.partial_volume_samples
     offsets = ((np.arange(n) + 0.5) / n - 0.5) * (thickness_mm or sz)
-    hu, labels, _ = _sample_stack(anat, geom, offsets)
+    hu, labels, _, _ = _sample_stack(anat, geom, offsets, normal=cols[2])
     return hu, labels
+
+
+def tilt_corrected_grid(geometry: PhantomGeometry) -> dict[str, Any]:
+    """The orthonormal grid of a tilted stack: axes (row, column, plane normal), as dcm2niix corrects tilt.
+
+    Each written slice is one slab of this grid, shifted along the column
+    direction by the table motion; the grid has enough rows to hold them all.
+    Returns SimpleITK-ordered ``origin_lps_mm``, ``spacing_mm``, ``size_xyz``
+    and a row-major ``direction``.
+    """
+    g = geometry
+    row, col, nrm = g.row_direction, g.column_direction, g.normal
+    ipp = np.array(g.image_positions_patient, dtype=float)
+    # offset of each slice's first pixel along the column direction, relative to slice 0
+    shift = (ipp - ipp[0]) @ col
+    rows = g.rows + int(math.ceil((shift.max() - shift.min()) / g.pixel_spacing_mm[0] - 1e-6))
+    origin = ipp[0] + shift.min() * col
+    direction = np.stack([row, col, nrm], axis=1)
+    return {
+        "origin_lps_mm": [float(v) for v in origin],
+        "spacing_mm": [g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.slice_spacing_mm],
+        "size_xyz": [g.columns, rows, g.n_slices],
+        "direction": [float(round(v, 12)) for v in direction.ravel()],
+    }
 
 
 def phantom_volume(spec: PhantomSpec) -> Volume:
@@ -1111,7 +1160,11 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
         nominal = 0.0
         if h is not None and name == h.kind:
             nominal = spec.haemorrhage_volume_ml
-        volumes[name] = {"nominal_ml": nominal, "on_grid_ml": float(counts[LABELS[name]] * vox_ml)}
+        volumes[name] = {
+            "nominal_ml": nominal,
+            "on_grid_ml": float(counts[LABELS[name]] * vox_ml),
+            "on_grid_partial_volume_ml": float(render.label_fraction_voxels.get(name, 0.0) * vox_ml),
+        }
     if h is not None and h.kind == "IPH" and h.oedema_semi is not None:
         volumes["oedema"]["nominal_ml"] = _oedema_volume_ml(anat)
     shift = anat.shift_signed_mm
@@ -1128,7 +1181,9 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
             "midline_shift_sign": "midline_shift_signed_mm > 0 means the midline structures moved towards patient LEFT (+x)",
             "ideal_midline": "the plane x = 0 mm (the skull's symmetry plane)",
             "on_grid": "label voxel count on the written DICOM grid x voxel volume (pixel area x slice spacing); "
-                       "a voxel is labelled when most sub-samples across the slice thickness are inside",
+                       "a voxel is labelled when most sub-samples across the slice thickness are inside "
+                       "(thin or oblique layers lose volume on thick slices)",
+            "on_grid_partial_volume": "sum over voxels of the fraction of sub-samples inside x voxel volume",
             "nominal": "the requested volume, realised on a fine grid (fit_info.fine_grid_step_mm)",
         },
         "haemorrhage": None if h is None else {
@@ -1286,8 +1341,8 @@ def _slice_dataset(spec: PhantomSpec, g: PhantomGeometry, uids: Mapping[str, str
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = g.rows, g.columns
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept = f"{_RESCALE_INTERCEPT:g}"
+    ds.PixelRepresentation = 0 if spec.unsigned_pixels else 1
+    ds.RescaleIntercept = f"{_rescale_intercept(spec):g}"
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
     ds.WindowCenter, ds.WindowWidth = "40", "80"
@@ -1297,9 +1352,21 @@ def _slice_dataset(spec: PhantomSpec, g: PhantomGeometry, uids: Mapping[str, str
     return ds
 
 
+def _rescale_intercept(spec: PhantomSpec) -> float:
+    return _RESCALE_INTERCEPT if spec.unsigned_pixels else 0.0
+
+
+def _stored_values(spec: PhantomSpec, hu: np.ndarray) -> np.ndarray:
+    """HU -> stored pixel values (uint16 or int16) for the spec's pixel representation."""
+    stored = np.rint(hu - _rescale_intercept(spec))
+    if spec.unsigned_pixels:
+        return stored.clip(0, 65535).astype(np.uint16)
+    return stored.clip(-32768, 32767).astype(np.int16)
+
+
 def _set_pixels(ds: Any, stored: np.ndarray, compression: str) -> None:
     """Store pixels uncompressed or compressed with pydicom's encoders."""
-    stored = np.ascontiguousarray(stored, dtype=np.uint16)
+    stored = np.ascontiguousarray(stored)
     if compression == "none":
         ds.PixelData = stored.tobytes()
         return
@@ -1382,37 +1449,30 @@ def _labels_image(render: PhantomRender) -> tuple[Any, dict[str, Any]]:
         labels = render.labels
         origin = g.image_positions_patient[0]
         spacing = (g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.slice_spacing_mm)
+        direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
         kind = "dicom"
     else:
-        # The tilted stack is sheared; NIfTI readers (ITK) need orthonormal axes, so sample the
-        # same analytic labels on an axis-aligned grid covering the stack: same x and y sampling
-        # as the pixels' row/column spacing, z every table increment, bounding the sheared stack.
-        corners = []
-        aff = g.affine
-        for i in (0, g.columns - 1):
-            for j in (0, g.rows - 1):
-                for kk in (0, g.n_slices - 1):
-                    corners.append(aff @ np.array([i, j, kk, 1.0]))
-        corners = np.array(corners)[:, :3]
-        lo, hi = corners.min(axis=0), corners.max(axis=0)
-        spacing = (g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.table_increment_mm)
-        size = tuple(int(math.floor((hi[a] - lo[a]) / spacing[a] + 1e-6)) + 1 for a in range(3))
-        origin = tuple(float(v) for v in lo)
-        _, labels = sample_phantom(render, origin, spacing, size, thickness_mm=g.slice_thickness_mm)
-        kind = "orthogonal"
+        # A sheared stack cannot be stored in NIfTI as read by ITK (orthonormal axes only), so the
+        # same analytic labels are sampled on the tilt-corrected grid (row, column, normal axes).
+        grid = tilt_corrected_grid(g)
+        origin, spacing, direction = grid["origin_lps_mm"], grid["spacing_mm"], grid["direction"]
+        _, labels = sample_phantom(render, origin, spacing, grid["size_xyz"], direction=direction,
+                                   thickness_mm=g.slice_thickness_mm)
+        kind = "tilt_corrected"
     img = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))
     img.SetOrigin(tuple(float(v) for v in origin))
     img.SetSpacing(tuple(float(v) for v in spacing))
-    img.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    img.SetDirection(tuple(float(v) for v in direction))
     desc = {
         "kind": kind,
         "description": ("labels on the written DICOM grid" if kind == "dicom" else
-                        "tilted series: labels sampled from the same analytic phantom on an axis-aligned LPS grid "
-                        "bounding the sheared stack (x, y at the pixel spacing, z at the table increment)"),
+                        "tilted series: labels sampled from the same analytic phantom on the tilt-corrected "
+                        "orthonormal grid (axes: row, column and normal of the tilted planes; one slab per slice, "
+                        "extra rows hold the shear), as dcm2niix corrects tilt"),
         "origin_lps_mm": [float(v) for v in origin],
         "spacing_mm": [float(v) for v in spacing],
         "size_xyz": [int(v) for v in img.GetSize()],
-        "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+        "direction": [float(v) for v in direction],
         "voxel_counts": {name: int((labels == value).sum()) for name, value in LABELS.items() if value},
     }
     return img, desc
@@ -1449,7 +1509,7 @@ def write_phantom(spec: PhantomSpec, out_dir: str | os.PathLike, *, force: bool 
     render = render_phantom(spec)
     g = render.geometry
     uids = phantom_uids(spec, g.n_slices)
-    stored = np.rint(render.hu - _RESCALE_INTERCEPT).clip(0, 65535).astype(np.uint16)
+    stored = _stored_values(spec, render.hu)
     truth = ground_truth(render, uids)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
