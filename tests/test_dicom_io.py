@@ -117,7 +117,7 @@ def write_series(
         pos = np.array([-4.0, -4.0, 0.0]) + i * spacing_mm * normal
         ds = ct_dataset(study_uid=study_uid, series_uid=series_uid, position=pos, instance=i + 1,
                         orientation=orientation, **kw)
-        paths.append(save(ds, folder / f"{series_uid[-6:]}_{i:03d}.dcm"))
+        paths.append(save(ds, folder / f"{safe_path_component(series_uid)[-6:]}_{i:03d}.dcm"))
     return paths
 
 
