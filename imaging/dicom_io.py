@@ -21,9 +21,10 @@ import struct
 import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pydicom
@@ -473,12 +474,23 @@ def _is_directory_object(path: Path) -> bool:
         return False
 
 
+@contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's UserWarnings about odd-but-readable values (it also
+    logs them on the ``pydicom`` logger, which the CLI controls); they would
+    otherwise reach stderr once per odd value."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        yield
+
+
 def _read_all(paths: Sequence[str], max_workers: int | None) -> list[tuple[str, InstanceHeader | None]]:
     workers = max_workers or min(_MAX_WORKERS, 2 * (os.cpu_count() or 1))
-    if len(paths) < 4 or workers <= 1:
-        return [read_header(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ictus-scan") as pool:
-        return list(pool.map(read_header, paths, chunksize=8))
+    with _quiet_pydicom():
+        if len(paths) < 4 or workers <= 1:
+            return [read_header(p) for p in paths]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ictus-scan") as pool:
+            return list(pool.map(read_header, paths, chunksize=8))
 
 
 def _is_dicomdir_name(path: Path) -> bool:
@@ -577,9 +589,10 @@ def read_frame_hu(path: str, frame_number: int | None = None) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        index = (frame_number - 1) if frame_number else 0
-        arr = pixel_array(path, index=index)
+        with _quiet_pydicom():
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            index = (frame_number - 1) if frame_number else 0
+            arr = pixel_array(path, index=index)
     except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
         raise InvalidInputError(
             f"cannot decode the pixels of one image ({type(exc).__name__}); check the file is complete "

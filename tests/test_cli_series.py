@@ -3,6 +3,7 @@ one line on stderr (never a traceback) for each bad input."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +83,14 @@ def test_good_series_table_and_json(tmp_path: Path, cli_runner) -> None:
 
 def test_header_text_cannot_reach_the_terminal_or_leak_identity(tmp_path: Path, cli_runner) -> None:
     write_series(tmp_path, 30, series_uid="1.2.3/../../x\x1b[2J", description="head\x1b]0;pwned\x07\r\n")
-    code, out, err = cli_runner("series", tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = cli_runner("series", tmp_path)
     assert code == EXIT_OK
     assert not any(ch in out for ch in "\x1b\x07\r\x00")
+    assert err.strip() == ""
+    # pydicom's warnings about the odd values would reach stderr outside pytest
+    assert not [w for w in caught if "pydicom" in (w.filename or "")]
     assert "Doe" not in out + err and "PID-777" not in out + err
 
 
