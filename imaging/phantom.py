@@ -1255,6 +1255,7 @@ _TRANSFER_SYNTAX = {
     "j2k-lossy": "1.2.840.10008.1.2.4.91",
 }
 _RESCALE_INTERCEPT = -1024.0
+_J2K_LOSSY_RATIO = 8.0  # compression ratio of the lossy JPEG 2000 variant (clinical lossy CT is ~5-15)
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, for generated UIDs
 
 
@@ -1372,7 +1373,7 @@ def _set_pixels(ds: Any, stored: np.ndarray, compression: str) -> None:
         return
     kwargs: dict[str, Any] = {}
     if compression == "j2k-lossy":
-        kwargs["j2k_cr"] = [12]
+        kwargs["j2k_cr"] = [_J2K_LOSSY_RATIO]
     try:
         ds.compress(_TRANSFER_SYNTAX[compression], stored, generate_instance_uid=False, **kwargs)
     except RuntimeError as exc:
@@ -1380,7 +1381,7 @@ def _set_pixels(ds: Any, stored: np.ndarray, compression: str) -> None:
                           "install pylibjpeg-openjpeg / pyjpegls or use --compression none") from exc
     if compression == "j2k-lossy":
         ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionRatio = "12"
+        ds.LossyImageCompressionRatio = f"{_J2K_LOSSY_RATIO:g}"
         ds.LossyImageCompressionMethod = "ISO_15444_1"
 
 
