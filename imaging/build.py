@@ -45,6 +45,7 @@ Decisions (each is a keyword-only tolerance of :func:`build_volume`):
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -122,7 +123,8 @@ class FrameStack:
     ``hu`` is float32 [frame, row, column]; ``positions_mm`` is (n, 3) LPS
     ImagePositionPatient; ``axes`` is the orthonormal (row direction, column
     direction, normal) as rows of a 3x3 array; ``normal_positions_mm`` is each
-    frame's position along the normal.
+    frame's position along the normal. ``hu`` is read-only: it may share its
+    memory with ``image`` and with the Volume built from it.
     """
 
     hu: np.ndarray
@@ -140,6 +142,7 @@ class FrameStack:
     frame_of_reference_uid: str
     header: Mapping[str, Any]
     qc_flags: tuple[str, ...]
+    image: sitk.Image | None = None  # owner of ``hu``'s memory when ``hu`` is a view on it
 
     def __len__(self) -> int:
         return int(self.hu.shape[0])
@@ -163,6 +166,7 @@ class FrameStack:
             frame_of_reference_uid=self.frame_of_reference_uid,
             header=self.header,
             qc_flags=self.qc_flags,
+            image=None,
         )
 
 
@@ -386,10 +390,62 @@ def header_summary(ds: Dataset) -> dict[str, Any]:
     return out
 
 
+_NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+def native_pixels(ds: Dataset, n_frames: int, rows: int, cols: int) -> np.ndarray | None:
+    """Stored values of an uncompressed little-endian 16-bit dataset without pydicom's decoder.
+
+    A view on the file bytes (no copy when BitsStored is 16), masked and
+    sign-extended to BitsStored exactly as ``Dataset.pixel_array`` does; None
+    when the fast path does not apply (then use ``pixel_array``).
+    """
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if ts not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    bits_allocated = int(ds.get("BitsAllocated", 0) or 0)
+    bits_stored = int(ds.get("BitsStored", 0) or 0)
+    if bits_allocated != 16 or not 1 <= bits_stored <= 16 or int(ds.get("HighBit", bits_stored - 1)) != bits_stored - 1:
+        return None
+    data = ds.PixelData
+    count = n_frames * rows * cols
+    if not isinstance(data, (bytes, bytearray)) or len(data) < 2 * count:
+        return None
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    array = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=count).reshape(n_frames, rows, cols)
+    if bits_stored < 16:
+        shift = 16 - bits_stored
+        if signed:
+            array = (array << shift) >> shift  # drops bits above BitsStored, then sign-extends
+        else:
+            array = array & np.uint16((1 << bits_stored) - 1)
+    return array
+
+
+def _writable_image(shape_zyx: tuple[int, int, int]) -> tuple[sitk.Image, np.ndarray]:
+    """A float32 SimpleITK image and a writable numpy view [z, y, x] on its buffer.
+
+    Filling the view fills the image: no second full-volume copy through
+    ``GetImageFromArray``. The view does not keep the image alive; keep both.
+    """
+    z, y, x = (int(v) for v in shape_zyx)
+    image = sitk.Image([x, y, z], sitk.sitkFloat32)
+    view = sitk.GetArrayViewFromImage(image)
+    address = view.__array_interface__["data"][0]
+    buffer = (ctypes.c_float * view.size).from_address(address)
+    array = np.ctypeslib.as_array(buffer).reshape(view.shape)
+    return image, array
+
+
 def _hu_from_stored(stored: np.ndarray, ds: Dataset, slope: float, intercept: float, out: np.ndarray) -> None:
     """Write HU of one stored frame into ``out`` (float32), padding and sub-air mapped to air."""
-    np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
-    out += np.float32(intercept)
+    if slope == 1.0:
+        np.copyto(out, stored, casting="unsafe")
+    else:
+        np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
+    if intercept != 0.0:
+        out += np.float32(intercept)
     padding = ds.get("PixelPaddingValue")
     if padding is not None:
         pad_limit = ds.get("PixelPaddingRangeLimit")
@@ -483,21 +539,23 @@ def read_frames(
     positions, along = positions[order], along[order]
 
     # --- decode once, straight into the sorted slots -------------------------
-    hu = np.empty((len(refs), rows, cols), dtype=np.float32)
+    image, hu = _writable_image((len(refs), rows, cols))
     slots_by_file: dict[int, list[tuple[int, _FrameRef]]] = {}
     for slot, ref in enumerate(refs):
         slots_by_file.setdefault(ref.file_index, []).append((slot, ref))
 
     def decode(file_index: int) -> None:
         ds = datasets[file_index]
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         try:
-            pixels = ds.pixel_array
+            pixels = native_pixels(ds, n_frames, rows, cols)
+            if pixels is None:
+                pixels = ds.pixel_array
         except Exception as exc:  # decoder errors come in many types
             raise InvalidInputError(
                 f"file {paths[file_index]} could not be decoded ({type(exc).__name__}: {exc}); "
                 "install the pylibjpeg decoders or re-export the series uncompressed"
             ) from exc
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         if pixels.ndim == 2:
             pixels = pixels[None]
         if pixels.shape != (n_frames, rows, cols):
@@ -514,6 +572,7 @@ def read_frames(
 
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         list(pool.map(decode, sorted(slots_by_file)))
+    hu.flags.writeable = False
 
     used = sorted(slots_by_file)
     lossy = any(is_lossy(datasets[i]) for i in used)
@@ -540,6 +599,7 @@ def read_frames(
         frame_of_reference_uid=str(head.get("FrameOfReferenceUID", "")),
         header=header,
         qc_flags=(FLAG_LOSSY,) if lossy else (),
+        image=image,
     )
 
 
@@ -727,14 +787,16 @@ def volume_from_frames(
             "refusing to allocate it"
         )
 
-    if not tilted and not resample_z:
-        array = stack.hu
+    if tilted or resample_z:
+        image, array = _writable_image((len(z_grid), out_rows, out_cols))
+        _resample_stack(stack.hu, s, z_grid, shift_r, shift_c, array)
+        del array
+    elif stack.image is not None and np.shares_memory(stack.hu, sitk.GetArrayViewFromImage(stack.image)):
+        image = stack.image  # the decoded buffer becomes the volume: no copy
     else:
-        array = _resample_stack(stack.hu, s, z_grid, shift_r, shift_c, (out_rows, out_cols))
+        image = sitk.GetImageFromArray(stack.hu)
 
     origin = stack.positions_mm[0] + base_c * col_mm * x_axis + base_r * row_mm * y_axis + (z_grid[0] - s[0]) * normal
-    image = sitk.GetImageFromArray(array)
-    del array
     image.SetSpacing((float(col_mm), float(row_mm), float(z_mm)))
     image.SetOrigin(tuple(float(v) for v in origin))
     image.SetDirection(tuple(float(v) for v in np.column_stack([x_axis, y_axis, normal]).ravel()))
@@ -772,10 +834,10 @@ def _resample_stack(
     z_grid: np.ndarray,
     shift_r: np.ndarray,
     shift_c: np.ndarray,
-    shape: tuple[int, int],
-) -> np.ndarray:
-    """Translate each slice onto the common in-plane grid and interpolate linearly along the normal."""
-    out = np.empty((len(z_grid), *shape), dtype=np.float32)
+    out: np.ndarray,
+) -> None:
+    """Translate each slice onto the common in-plane grid and interpolate linearly along the normal, into ``out``."""
+    shape = (int(out.shape[1]), int(out.shape[2]))
     cache: dict[int, np.ndarray] = {}
 
     def placed(k: int) -> np.ndarray:
@@ -801,5 +863,4 @@ def _resample_stack(
         else:
             np.multiply(placed(k), np.float32(1.0 - f), out=out[w])
             out[w] += np.float32(f) * placed(k + 1)
-    return out
 

@@ -517,3 +517,46 @@ def test_tilted_phantom_matches_its_analytic_truth(tmp_path):
     assert both.sum() > 50_000
     assert np.corrcoef(ours[both], truth[both])[0, 1] > 0.9
     assert np.median(np.abs(ours[both] - truth[both])) < 5.0
+
+
+# ---------------------------------------------------------------------------
+# the uncompressed fast path agrees with pydicom's decoder
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "signed, bits_stored, raw",
+    [
+        (1, 16, [-2000, -1, 0, 32767]),
+        (1, 12, [0xF123, 0x0FFF, 0x0800, 0x07FF]),  # garbage above bit 11, sign bit 11
+        (0, 12, [0xF123, 0x0FFF, 0x0800, 0x07FF]),
+        (0, 16, [0, 1, 40000, 65535]),
+    ],
+)
+def test_native_fast_path_matches_pydicom(tmp_path, signed, bits_stored, raw):
+    from imaging.build import native_pixels
+
+    path = write_ct_slice(tmp_path / "a.dcm", (0, 0, 0), np.zeros((1, 4), dtype=np.int16))
+    ds = pydicom.dcmread(path)
+    ds.PixelRepresentation = signed
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelData = np.array(raw, dtype="<u2").tobytes()
+    fast = native_pixels(ds, 1, 1, 4)
+    assert fast is not None
+    expected = ds.pixel_array
+    assert fast.dtype == expected.dtype
+    assert np.array_equal(fast[0], expected)
+
+
+def test_volume_shares_the_decoded_buffer_safely(tmp_path):
+    from imaging.build import volume_from_frames
+
+    paths = write_stack(tmp_path, [0.0, 2.0, 4.0])
+    stack = read_frames(paths)
+    assert not stack.hu.flags.writeable
+    volume = volume_from_frames(stack)
+    assert np.array_equal(volume.array(), stack.hu)
+    del stack
+    import gc
+
+    gc.collect()
+    assert volume.array()[:, 0, 0].tolist() == [40.0, 41.0, 42.0]
