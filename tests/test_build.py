@@ -539,7 +539,7 @@ def test_native_fast_path_matches_pydicom(tmp_path, signed, bits_stored, raw):
     ds.PixelRepresentation = signed
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
-    ds.PixelData = np.array(raw, dtype="<u2").tobytes()
+    ds.PixelData = (np.array(raw, dtype=np.int64) % 65536).astype("<u2").tobytes()
     fast = native_pixels(ds, 1, 1, 4)
     assert fast is not None
     expected = ds.pixel_array
