@@ -537,7 +537,7 @@ def group_series(
 def sharp_by_histogram(
     hu: np.ndarray,
     *,
-    max_residual_hu: float = 20.0,
+    max_residual_hu: float = 30.0,
     soft_tissue_hu: tuple[float, float] = (0.0, 80.0),
     min_pixels: int = 2000,
 ) -> tuple[bool | None, float]:

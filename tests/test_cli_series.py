@@ -117,3 +117,23 @@ def test_real_wg04_exit_three(cli_runner) -> None:
     code, out, err = cli_runner("series", shared_dicom("wg04-ct2-compression"))
     _assert_clean_error(code, out, err, EXIT_NO_SERIES)
     assert "too few slices" in err
+
+
+@pytest.mark.parametrize("extra,expected,rule", [((), EXIT_OK, None), (("--contrast",), EXIT_NO_SERIES, "contrast")])
+def test_phantom_study(tmp_path: Path, cli_runner, extra: tuple[str, ...], expected: int, rule: str | None) -> None:
+    """The phantom generator (written by someone else) feeds the selection."""
+    pytest.importorskip("imaging.phantom")
+    code, _, err = cli_runner("phantom", tmp_path / "study", "--with-scout", "--matrix", "128",
+                              "--pixel-spacing-mm", "1.8", *extra)
+    assert code == 0, err
+    code, out, err = cli_runner("series", tmp_path / "study", "--json")
+    assert code == expected, err
+    series = json.loads(out)["series"]
+    assert len(series) == 2
+    scout = next(s for s in series if s["n_slices"] == 1)
+    axial = next(s for s in series if s["n_slices"] > 1)
+    assert scout["rejections"][0]["rule"] == "localizer"
+    if rule is None:
+        assert axial["eligible"] and json.loads(out)["chosen"] == axial["key"]
+    else:
+        assert axial["rejections"][0]["rule"] == rule
