@@ -6,7 +6,6 @@ test_series.py and test_cli_series.py.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +19,6 @@ from pydicom.uid import (
     CTImageStorage,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     RLELossless,
     generate_uid,
 )
@@ -408,3 +406,27 @@ def test_multiframe_real_frames() -> None:
         ref = pydicom.dcmread(h.path, stop_before_pixels=True)
         assert h.n_frames == int(ref.NumberOfFrames) == len(h.frame_positions)
         assert h.has_pixel_data
+
+
+def test_corrupted_files_never_raise(tmp_path: Path) -> None:
+    """Truncations and byte flips (seeded) end as a header, non-DICOM or unreadable."""
+    from imaging.dicom_io import read_header
+
+    (src,) = write_series(tmp_path / "src", 1, size=32)
+    data = src.read_bytes()
+    rng = np.random.default_rng(11)
+    kinds = set()
+    target = tmp_path / "mutant.dcm"
+    for i in range(300):
+        mutant = bytearray(data)
+        if i % 2:
+            mutant = mutant[: int(rng.integers(0, len(mutant)))]
+        else:
+            for _ in range(int(rng.integers(1, 12))):
+                mutant[int(rng.integers(0, len(mutant)))] = int(rng.integers(0, 256))
+        target.write_bytes(bytes(mutant))
+        kind, header = read_header(str(target))
+        assert kind in {"dicom", "non_dicom", "unreadable"}
+        assert (header is not None) == (kind == "dicom")
+        kinds.add(kind)
+    assert {"dicom", "unreadable"} <= kinds
