@@ -33,7 +33,7 @@ def _fmt_mm(value: float | None) -> str:
 
 def format_table(choice: SeriesChoice) -> str:
     """A readable table of every candidate, the chosen one marked with '*'."""
-    header = ("", "series", "description", "mod", "slices", "cover_mm", "kernel", "score / reason")
+    header = ("", "series", "description", "mod", "slices", "cover_mm", "tilt_deg", "kernel", "score / reason")
     rows: list[tuple[str, ...]] = [header]
     for c in choice.candidates:
         verdict = f"{c.score:.1f}" if c.eligible and c.score is not None else f"rejected: {c.reason}"
@@ -46,6 +46,7 @@ def format_table(choice: SeriesChoice) -> str:
             _printable(c.modality, 4),
             str(c.n_slices),
             _fmt_mm(c.coverage_mm),
+            "-" if c.tilt_deg is None else f"{c.tilt_deg:.1f}",
             _printable(c.kernel, 10),
             _printable(verdict),
         ))
