@@ -109,9 +109,17 @@ def voxel_world_points(image: sitk.Image) -> np.ndarray:
 
 
 def head_bbox_lps(image: sitk.Image, threshold_hu: float = -300.0) -> tuple[np.ndarray, np.ndarray]:
-    """Bounding box (LPS mm) of the voxel centres above ``threshold_hu``."""
-    array = sitk.GetArrayViewFromImage(image)
-    index = np.argwhere(array > threshold_hu)[:, ::-1].astype(float)
+    """Bounding box (LPS mm) of the voxel centres above ``threshold_hu``.
+
+    LPS is linear in the index, so along each x row only the first and last
+    voxel above the threshold can be extreme: only those are transformed.
+    """
+    mask = sitk.GetArrayViewFromImage(image) > threshold_hu  # [z, y, x]
+    rows = mask.any(axis=2)
+    z, y = np.nonzero(rows)
+    first = mask[z, y].argmax(axis=1)
+    last = mask.shape[2] - 1 - mask[z, y][:, ::-1].argmax(axis=1)
+    index = np.concatenate([np.stack([first, y, z], 1), np.stack([last, y, z], 1)]).astype(float)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     points = np.array(image.GetOrigin()) + (index * np.array(image.GetSpacing())) @ direction.T
     return points.min(axis=0), points.max(axis=0)
