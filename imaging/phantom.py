@@ -130,6 +130,13 @@ class PhantomSpec:
     ``n_slices`` None covers ``z_coverage_mm``. Pixels are stored as signed
     int16 with RescaleIntercept 0 (GE style), or with ``unsigned_pixels`` as
     uint16 with RescaleIntercept -1024 (Siemens style).
+
+    The head pose: the head is rotated by ``head_pitch_deg`` about x, then
+    ``head_roll_deg`` about y, then ``head_yaw_deg`` about z (right-handed
+    rotations about the LPS axes), and its centre moved to ``head_offset_mm``
+    (LPS). Anatomy, haemorrhage positions and the midline shift are defined in
+    the head's own frame (LPS when the pose is neutral); the fluid level of an
+    IVH stays horizontal in the scanner (supine patient).
     """
 
     haemorrhage: str | None = None
@@ -155,6 +162,10 @@ class PhantomSpec:
     seed: int = 0
     with_scout: bool = False
     unsigned_pixels: bool = False
+    head_yaw_deg: float = 0.0
+    head_roll_deg: float = 0.0
+    head_pitch_deg: float = 0.0
+    head_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     partial_volume_samples: int = 5
 
     def validated(self) -> "PhantomSpec":
@@ -202,6 +213,11 @@ class PhantomSpec:
             raise bad(f"oedema rim {self.oedema_rim_mm} mm is outside 0-20 mm")
         if self.oedema_rim_mm > 0 and self.haemorrhage != "IPH":
             raise bad("an oedema rim needs an IPH haemorrhage")
+        for name in ("head_yaw_deg", "head_roll_deg", "head_pitch_deg"):
+            if not -30 <= getattr(self, name) <= 30:
+                raise bad(f"{name.replace('_', ' ')} {getattr(self, name)} is outside -30..30")
+        if len(self.head_offset_mm) != 3 or any(abs(v) > 60 for v in self.head_offset_mm):
+            raise bad(f"head offset {self.head_offset_mm} mm needs three values within +-60 mm")
         if not 1 <= self.partial_volume_samples <= 15:
             raise bad(f"partial-volume samples {self.partial_volume_samples} is outside 1-15")
         return self
@@ -288,7 +304,9 @@ def phantom_geometry(spec: PhantomSpec) -> PhantomGeometry:
     table_inc = spacing / math.cos(tilt)
     n = spec.n_slices or max(1, int(round(spec.z_coverage_mm / spacing)))
     k = _head_scale(spec.patient_age_years)
-    z_top = 72.0 * k + 3.0  # 3 mm above the vertex
+    m = head_rotation(spec)
+    scalp_semi = k * np.array([77.0, 94.0, 72.0])
+    z_top = float(spec.head_offset_mm[2]) + float(np.sqrt(((m[2] * scalp_semi) ** 2).sum())) + 3.0  # 3 mm above the vertex
     centres_z = z_top - (n - 1 - np.arange(n)) * table_inc
     if spec.n_slices is not None:  # centre a given number of slices on the head
         centres_z = centres_z - (centres_z[0] + centres_z[-1]) / 2.0 + _head_centre_z(spec, k)
@@ -323,7 +341,33 @@ def _head_scale(age_years: float) -> float:
 
 def _head_centre_z(spec: PhantomSpec, k: float) -> float:
     """The z a fixed slice count is centred on (mid-cranium, a little low)."""
-    return -8.0 * k
+    return -8.0 * k + float(spec.head_offset_mm[2])
+
+
+def head_rotation(spec: PhantomSpec) -> np.ndarray:
+    """3x3 rotation taking head-frame vectors to LPS (pitch about x, then roll about y, then yaw about z)."""
+    a, b, c = (math.radians(v) for v in (spec.head_pitch_deg, spec.head_roll_deg, spec.head_yaw_deg))
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _pose(spec: PhantomSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """(R, t) with head = R (p - t), or None for the neutral pose."""
+    m = head_rotation(spec)
+    t = np.array(spec.head_offset_mm, dtype=float)
+    if np.allclose(m, np.eye(3)) and not t.any():
+        return None
+    return m.T, t
+
+
+def _to_lps(spec: PhantomSpec, p_head: Sequence[float]) -> list[float]:
+    return [float(v) for v in head_rotation(spec) @ np.asarray(p_head, dtype=float) + np.array(spec.head_offset_mm)]
+
+
+def _to_head(spec: PhantomSpec, p_lps: Sequence[float]) -> np.ndarray:
+    return head_rotation(spec).T @ (np.asarray(p_lps, dtype=float) - np.array(spec.head_offset_mm))
 
 
 # ---------------------------------------------------------------------------
@@ -382,6 +426,8 @@ class _Haemorrhage:
     # EAH: thickest direction and angular half-extent
     direction: tuple[float, float, float] | None = None
     half_angle_rad: float = 0.0
+    # IVH: the dependent direction (towards the table in a supine patient) in the head frame
+    gravity: tuple[float, float, float] = (0.0, 1.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -536,7 +582,10 @@ class _Block:
     covers untilted and tilted (about x) stacks and fine 3-D grids.
     """
 
-    def __init__(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray):
+    def __init__(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray,
+                 pose: tuple[np.ndarray, np.ndarray] | None = None):
+        self._pose = None if pose is None else (np.asarray(pose[0], dtype=np.float32),
+                                                np.asarray(pose[1], dtype=np.float32))
         self.xs = np.asarray(xs, dtype=np.float32)
         self.ys = np.asarray(ys, dtype=np.float32)
         self.zs = np.asarray(zs, dtype=np.float32)
@@ -549,7 +598,12 @@ class _Block:
         self._anat: _Anatomy | None = None
 
     def region(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice] | None:
-        """Row and column slices whose points may fall inside the box [lo, hi]."""
+        """Row and column slices whose points may fall inside the (head-frame) box [lo, hi]."""
+        if self._pose is not None:
+            rot, t = self._pose
+            corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+            image = corners @ rot + t  # p = R^T p_head + t, as row vectors
+            lo, hi = image.min(axis=0), image.max(axis=0)
         ii = np.nonzero((self.xs >= lo[0]) & (self.xs <= hi[0]))[0]
         if ii.size == 0:
             return None
@@ -560,8 +614,16 @@ class _Block:
         return slice(int(jj[0]), int(jj[-1]) + 1), slice(int(ii[0]), int(ii[-1]) + 1)
 
     def coords(self, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Head-frame coordinates of the points in ``box`` (broadcastable arrays)."""
         rs, cs = box
-        return self.xs[None, None, cs], self.ys[:, rs, None], self.zs[:, rs, None]
+        x, y, z = self.xs[None, None, cs], self.ys[:, rs, None], self.zs[:, rs, None]
+        if self._pose is None:
+            return x, y, z
+        r, t = self._pose
+        dx, dy, dz = x - t[0], y - t[1], z - t[2]
+        return (r[0, 0] * dx + r[0, 1] * dy + r[0, 2] * dz,
+                r[1, 0] * dx + r[1, 1] * dy + r[1, 2] * dz,
+                r[2, 0] * dx + r[2, 1] * dy + r[2, 2] * dz)
 
     def set_displacement(self, anat: _Anatomy) -> None:
         self._anat = anat
@@ -717,7 +779,8 @@ def _haemorrhage_key(blk: _Block, anat: _Anatomy, h: _Haemorrhage, box: tuple[sl
         codes = {"left": (TISSUES["lateral_ventricle_left"],), "right": (TISSUES["lateral_ventricle_right"],),
                  "both": (TISSUES["lateral_ventricle_left"], TISSUES["lateral_ventricle_right"])}[h.side]
         eligible = np.isin(tissue, codes)
-        key = -y
+        g = h.gravity
+        key = -(x * g[0] + y * g[1] + z * g[2])
     return np.broadcast_to(eligible, shape), np.broadcast_to(key, shape)
 
 
@@ -755,8 +818,9 @@ def _paint_haemorrhage(blk: _Block, anat: _Anatomy) -> None:
     np.copyto(blk.label[:, rs, cs], np.uint8(LABELS[h.kind]), where=blood)
 
 
-def _evaluate(anat: _Anatomy, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> _Block:
-    blk = _Block(xs, ys, zs)
+def _evaluate(anat: _Anatomy, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray,
+              pose: tuple[np.ndarray, np.ndarray] | None = None) -> _Block:
+    blk = _Block(xs, ys, zs, pose)
     _paint_anatomy(blk, anat)
     _paint_haemorrhage(blk, anat)
     return blk
@@ -805,6 +869,7 @@ def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, d
     if kind == "IPH":
         centre = spec.haemorrhage_centre_lps_mm
         if centre is not None:
+            centre = tuple(_to_head(spec, centre))
             side = "left" if centre[0] > 0 else "right"
             sign = 1.0 if side == "left" else -1.0
         else:
@@ -819,7 +884,7 @@ def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, d
         step = float(np.clip(a / 14.0, 0.25, 0.6))
     elif kind == "EAH":
         if spec.haemorrhage_centre_lps_mm is not None:
-            u = np.array(spec.haemorrhage_centre_lps_mm, dtype=float)
+            u = _to_head(spec, spec.haemorrhage_centre_lps_mm)
             side = "left" if u[0] > 0 else "right"
             sign = 1.0 if side == "left" else -1.0
             u = u / max(np.linalg.norm(u), 1e-6)
@@ -831,7 +896,8 @@ def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, d
         lo, hi = _cap_bbox(anat, u, half_angle, depth_mm=40.0 * k)
         step = 0.5 if spec.haemorrhage_volume_ml < 10 else 0.7
     else:
-        h0 = _Haemorrhage("IVH", side, spec.haemorrhage_hu, threshold=1e9)
+        gravity = tuple(float(v) for v in head_rotation(spec).T @ np.array([0.0, 1.0, 0.0]))
+        h0 = _Haemorrhage("IVH", side, spec.haemorrhage_hu, threshold=1e9, gravity=gravity)  # type: ignore[arg-type]
         lo, hi = _haemorrhage_box(anat, h0)
         step = 0.4 if spec.haemorrhage_volume_ml < 15 else 0.6
     xs, ys, zs = _fine_grid(lo, hi, step)
@@ -866,11 +932,12 @@ def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, d
     info = {
         "fine_grid_step_mm": step,
         "fine_grid_volume_ml": need * dv / 1000.0,
-        "centroid_lps_mm": [float(v) for v in chosen.mean(axis=0)],
+        "centroid_lps_mm": _to_lps(spec, chosen.mean(axis=0)),
+        "centroid_head_frame_mm": [float(v) for v in chosen.mean(axis=0)],
         "eligible_capacity_ml": capacity_ml,
     }
     if kind == "IVH":
-        info["fluid_level_y_mm"] = -thr
+        info["fluid_level_mm"] = -thr  # head-frame coordinate along the dependent direction
     if kind == "EAH":
         info["max_thickness_mm"] = thr
         info["half_angle_deg"] = math.degrees(half_angle)
@@ -970,8 +1037,8 @@ def _slab_offsets(spec: PhantomSpec) -> np.ndarray:
     return ((np.arange(n) + 0.5) / n - 0.5) * spec.slice_thickness_mm
 
 
-def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray, normal: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray, normal: np.ndarray | None = None,
+                  pose: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Sample the model on the stack: (mean HU, majority label, centre tissue, fractional voxels per class)."""
     H, W, n = geom.rows, geom.columns, geom.n_slices
     dr, dc = geom.pixel_spacing_mm
@@ -990,7 +1057,7 @@ def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray, no
         # y, z of (offset t, row j); the row direction has no y/z component (tilt is about x)
         ys = ipp_a[1] + j[None, :] * dr * cold[1] + offsets[:, None] * nrm[1]
         zs = ipp_a[2] + j[None, :] * dr * cold[2] + offsets[:, None] * nrm[2]
-        blk = _evaluate(anat, xs, ys, zs)
+        blk = _evaluate(anat, xs, ys, zs, pose)
         hu[kk] = blk.hu.mean(axis=0)
         tissue[kk] = blk.tissue[centre_t]
         if anat.haemorrhage is not None:
@@ -1028,7 +1095,7 @@ def render_phantom(spec: PhantomSpec) -> PhantomRender:
     spec = spec.validated()
     anat, info = build_model(spec)
     geom = phantom_geometry(spec)
-    hu, labels, tissue, fractions = _sample_stack(anat, geom, _slab_offsets(spec))
+    hu, labels, tissue, fractions = _sample_stack(anat, geom, _slab_offsets(spec), pose=_pose(spec))
     hu = _add_noise(hu, spec.noise_hu, spec.seed)
     np.clip(hu, _HU_MIN, _HU_MAX, out=hu)
     return PhantomRender(spec=spec, hu=hu, labels=labels, tissue=tissue, geometry=geom, fit_info=info, model=anat,
@@ -1068,7 +1135,7 @@ def sample_phantom(render_or_spec: "PhantomRender | PhantomSpec", origin_lps_mm:
         slice_thickness_mm=thickness_mm or sz, slice_spacing_mm=sz, table_increment_mm=sz, gantry_tilt_deg=0.0)
     n = spec.partial_volume_samples
     offsets = ((np.arange(n) + 0.5) / n - 0.5) * (thickness_mm or sz)
-    hu, labels, _, _ = _sample_stack(anat, geom, offsets, normal=cols[2])
+    hu, labels, _, _ = _sample_stack(anat, geom, offsets, normal=cols[2], pose=_pose(spec))
     return hu, labels
 
 
@@ -1207,6 +1274,19 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
                                "the displacement decays to 0 at the inner table (skull unchanged)",
         "ideal_midline_x_mm": 0.0,
         "septum_pellucidum_x_mm": shift,
+        "head_pose": {
+            "yaw_deg": spec.head_yaw_deg,
+            "roll_deg": spec.head_roll_deg,
+            "pitch_deg": spec.head_pitch_deg,
+            "offset_lps_mm": [float(v) for v in spec.head_offset_mm],
+            "rotation_head_to_lps": head_rotation(spec).round(12).tolist(),
+            "note": "x_mm values above are in the head frame: signed distances from the midsagittal plane",
+        },
+        "midsagittal_plane": {
+            "point_lps_mm": [float(v) for v in spec.head_offset_mm],
+            "normal_lps": [float(v) for v in head_rotation(spec)[:, 0]],  # towards the patient's left
+        },
+        "septum_pellucidum_centre_lps_mm": _to_lps(spec, (shift, -5.0 * anat.k, 14.0 * anat.k)),
         "ventricle_dilation_factor": anat.ventricle_dilation,
         "head_scale": anat.k,
         **_brain_volumes_ml(anat),
@@ -1397,7 +1477,7 @@ def _scout_dataset(spec: PhantomSpec, anat: _Anatomy, uids: Mapping[str, str]) -
     zz = np.broadcast_to(zs[:, None], (size, size))
     proj = np.zeros((size, size), dtype=np.float32)
     for z0 in range(0, size, 32):
-        blk = _Block(xs, yy[z0:z0 + 32], zz[z0:z0 + 32])
+        blk = _Block(xs, yy[z0:z0 + 32], zz[z0:z0 + 32], _pose(spec))
         _paint_anatomy(blk, anat)
         _paint_haemorrhage(blk, anat)
         mu = np.clip(blk.hu + 1000.0, 0.0, None) / 1000.0 * 0.019  # ~water attenuation per mm

@@ -223,6 +223,29 @@ def test_midline_shift_direction_option():
     assert _third_ventricle_x_mm(r) < -3
 
 
+def test_rotated_and_offset_head_keeps_shift_relative_to_its_midsagittal_plane():
+    spec = PhantomSpec(matrix=200, pixel_spacing_mm=0.9, noise_hu=0, midline_shift_mm=6, head_yaw_deg=8,
+                       head_roll_deg=4, head_offset_mm=(5, -8, 3), haemorrhage="IVH", haemorrhage_volume_ml=10)
+    r = ph.render_phantom(spec)
+    truth = ph.ground_truth(r)
+    normal = np.array(truth["midsagittal_plane"]["normal_lps"])
+    point = np.array(truth["midsagittal_plane"]["point_lps_mm"])
+    assert normal @ [1, 0, 0] == pytest.approx(np.cos(np.radians(8)) * np.cos(np.radians(4)), abs=1e-6)
+
+    def lps(mask):
+        k, j, i = np.nonzero(mask)
+        return (r.geometry.affine @ np.stack([i, j, k, np.ones_like(i)]).astype(float))[:3].T
+
+    third = lps(r.tissue == TISSUES["third_ventricle"]).mean(axis=0)
+    assert (third - point) @ normal == pytest.approx(6.0, abs=0.5)
+    bone = lps(r.tissue == TISSUES["cortical_bone"])
+    assert abs(((bone - point) @ normal).mean()) < 0.5  # the skull is symmetric about the plane
+    # the IVH fluid level stays horizontal in the scanner (supine): blood lies at the largest y of each ventricle
+    blood = lps(r.labels == LABELS["IVH"])
+    assert truth["volumes_ml"]["IVH"]["on_grid_partial_volume_ml"] == pytest.approx(10, rel=0.03)
+    assert np.allclose(truth["haemorrhage"]["centroid_lps_mm"], blood.mean(axis=0), atol=1.5)
+
+
 # ---------------------------------------------------------------------------
 # Noise
 # ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import click
 from imaging.phantom import COMPRESSIONS, EAH_LOCATIONS, IPH_LOCATIONS, PhantomSpec, write_phantom
 
 
-def _centre(value: str | None) -> tuple[float, float, float] | None:
+def _triple(value: str | None, option: str) -> tuple[float, float, float] | None:
     if value is None:
         return None
     try:
@@ -24,7 +24,7 @@ def _centre(value: str | None) -> tuple[float, float, float] | None:
     except ValueError:
         parts = ()
     if len(parts) != 3:
-        raise click.BadParameter("give three comma-separated numbers in mm, e.g. -25,0,10", param_hint="--haemorrhage-centre-mm")
+        raise click.BadParameter("give three comma-separated numbers in mm, e.g. -25,0,10", param_hint=option)
     return parts  # type: ignore[return-value]
 
 
@@ -58,6 +58,10 @@ def _centre(value: str | None) -> tuple[float, float, float] | None:
 @click.option("--noise-hu", type=float, default=5.0, show_default=True, help="Noise standard deviation in HU.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (UIDs derive from all options).")
 @click.option("--with-scout", is_flag=True, help="Also write a lateral localizer series.")
+@click.option("--head-yaw-deg", type=float, default=0.0, show_default=True, help="Head rotation about z (LPS, right-handed).")
+@click.option("--head-roll-deg", type=float, default=0.0, show_default=True, help="Head rotation about y.")
+@click.option("--head-pitch-deg", type=float, default=0.0, show_default=True, help="Head rotation about x.")
+@click.option("--head-offset-mm", default=None, metavar="X,Y,Z", help="Head centre in LPS mm (default 0,0,0, the FOV centre).")
 @click.option("--unsigned-pixels", is_flag=True,
               help="Store uint16 with RescaleIntercept -1024 (default: int16, intercept 0).")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT_DIR.")
@@ -67,7 +71,8 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
             oedema_rim_mm: float, midline_shift_mm: float, midline_shift_direction: str | None,
             slice_thickness_mm: float, slice_spacing_mm: float | None, pixel_spacing_mm: float, matrix: int,
             n_slices: int | None, z_coverage_mm: float, tilt_deg: float, compression: str, contrast: bool,
-            age_years: float, noise_hu: float, seed: int, with_scout: bool, unsigned_pixels: bool, force: bool,
+            age_years: float, noise_hu: float, seed: int, with_scout: bool, head_yaw_deg: float, head_roll_deg: float,
+            head_pitch_deg: float, head_offset_mm: str | None, unsigned_pixels: bool, force: bool,
             as_json: bool) -> None:
     """Write a synthetic head-CT DICOM study with known ground truth into OUT_DIR."""
     side = haemorrhage_side
@@ -78,7 +83,7 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
         haemorrhage_volume_ml=haemorrhage_volume_ml,
         haemorrhage_side=side,
         haemorrhage_location=haemorrhage_location,
-        haemorrhage_centre_lps_mm=_centre(haemorrhage_centre_mm),
+        haemorrhage_centre_lps_mm=_triple(haemorrhage_centre_mm, "--haemorrhage-centre-mm"),
         haemorrhage_hu=haemorrhage_hu,
         oedema_rim_mm=oedema_rim_mm,
         midline_shift_mm=midline_shift_mm,
@@ -97,6 +102,10 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
         seed=seed,
         with_scout=with_scout,
         unsigned_pixels=unsigned_pixels,
+        head_yaw_deg=head_yaw_deg,
+        head_roll_deg=head_roll_deg,
+        head_pitch_deg=head_pitch_deg,
+        head_offset_mm=_triple(head_offset_mm, "--head-offset-mm") or (0.0, 0.0, 0.0),
     )
     written = write_phantom(spec, out_dir, force=force)
     truth = written.truth
