@@ -447,12 +447,12 @@ def _hu_from_stored(stored: np.ndarray, ds: Dataset, slope: float, intercept: fl
     if intercept != 0.0:
         out += np.float32(intercept)
     padding = ds.get("PixelPaddingValue")
-    if padding is not None:
+    if isinstance(padding, int):  # an unresolved US/SS value (bytes) is ignored
         pad_limit = ds.get("PixelPaddingRangeLimit")
         pad = int(padding)
         if ds.get("PixelRepresentation", 0) == 1 and pad > 32767 and stored.dtype.kind == "i":
             pad -= 65536  # stored as US but the pixels are signed
-        if pad_limit is not None:
+        if pad_limit is not None and isinstance(pad_limit, int):
             lo, hi = sorted((pad, int(pad_limit)))
             mask = (stored >= lo) & (stored <= hi)
         else:
@@ -707,7 +707,11 @@ def volume_from_frames(
     tilt_tolerance_px: float = 0.1,
     max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> Volume:
-    """Turn decoded, sorted frames into a regular orthogonal :class:`Volume` (pure)."""
+    """Turn decoded, sorted frames into a regular orthogonal :class:`Volume`.
+
+    Nothing is read from disk. When no resampling is needed the Volume takes
+    over the decoded buffer of ``stack`` (no copy); ``stack.hu`` is read-only.
+    """
     flags = list(stack.qc_flags)
     stack, dropped = _drop_duplicates(stack, position_tolerance_mm)
     if dropped:
