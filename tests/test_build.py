@@ -568,3 +568,17 @@ def test_volume_shares_the_decoded_buffer_safely(tmp_path):
 
     gc.collect()
     assert volume.array()[:, 0, 0].tolist() == [40.0, 41.0, 42.0]
+
+
+def test_pydicom_j2k_sign_mismatch_slice_decodes_to_plausible_hu():
+    """pydicom's J2K_pixelrep_mismatch.dcm: a head slice whose J2K stream disagrees on signedness."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("J2K_pixelrep_mismatch.dcm")
+    if path is None:
+        pytest.skip("pydicom's test files are not installed")
+    hu = read_frames([path]).hu[0]
+    centre = hu[236:276, 236:276]
+    assert 15.0 < float(np.median(centre)) < 45.0  # brain
+    assert float(np.percentile(hu, 5)) == -1024.0  # air around the head
+    assert float(hu.max()) < 3100.0  # no wrapped-around sign garbage
