@@ -1,0 +1,302 @@
+"""The human report: ``report.html`` (self-contained) and ``report.pdf`` (reportlab, no browser).
+
+Both show the summary (priority, haemorrhage yes/no, volumes, midline shift),
+the findings table, the key images, the QC flags, the provenance and the
+"triage aid, not a diagnostic device" statement, in the language of the
+message catalogue (``pipelines/locales/<lang>.json``). The HTML inlines its
+CSS and the key images (base64 PNG), so it opens anywhere without network.
+The PDF embeds DejaVu Sans (Cyrillic); it is skipped with a warning when
+reportlab or the font is missing.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from pipelines.writers import common
+from pipelines.writers.keyimages import KeyImage
+
+log = logging.getLogger(__name__)
+
+PRIORITY_COLOURS = {
+    "critical": "#b00020",
+    "urgent": "#d35400",
+    "routine": "#2e7d32",
+    "indeterminate": "#555555",
+}
+SUBTYPES = ("IPH", "EAH", "IVH")
+
+_CSS = """
+body{font-family:"DejaVu Sans",Arial,sans-serif;margin:24px;color:#111;max-width:1100px}
+h1{font-size:22px;margin:0 0 4px 0}h2{font-size:17px;border-bottom:1px solid #ccc;padding-bottom:3px;margin-top:22px}
+.disclaimer{border:2px solid #b00020;background:#fff3f3;padding:8px 12px;margin:10px 0;font-weight:bold}
+.badge{display:inline-block;color:#fff;padding:3px 10px;border-radius:4px;font-weight:bold}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #bbb;padding:4px 10px;text-align:left}
+th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.figs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:520px}figure img{width:100%;border:1px solid #444}
+figcaption{font-size:13px;color:#333}.small{font-size:12px;color:#444}code{font-size:12px;word-break:break-all}
+"""
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One row of the findings table."""
+
+    label: str
+    present: str
+    value: str
+
+
+def _priority_label(messages: Mapping[str, str], priority: str) -> str:
+    return messages.get(f"priority_{priority}", priority)
+
+
+def _qc_label(messages: Mapping[str, str], flag: str) -> str:
+    key = "qcflag_" + str(flag).split(":", 1)[0].strip()
+    return messages.get(key, str(flag))
+
+
+def _direction_label(messages: Mapping[str, str], direction: Any) -> str:
+    if direction is None:
+        return ""
+    return messages.get(f"direction_{direction}", str(direction))
+
+
+def summary_lines(findings: Mapping[str, Any], messages: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(label, value) pairs of the summary block."""
+    ich = findings.get("ich") or {}
+    present = ich.get("present")
+    ich_text = messages["ich_present"] if present else messages["ich_absent"] if present is not None else messages["ich_unknown"]
+    shift = findings.get("midline_shift_mm")
+    if shift is None:
+        shift_text = messages["not_measured"]
+    else:
+        shift_text = f"{abs(float(shift)):.1f} {messages['unit_mm']}"
+        direction = _direction_label(messages, findings.get("midline_shift_direction"))
+        if direction:
+            shift_text += f", {direction}"
+    return [
+        (messages["priority"], _priority_label(messages, str(findings.get("priority", "indeterminate")))),
+        (messages["findings"], ich_text),
+        (messages["total_blood_volume"], f"{common.fmt_number(ich.get('total_volume_ml'))} {messages['unit_ml']}"),
+        (messages["midline_shift"], shift_text),
+    ]
+
+
+def findings_rows(findings: Mapping[str, Any], messages: Mapping[str, str]) -> list[ReportRow]:
+    """The findings table: one row per subtype, oedema, total blood, probability, midline."""
+    ich = findings.get("ich") or {}
+    subtypes = ich.get("subtypes") or {}
+    rows: list[ReportRow] = []
+    for name in SUBTYPES:
+        sub = subtypes.get(name) or {}
+        present = sub.get("present")
+        rows.append(ReportRow(
+            messages.get(f"class_{name}", name),
+            "" if present is None else messages["yes"] if present else messages["no"],
+            common.fmt_number(sub.get("volume_ml")),
+        ))
+    oedema = findings.get("oedema") or {}
+    rows.append(ReportRow(messages["class_oedema"], "", common.fmt_number(oedema.get("volume_ml"))))
+    rows.append(ReportRow(
+        messages["total_blood_volume"],
+        "" if ich.get("present") is None else messages["yes"] if ich.get("present") else messages["no"],
+        common.fmt_number(ich.get("total_volume_ml")),
+    ))
+    return rows
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG encoding of an RGB uint8 image."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def _timestamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
+                pngs: Sequence[bytes] | None = None) -> str:
+    """The self-contained HTML report of ``result`` in ``lang``."""
+    m = common.load_messages(lang)
+    f: Mapping[str, Any] = result.findings
+    e = html.escape
+    priority = str(f.get("priority", "indeterminate"))
+    ich = f.get("ich") or {}
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        f'<html lang="{e(m["html_lang"])}"><head><meta charset="utf-8">',
+        f"<title>{e(m['report_title'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(m['report_title'])}</h1>",
+        f'<div class="small">{e(m["generated"])}: {e(_timestamp())}</div>',
+        f'<div class="disclaimer">{e(m["disclaimer"])}</div>',
+        f"<h2>{e(m['summary'])}</h2><table>",
+    ]
+    for label, value in summary_lines(f, m):
+        if label == m["priority"]:
+            colour = PRIORITY_COLOURS.get(priority, "#555")
+            value_html = f'<span class="badge" style="background:{colour}">{e(value)}</span>'
+        else:
+            value_html = e(value)
+        parts.append(f"<tr><th>{e(label)}</th><td>{value_html}</td></tr>")
+    parts.append("</table>")
+
+    parts.append(f"<h2>{e(m['findings'])}</h2><table>")
+    parts.append(f"<tr><th>{e(m['col_finding'])}</th><th>{e(m['col_present'])}</th><th>{e(m['col_volume_ml'])}</th></tr>")
+    for row in findings_rows(f, m):
+        parts.append(f'<tr><td>{e(row.label)}</td><td>{e(row.present)}</td><td class="num">{e(row.value)}</td></tr>')
+    parts.append("</table><table>")
+    if ich.get("probability") is not None:
+        parts.append(f'<tr><th>{e(m["probability"])}</th><td class="num">{float(ich["probability"]):.2f}</td></tr>')
+    shift = f.get("midline_shift_mm")
+    shift_text = m["not_measured"] if shift is None else f"{abs(float(shift)):.1f} {m['unit_mm']}"
+    parts.append(f'<tr><th>{e(m["midline_shift"])}</th><td class="num">{e(shift_text)}</td></tr>')
+    parts.append(
+        f'<tr><th>{e(m["direction"])}</th><td>{e(_direction_label(m, f.get("midline_shift_direction")) or m["not_measured"])}</td></tr>'
+    )
+    parts.append("</table>")
+
+    parts.append(f"<h2>{e(m['key_images'])}</h2>")
+    if images:
+        parts.append('<div class="figs">')
+        encoded = pngs if pngs is not None else [png_bytes(k.rgb) for k in images]
+        for key, data in zip(images, encoded):
+            b64 = base64.b64encode(data).decode("ascii")
+            parts.append(
+                f'<figure><img alt="{e(key.caption)}" src="data:image/png;base64,{b64}">'
+                f"<figcaption>{e(key.caption)}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    else:
+        parts.append(f"<p>{e(m['no_key_images'])}</p>")
+
+    parts.append(f"<h2>{e(m['qc'])}</h2>")
+    flags = list((f.get("qc") or {}).get("flags") or [])
+    if flags:
+        parts.append("<ul>" + "".join(
+            f"<li>{e(_qc_label(m, fl))} <code>{e(str(fl))}</code></li>" for fl in flags) + "</ul>")
+    else:
+        parts.append(f"<p>{e(m['qc_none'])}</p>")
+
+    parts.append(f"<h2>{e(m['provenance'])}</h2><table>")
+    for label, value in provenance_rows(result, m):
+        parts.append(f"<tr><th>{e(label)}</th><td><code>{e(value)}</code></td></tr>")
+    parts.append("</table>")
+    timings = f.get("timings_s") or {}
+    if timings:
+        parts.append(f"<h2>{e(m['timings'])}</h2><table>")
+        for stage, seconds in timings.items():
+            parts.append(f'<tr><td>{e(str(stage))}</td><td class="num">{common.fmt_number(seconds, 2)} {e(m["seconds"])}</td></tr>')
+        parts.append("</table>")
+    parts.append(f'<div class="disclaimer">{e(m["disclaimer"])}</div></body></html>')
+    return "\n".join(parts)
+
+
+def provenance_rows(result: Any, m: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(label, value) pairs: UIDs, Ictus version, models with versions and sha256."""
+    f = result.findings
+    prov = f.get("provenance") or {}
+    rows = [
+        (m["study_uid"], str(f.get("study_instance_uid") or result.volume.study_instance_uid)),
+        (m["series_uid"], str(f.get("series_instance_uid") or result.volume.series_instance_uid)),
+        (m["ictus_version"], str(prov.get("ictus") or prov.get("ictus_version") or common.ictus_version())),
+    ]
+    for model in prov.get("models") or []:
+        ident = f"{model.get('id', '')} {model.get('version', '')}".strip()
+        rows.append((m["model"], ident))
+        if model.get("sha256"):
+            rows.append((m["sha256"], str(model["sha256"])))
+    if not prov.get("models") and getattr(result, "card", None) is not None:
+        rows.append((m["model"], f"{result.card.id} {result.card.version}"))
+    return rows
+
+
+def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike, lang: str = "en",
+               pngs: Sequence[bytes] | None = None) -> bool:
+    """Write ``report.pdf`` (reportlab, DejaVu Sans). Returns False when it cannot be made here."""
+    try:
+        from reportlab.lib import colors
+        from reportlab.lib.pagesizes import A4
+        from reportlab.lib.styles import ParagraphStyle
+        from reportlab.lib.units import mm
+        from reportlab.pdfbase import pdfmetrics
+        from reportlab.pdfbase.ttfonts import TTFont
+        from reportlab.platypus import Image as RLImage
+        from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+    except ImportError:
+        log.warning("reportlab is not installed; report.pdf skipped (pip install reportlab)")
+        return False
+    regular, bold = common.font_path(), common.bold_font_path()
+    if regular is None:
+        log.warning("no DejaVu Sans font; report.pdf skipped (install fonts-dejavu-core)")
+        return False
+    if "IctusSans" not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(TTFont("IctusSans", regular))
+        pdfmetrics.registerFont(TTFont("IctusSans-Bold", bold or regular))
+    m = common.load_messages(lang)
+    f = result.findings
+    e = html.escape
+    base = ParagraphStyle("base", fontName="IctusSans", fontSize=9.5, leading=12.5)
+    h1 = ParagraphStyle("h1", parent=base, fontName="IctusSans-Bold", fontSize=16, leading=20, spaceAfter=4)
+    h2 = ParagraphStyle("h2", parent=base, fontName="IctusSans-Bold", fontSize=12, leading=15, spaceBefore=8, spaceAfter=4)
+    warn = ParagraphStyle("warn", parent=base, fontName="IctusSans-Bold", textColor=colors.HexColor("#b00020"),
+                          borderColor=colors.HexColor("#b00020"), borderWidth=1, borderPadding=5, spaceBefore=4,
+                          spaceAfter=8)
+    grid = TableStyle([
+        ("FONTNAME", (0, 0), (-1, -1), "IctusSans"),
+        ("FONTSIZE", (0, 0), (-1, -1), 9),
+        ("GRID", (0, 0), (-1, -1), 0.5, colors.grey),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+    ])
+
+    def para(text: str, style: Any = base) -> Any:
+        return Paragraph(e(text), style)
+
+    story: list[Any] = [para(m["report_title"], h1), para(f"{m['generated']}: {_timestamp()}"),
+                        para(m["disclaimer"], warn), para(m["summary"], h2)]
+    story.append(Table([[para(a), para(b)] for a, b in summary_lines(f, m)], colWidths=[70 * mm, 100 * mm], style=grid))
+    story.append(para(m["findings"], h2))
+    table = [[para(m["col_finding"]), para(m["col_present"]), para(m["col_volume_ml"])]]
+    table += [[para(r.label), para(r.present), para(r.value)] for r in findings_rows(f, m)]
+    ich = f.get("ich") or {}
+    if ich.get("probability") is not None:
+        table.append([para(m["probability"]), para(""), para(f"{float(ich['probability']):.2f}")])
+    story.append(Table(table, colWidths=[100 * mm, 30 * mm, 40 * mm], style=grid))
+    story.append(para(m["key_images"], h2))
+    encoded = pngs if pngs is not None else [png_bytes(k.rgb) for k in images]
+    if images:
+        for key, data in zip(images, encoded):
+            h, w = key.rgb.shape[:2]
+            width = 120 * mm
+            story.append(RLImage(io.BytesIO(data), width=width, height=width * h / w))
+            story.append(para(key.caption))
+            story.append(Spacer(1, 4 * mm))
+    else:
+        story.append(para(m["no_key_images"]))
+    story.append(para(m["qc"], h2))
+    flags = list((f.get("qc") or {}).get("flags") or [])
+    for flag in flags or []:
+        story.append(para(f"\u2022 {_qc_label(m, flag)} ({flag})"))
+    if not flags:
+        story.append(para(m["qc_none"]))
+    story.append(para(m["provenance"], h2))
+    story.append(Table([[para(a), para(b)] for a, b in provenance_rows(result, m)],
+                       colWidths=[45 * mm, 125 * mm], style=grid))
+    story.append(Spacer(1, 4 * mm))
+    story.append(para(m["disclaimer"], warn))
+    doc = SimpleDocTemplate(str(path), pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=15 * mm,
+                            bottomMargin=15 * mm, title=m["report_title"], author="Ictus")
+    doc.build(story)
+    return True

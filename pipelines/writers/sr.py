@@ -1,0 +1,229 @@
+"""DICOM Comprehensive 3D SR, TID 1500 Measurement Report (highdicom), of the findings.
+
+Content (observer: the device, i.e. Ictus with the model from the card):
+
+- one measurement group per lesion class: its volume (mL, UCUM ``ml``) and a
+  present/absent evaluation; groups of classes that are in the SEG are
+  TID 1411 volumetric groups that reference their SEG segment, the others
+  TID 1501 groups without a region;
+- an intracranial haemorrhage group: total blood volume, the model's
+  probability, and the qualitative finding "intracranial hemorrhage:
+  present/absent";
+- a midline group: the midline shift (mm) when it could be measured;
+- a "Qualitative Evaluations" container (TID 1500 row 12) with the priority,
+  the midline direction, the QC flags and the triage-aid statement as text.
+
+Concepts with no standard code use the private scheme ``99ICTUS`` (declared
+in the Coding Scheme Identification Sequence). Text is English: the SR is for
+machines and PACS; people read the localised report.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from imaging.errors import OutputError
+from pipelines.writers import common
+from pipelines.writers.seg import SegmentInfo
+
+log = logging.getLogger(__name__)
+
+SERIES_NUMBER = 9902
+SERIES_DESCRIPTION = "ICTUS measurement report"
+PRIVATE_SCHEME = "99ICTUS"
+
+_ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+_UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_ICH = hd.sr.CodedConcept("1386000", "SCT", "Intracranial hemorrhage")
+_MIDLINE = hd.sr.CodedConcept("261129000", "SCT", "Midline")
+_MIDLINE_SHIFT = hd.sr.CodedConcept("MLS", PRIVATE_SCHEME, "Midline shift")
+_MIDLINE_DIRECTION = hd.sr.CodedConcept("MLSDIR", PRIVATE_SCHEME, "Midline shift direction")
+_ICH_PROBABILITY = hd.sr.CodedConcept("ICHPROB", PRIVATE_SCHEME, "Probability of intracranial hemorrhage")
+_QC_FLAG = hd.sr.CodedConcept("QCFLAG", PRIVATE_SCHEME, "Input quality control flag")
+_PRIORITY = hd.sr.CodedConcept("260870009", "SCT", "Priority")
+_HEAD_CT = hd.sr.CodedConcept("24725-4", "LN", "CT Head")
+
+
+def _coded(code: Any) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.code_value, code.scheme_designator, code.code_meaning)
+
+
+def device_uid(card: Any) -> str:
+    """A stable Device Observer UID for Ictus with this model (same model, same UID)."""
+    return generate_uid(entropy_srcs=["ictus", common.ictus_version(), str(card.ref)])
+
+
+def _class_volume_ml(findings: Mapping[str, Any], name: str) -> float | None:
+    if name == "oedema":
+        value = (findings.get("oedema") or {}).get("volume_ml")
+    else:
+        value = ((findings.get("ich") or {}).get("subtypes") or {}).get(name, {}).get("volume_ml")
+    return None if value is None else float(value)
+
+
+def _class_present(findings: Mapping[str, Any], name: str, volume_ml: float | None) -> bool:
+    sub = ((findings.get("ich") or {}).get("subtypes") or {}).get(name)
+    if sub is not None and "present" in sub:
+        return bool(sub["present"])
+    return bool(volume_ml and volume_ml > 0)
+
+
+def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def build_sr(
+    result: Any,
+    source_datasets: Sequence[Dataset],
+    seg: Dataset | None = None,
+    segments: Sequence[SegmentInfo] = (),
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 measurement report of ``result``; groups reference ``seg``'s segments when given."""
+    findings: Mapping[str, Any] = result.findings
+    card = common.card_of(result)
+    classes = common.lesion_classes(result)
+    messages = common.load_messages("en")
+    algorithm = hd.sr.AlgorithmIdentification(name=str(card.name)[:64], version=str(card.version))
+    observer = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=device_uid(card),
+                name="Ictus",
+                manufacturer_name=common.MANUFACTURER,
+                model_name=f"{common.MODEL_NAME} {common.ictus_version()} / {card.ref}"[:64],
+            ),
+        )
+    )
+    source_series_uid = str(source_datasets[0].SeriesInstanceUID) if source_datasets else result.volume.series_instance_uid
+    by_label = {s.label_value: s for s in segments}
+    groups: list[Any] = []
+    for cls in classes:
+        volume_ml = _class_volume_ml(findings, cls.name)
+        present = _class_present(findings, cls.name, volume_ml)
+        finding = cls.codes.get("finding") or cls.codes.get("type")
+        measurements = []
+        if volume_ml is not None:
+            measurements.append(
+                hd.sr.Measurement(name=codes.SCT.Volume, value=round(volume_ml, 2), unit=_ML, algorithm_id=algorithm)
+            )
+        evaluations = []
+        if finding is not None:
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(_coded(finding), codes.SCT.Present if present else codes.SCT.Absent)
+            )
+        tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{cls.name} (ictus)")
+        info = by_label.get(cls.value)
+        common_args = dict(
+            tracking_identifier=tracking,
+            finding_type=_coded(cls.codes["type"]) if "type" in cls.codes else None,
+            algorithm_id=algorithm,
+            measurements=measurements or None,
+            qualitative_evaluations=evaluations or None,
+        )
+        if seg is not None and info is not None:
+            groups.append(
+                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    referenced_segment=hd.sr.ReferencedSegment(
+                        sop_class_uid=seg.SOPClassUID,
+                        sop_instance_uid=seg.SOPInstanceUID,
+                        segment_number=info.segment_number,
+                        source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid),
+                    ),
+                    **common_args,
+                )
+            )
+        else:
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common_args))
+
+    ich = findings.get("ich") or {}
+    ich_measurements = []
+    if ich.get("total_volume_ml") is not None:
+        ich_measurements.append(
+            hd.sr.Measurement(name=codes.SCT.Volume, value=round(float(ich["total_volume_ml"]), 2), unit=_ML,
+                              algorithm_id=algorithm)
+        )
+    if ich.get("probability") is not None:
+        ich_measurements.append(
+            hd.sr.Measurement(name=_ICH_PROBABILITY, value=round(float(ich["probability"]), 3), unit=_UNITY,
+                              algorithm_id=algorithm)
+        )
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="ICH (ictus)"),
+            finding_type=_ICH,
+            algorithm_id=algorithm,
+            measurements=ich_measurements or None,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(_ICH, codes.SCT.Present if ich.get("present") else codes.SCT.Absent)
+            ],
+        )
+    )
+    shift = findings.get("midline_shift_mm")
+    if shift is not None:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Midline (ictus)"),
+                finding_type=_MIDLINE,
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(name=_MIDLINE_SHIFT, value=round(abs(float(shift)), 2), unit=_MM,
+                                      algorithm_id=algorithm)
+                ],
+            )
+        )
+
+    report = hd.sr.MeasurementReport(
+        observation_context=observer,
+        procedure_reported=_HEAD_CT,
+        imaging_measurements=groups,
+    )
+    # TID 1500 row 12: Qualitative Evaluations (TEXT), which highdicom does not build itself.
+    container = hd.sr.ContainerContentItem(
+        name=_QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence()
+    container.ContentSequence.append(_text(_PRIORITY, str(findings.get("priority", "indeterminate"))))
+    direction = findings.get("midline_shift_direction")
+    container.ContentSequence.append(
+        _text(_MIDLINE_DIRECTION, str(direction) if direction is not None else messages["not_measured"])
+    )
+    flags = list((findings.get("qc") or {}).get("flags") or [])
+    for flag in flags or [messages["qc_none"]]:
+        container.ContentSequence.append(_text(_QC_FLAG, str(flag)))
+    container.ContentSequence.append(_text(codes.DCM.Comment, messages["disclaimer"]))
+    report[0].ContentSequence.append(container)
+
+    evidence = list(source_datasets) + ([seg] if seg is not None else [])
+    if not evidence:
+        raise OutputError("no source datasets to reference; the SR needs the source series")
+    try:
+        return hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=hd.UID(),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=common.MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=SERIES_DESCRIPTION,
+            coding_schemes=[
+                hd.coding_schemes.CodingSchemeIdentificationItem(
+                    designator=PRIVATE_SCHEME,
+                    name="Ictus private concepts",
+                    responsible_organization="Ictus project",
+                )
+            ],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise OutputError(f"DICOM SR could not be built ({exc}); report this with the study") from exc
