@@ -1407,7 +1407,9 @@ def _slice_dataset(spec: PhantomSpec, g: PhantomGeometry, uids: Mapping[str, str
     ds.InstanceNumber = k + 1
     ds.ImagePositionPatient = [f"{v:.6f}" for v in g.image_positions_patient[k]]
     ds.ImageOrientationPatient = [f"{v:.9f}" for v in g.image_orientation_patient]
-    ds.SliceLocation = f"{g.image_positions_patient[k][2] - g.column_direction[2] * 0:.6f}"
+    centre = np.asarray(g.image_positions_patient[k]) + (g.rows - 1) / 2 * g.pixel_spacing_mm[0] * g.column_direction \
+        + (g.columns - 1) / 2 * g.pixel_spacing_mm[1] * g.row_direction
+    ds.SliceLocation = f"{centre[2]:.6f}"  # table position of the plane's centre
     ds.SliceThickness = f"{g.slice_thickness_mm:g}"
     ds.SpacingBetweenSlices = f"{g.slice_spacing_mm:g}"
     ds.PixelSpacing = [f"{g.pixel_spacing_mm[0]:g}", f"{g.pixel_spacing_mm[1]:g}"]
@@ -1502,7 +1504,7 @@ def _scout_dataset(spec: PhantomSpec, anat: _Anatomy, uids: Mapping[str, str]) -
     ds.Rows = ds.Columns = size
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
     ds.PixelRepresentation = 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    ds.RescaleIntercept, ds.RescaleSlope = "0", "1"
     ds.BurnedInAnnotation = "NO"
     ds.file_meta = _file_meta(ds, _TRANSFER_SYNTAX["none"])
     ds.PixelData = stored.tobytes()
