@@ -40,7 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage, optimize
 
-from imaging.brain import BrainResult, as_image, disk, to_lps
+from imaging.brain import BrainResult, as_image, disk, erode_axial, to_lps
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def measure_midline_shift(
     intracranial = sitk.GetArrayViewFromImage(to_lps(brain.intracranial_mask)).astype(bool)
     sx, sy, _ = lps.GetSpacing()
 
-    inner = ndimage.binary_erosion(intracranial, structure=disk(skull_margin_mm, (sx, sy)))
+    inner = erode_axial(intracranial, skull_margin_mm, (sx, sy))
     z_has = np.flatnonzero(inner.any(axis=(1, 2)))
     if z_has.size == 0:
         return MidlineResult(None, None, METHOD, 0.0, "intracranial space too small to find the ventricles", plane)
