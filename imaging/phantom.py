@@ -935,6 +935,7 @@ def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, d
         "centroid_lps_mm": _to_lps(spec, chosen.mean(axis=0)),
         "centroid_head_frame_mm": [float(v) for v in chosen.mean(axis=0)],
         "eligible_capacity_ml": capacity_ml,
+        "_points_head_mm": chosen,  # removed before the truth is published
     }
     if kind == "IVH":
         info["fluid_level_mm"] = -thr  # head-frame coordinate along the dependent direction
@@ -1098,8 +1099,23 @@ def render_phantom(spec: PhantomSpec) -> PhantomRender:
     hu, labels, tissue, fractions = _sample_stack(anat, geom, _slab_offsets(spec), pose=_pose(spec))
     hu = _add_noise(hu, spec.noise_hu, spec.seed)
     np.clip(hu, _HU_MIN, _HU_MAX, out=hu)
+    info = dict(info)
+    points = info.pop("_points_head_mm", None)
+    if points is not None:
+        info["scanned_fraction"] = _scanned_fraction(spec, geom, points)
     return PhantomRender(spec=spec, hu=hu, labels=labels, tissue=tissue, geometry=geom, fit_info=info, model=anat,
                          label_fraction_voxels=fractions)
+
+
+def _scanned_fraction(spec: PhantomSpec, geom: PhantomGeometry, points_head_mm: np.ndarray) -> float:
+    """Fraction of the haemorrhage's fine-grid points that lie inside the written slabs and FOV."""
+    p = points_head_mm @ head_rotation(spec).T + np.array(spec.head_offset_mm)
+    ijk = (np.linalg.inv(geom.affine) @ np.c_[p, np.ones(len(p))].T)[:3]
+    in_plane = (ijk[0] >= -0.5) & (ijk[0] <= geom.columns - 0.5) & (ijk[1] >= -0.5) & (ijk[1] <= geom.rows - 0.5)
+    k = ijk[2]
+    in_slab = (k >= -0.5) & (k <= geom.n_slices - 0.5) & (
+        np.abs(k - np.rint(k)) * geom.slice_spacing_mm <= geom.slice_thickness_mm / 2 + 1e-6)
+    return float((in_plane & in_slab).mean()) if len(p) else 0.0
 
 
 def sample_phantom(render_or_spec: "PhantomRender | PhantomSpec", origin_lps_mm: Sequence[float],
@@ -1260,6 +1276,7 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
             "nominal_volume_ml": spec.haemorrhage_volume_ml,
             "on_grid_volume_ml": volumes[h.kind]["on_grid_ml"],
             "centroid_lps_mm": render.fit_info.get("centroid_lps_mm"),
+            "scanned_fraction": render.fit_info.get("scanned_fraction"),
             "fit_info": dict(render.fit_info),
         },
         "volumes_ml": volumes,

@@ -87,6 +87,7 @@ def test_haemorrhage_volume_on_grid(kind, volume_ml):
     assert truth["volumes_ml"][kind]["on_grid_partial_volume_ml"] == pytest.approx(volume_ml, rel=0.03)
     # voxel count (what a segmentation measures): thin layers lose a little on 5 mm slices
     assert count_ml == pytest.approx(volume_ml, rel=0.05 if volume_ml >= 15 else 0.13)
+    assert truth["haemorrhage"]["scanned_fraction"] == 1.0
     # no other class, and the blood is dense
     others = [v for n, v in LABELS.items() if v and n != kind]
     assert not np.isin(r.labels, others).any()
@@ -132,6 +133,16 @@ def test_large_ivh_dilates_the_ventricles():
     truth = ph.ground_truth(r)
     assert truth["ventricle_dilation_factor"] > 1.5
     assert truth["lateral_ventricles_volume_ml"] >= 60 / 0.8 * 0.98
+
+
+def test_partly_scanned_haemorrhage_is_reported():
+    # thin slices over 60 mm from the vertex cut through a basal-ganglia IPH
+    r = ph.render_phantom(small(haemorrhage="IPH", haemorrhage_volume_ml=30, slice_thickness_mm=2.0,
+                                z_coverage_mm=70, noise_hu=0))
+    truth = ph.ground_truth(r)
+    fraction = truth["haemorrhage"]["scanned_fraction"]
+    assert 0.05 < fraction < 0.95
+    assert truth["volumes_ml"]["IPH"]["on_grid_partial_volume_ml"] == pytest.approx(30 * fraction, rel=0.05)
 
 
 def test_oedema_rim_is_labelled_around_the_iph():

@@ -128,6 +128,9 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
         click.echo(f"  haemorrhage: {h['type']} {h['hemisphere']}, nominal {h['nominal_volume_ml']:g} mL, "
                    f"on grid {h['on_grid_volume_ml']:.2f} mL, {h['hu']:g} HU, centroid (LPS mm) "
                    + ", ".join(f"{v:.1f}" for v in h["centroid_lps_mm"]))
+        if h["scanned_fraction"] is not None and h["scanned_fraction"] < 0.99:
+            click.echo(f"  warning: only {100 * h['scanned_fraction']:.0f}% of the haemorrhage lies inside the "
+                       "scanned slices; widen --z-coverage-mm or --slices for the whole of it")
     oedema = truth["volumes_ml"]["oedema"]
     if oedema["on_grid_ml"]:
         click.echo(f"  oedema: nominal {oedema['nominal_ml']:.2f} mL, on grid {oedema['on_grid_ml']:.2f} mL")
