@@ -259,6 +259,7 @@ def measure_midline_shift(
     nz, ny, nx = csf.shape
     slice_values: list[float] = []
     slice_rows: list[int] = []
+    slice_index: list[int] = []
     all_rows: list[float] = []
     open_se = disk(1.0, (sx, sy))
     min_area_px = min_ventricle_area_mm2 / (sx * sy)
@@ -299,6 +300,7 @@ def measure_midline_shift(
         if len(values) >= min_rows:
             slice_values.append(float(np.median(values)))
             slice_rows.append(len(values))
+            slice_index.append(z)
             all_rows.extend(values)
     if not slice_values:
         return MidlineResult(
@@ -315,6 +317,10 @@ def measure_midline_shift(
     shift = float(chosen[order][np.searchsorted(cum, 0.5 * cum[-1])])  # weighted median
     spread = float(np.median(np.abs(np.array(all_rows) - shift)))
     confidence = float(np.clip(1.0 - spread / 3.0, 0.0, 1.0) * min(1.0, len(chosen) / 2.0))
+    candidates = np.flatnonzero(supported)
+    best = int(candidates[np.argmin(np.abs(vals_arr[candidates] - shift) - 1e-3 * rows_arr[candidates])])
+    best_z = slice_index[best]
+    septum_z_mm = float(_index_to_lps(lps, np.array([[best_z, 0.0, 0.0]]))[0, 2])
     direction = "none" if abs(shift) < none_below_mm else ("left" if shift > 0 else "right")
     return MidlineResult(
         shift_mm=shift,
@@ -325,5 +331,10 @@ def measure_midline_shift(
         ideal_plane=plane,
         slice_shifts_mm=tuple(float(v) for v in chosen),
         septum_rows=int(weights.sum()),
-        details={"row_spread_mm": spread, "symmetry_error_mm": plane.symmetry_error_mm},
+        details={
+            "row_spread_mm": spread,
+            "symmetry_error_mm": plane.symmetry_error_mm,
+            "slice_index_lps": best_z,  # axial index on the LPS-oriented grid where the septum is shown
+            "septum_z_mm": septum_z_mm,
+        },
     )
