@@ -277,12 +277,16 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
     story.append(para(m["key_images"], h2))
     encoded = pngs if pngs is not None else [png_bytes(k.rgb) for k in images]
     if images:
+        cells = []
         for key, data in zip(images, encoded):
             h, w = key.rgb.shape[:2]
-            width = 120 * mm
-            story.append(RLImage(io.BytesIO(data), width=width, height=width * h / w))
-            story.append(para(key.caption))
-            story.append(Spacer(1, 4 * mm))
+            width = 80 * mm
+            cells.append([RLImage(io.BytesIO(data), width=width, height=width * h / w), para(key.caption)])
+        rows = [cells[i:i + 2] for i in range(0, len(cells), 2)]
+        if len(rows[-1]) == 1:
+            rows[-1].append("")
+        story.append(Table(rows, colWidths=[85 * mm, 85 * mm],
+                           style=TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")])))
     else:
         story.append(para(m["no_key_images"]))
     story.append(para(m["qc"], h2))

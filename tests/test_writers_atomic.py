@@ -1,0 +1,111 @@
+"""Atomic writes: whole files or nothing, and no half-written output set when a writer fails."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from imaging.errors import OutputError
+from imaging.volume import volume_from_array
+from models.registry import get_card
+from pipelines.triage import TriageResult
+from pipelines.writers import atomic, report, write_outputs
+from tests.writers_support import findings_for, segmentation_from_labels
+
+
+@pytest.fixture
+def small_result():
+    """A synthetic 12 x 64 x 64 'head' with an IPH cube (no DICOM sources)."""
+    hu = np.full((12, 64, 64), -1000.0, np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    hu[:, (yy - 32) ** 2 + (xx - 32) ** 2 < 28 ** 2] = 35.0
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[4:8, 20:30, 20:30] = 1
+    volume = volume_from_array(hu, spacing_mm=(2.0, 2.0, 5.0), study_instance_uid="1.2.3", series_instance_uid="1.2.3.4")
+    findings = findings_for(volume, labels, shift_mm=None, direction=None)
+    return TriageResult(volume=volume, segmentation=segmentation_from_labels(labels), findings=findings,
+                        card=get_card("blast-ct"))
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_write_text_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "f.json"
+    atomic.write_text(target, "old")
+    atomic.write_text(target, "new")
+    assert target.read_text() == "new"
+    assert _entries(tmp_path) == ["f.json"]
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # an ordinary, readable file
+
+
+def test_failing_writer_keeps_the_old_file(tmp_path):
+    target = tmp_path / "f.json"
+    atomic.write_text(target, "old")
+
+    def broken(path):
+        path.write_text("half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        atomic.write_with(target, broken)
+    assert target.read_text() == "old" and _entries(tmp_path) == ["f.json"]
+
+
+def test_unwritable_folder_is_an_output_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot write"):
+        atomic.write_text(blocker / "sub" / "f.json", "x")
+
+
+def test_commit_swaps_a_whole_folder(tmp_path):
+    dest = tmp_path / "keyimages"
+    dest.mkdir()
+    (dest / "old1").write_text("1")
+    (dest / "old2").write_text("2")
+    with atomic.staging_dir(tmp_path) as stage:
+        new = stage / "keyimages"
+        new.mkdir()
+        (new / "KI0001.dcm").write_text("a")
+        atomic.commit(new, dest)
+    assert _entries(dest) == ["KI0001.dcm"]
+    assert _entries(tmp_path) == ["keyimages"]
+
+
+def test_outputs_are_all_or_nothing(small_result, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    written = write_outputs(small_result, out, outputs=("json", "report"))
+    assert set(written) == {"json", "report"}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    changed = dataclasses.replace(small_result, findings={**small_result.findings, "priority": "routine"})
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(report, "render_pdf", boom)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        write_outputs(changed, out, outputs=("json", "report"))
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before  # findings.json was built first but never moved in
+    assert _entries(out) == sorted(before)  # no staging folder left behind
+
+
+def test_missing_source_files_fail_before_anything_is_written(small_result, tmp_path):
+    gone = dataclasses.replace(small_result.volume, source_paths=(str(tmp_path / "nope.dcm"),))
+    result = dataclasses.replace(small_result, volume=gone)
+    with pytest.raises(OutputError, match="cannot be read again"):
+        write_outputs(result, tmp_path / "out")
+    assert _entries(tmp_path / "out") == []
+
+
+def test_report_without_sources_or_midline(small_result, tmp_path):
+    written = write_outputs(small_result, tmp_path / "out", outputs=("report",), lang="kk")
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "өлшенбеді" in html  # midline not measured, in Kazakh
+    assert written["report"][0].endswith("report.html")
+    assert os.path.getsize(written["report"][0]) > 10_000  # key image inlined
