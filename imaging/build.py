@@ -45,7 +45,6 @@ Decisions (each is a keyword-only tolerance of :func:`build_volume`):
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -423,18 +422,28 @@ def native_pixels(ds: Dataset, n_frames: int, rows: int, cols: int) -> np.ndarra
     return array
 
 
+class _ImageBuffer:
+    """Exposes a SimpleITK image's pixel buffer to numpy, writable, and keeps the image alive."""
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        interface = dict(sitk.GetArrayViewFromImage(image).__array_interface__)
+        interface["data"] = (interface["data"][0], False)  # writable
+        self.__array_interface__ = interface
+
+
 def _writable_image(shape_zyx: tuple[int, int, int]) -> tuple[sitk.Image, np.ndarray]:
-    """A float32 SimpleITK image and a writable numpy view [z, y, x] on its buffer.
+    """A new float32 SimpleITK image and a writable numpy view [z, y, x] on its buffer.
 
     Filling the view fills the image: no second full-volume copy through
-    ``GetImageFromArray``. The view does not keep the image alive; keep both.
+    ``GetImageFromArray``. The view holds a reference to the image, so the
+    buffer lives as long as either does.
     """
     z, y, x = (int(v) for v in shape_zyx)
     image = sitk.Image([x, y, z], sitk.sitkFloat32)
-    view = sitk.GetArrayViewFromImage(image)
-    address = view.__array_interface__["data"][0]
-    buffer = (ctypes.c_float * view.size).from_address(address)
-    array = np.ctypeslib.as_array(buffer).reshape(view.shape)
+    array = np.asarray(_ImageBuffer(image))
+    if array.shape != (z, y, x) or array.dtype != np.float32:
+        raise RuntimeError(f"unexpected SimpleITK buffer layout {array.shape} {array.dtype}")
     return image, array
 
 

@@ -568,6 +568,11 @@ def test_volume_shares_the_decoded_buffer_safely(tmp_path):
 
     gc.collect()
     assert volume.array()[:, 0, 0].tolist() == [40.0, 41.0, 42.0]
+    # The decoded array outlives its FrameStack (it keeps the buffer's owner alive).
+    hu = read_frames(paths).hu
+    gc.collect()
+    clutter = [np.full(hu.shape, -7.0, dtype=np.float32) for _ in range(50)]
+    assert hu[:, 0, 0].tolist() == [40.0, 41.0, 42.0] and len(clutter) == 50
 
 
 def test_pydicom_j2k_sign_mismatch_slice_decodes_to_plausible_hu():
