@@ -138,6 +138,19 @@ def _midline_slice(image_lps: sitk.Image, midline: Any) -> int | None:
     return int(np.argmin(np.abs(np.asarray(zs) - z_mm)))
 
 
+def _head_box(hu: np.ndarray, spacing_xy_mm: tuple[float, float], *, margin_mm: float = 10.0,
+              threshold_hu: float = -300.0) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of everything denser than air on any slice, plus a margin (whole grid if none)."""
+    ny, nx = hu.shape[1:]
+    dense = np.asarray(hu) > threshold_hu
+    ys = np.flatnonzero(dense.any(axis=(0, 2)))
+    xs = np.flatnonzero(dense.any(axis=(0, 1)))
+    if ys.size == 0 or xs.size == 0:
+        return 0, ny, 0, nx
+    my, mx = int(np.ceil(margin_mm / spacing_xy_mm[1])), int(np.ceil(margin_mm / spacing_xy_mm[0]))
+    return max(0, ys[0] - my), min(ny, ys[-1] + 1 + my), max(0, xs[0] - mx), min(nx, xs[-1] + 1 + mx)
+
+
 def _signed_shift_mm(result: Any) -> float | None:
     midline = getattr(result, "midline", None)
     if midline is not None and getattr(midline, "shift_mm", None) is not None:
@@ -194,17 +207,25 @@ def render_key_images(result: Any, lang: str = "en", *, max_lesion_slices: int =
     present = [c for c in classes if (labels == c.value).any()]
 
     sx, sy, _ = hu_img.GetSpacing()
-    ny, nx = hu.shape[1:]
+    y0, y1, x0, x1 = _head_box(hu, (sx, sy))
+    ny, nx = y1 - y0, x1 - x0
     width = max(MIN_WIDTH_PX, nx)
     scale_x = width / nx
     scale_y = scale_x * sy / sx
     height = int(round(ny * scale_y))
     lo, hi = WINDOW_HU
     out: list[KeyImage] = []
+
+    def to_px(rows: np.ndarray, cols: np.ndarray) -> list[tuple[float, float]]:
+        """Absolute (row, column) indices to canvas pixels of the cropped, scaled image."""
+        return [((float(c) - x0 + 0.5) * scale_x, (float(r) - y0 + 0.5) * scale_y) for r, c in zip(rows, cols)]
+
     for kind, k in slices:
-        gray = np.clip((np.asarray(hu[k], dtype=np.float32) - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+        hu_k = np.asarray(hu[k, y0:y1, x0:x1], dtype=np.float32)
+        gray = np.clip((hu_k - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
         base = Image.fromarray(gray).resize((width, height), Image.BILINEAR).convert("RGB")
-        lab = np.asarray(Image.fromarray(labels[k]).resize((width, height), Image.NEAREST))
+        lab = np.asarray(Image.fromarray(np.ascontiguousarray(labels[k, y0:y1, x0:x1])).resize((width, height),
+                                                                                            Image.NEAREST))
         rgb = np.asarray(base, dtype=np.float32).copy()
         for index, cls in enumerate(classes):
             mask = lab == cls.value
@@ -218,25 +239,24 @@ def render_key_images(result: Any, lang: str = "en", *, max_lesion_slices: int =
         draw = ImageDraw.Draw(img)
         line_w = max(1, width // 256)
         if plane is not None:
-            head_rows = np.flatnonzero((np.asarray(hu[k]) > -300.0).any(axis=1))
-            rows = np.arange(head_rows[0], head_rows[-1] + 1) if head_rows.size else np.arange(ny)
+            head_rows = np.flatnonzero((hu_k > -300.0).any(axis=1)) + y0
+            rows = np.arange(head_rows[0], head_rows[-1] + 1) if head_rows.size else np.arange(y0, y1)
             cols = _plane_columns(hu_img, plane, k, rows, 0.0)
             ok = np.isfinite(cols)
-            pts = [(float(c) * scale_x, float(r) * scale_y) for r, c in zip(rows[ok], cols[ok])]
-            _dashed_line(draw, pts, _IDEAL_RGB, line_w, dash=max(2, ny // 40))
+            _dashed_line(draw, to_px(rows[ok], cols[ok]), _IDEAL_RGB, line_w, dash=max(2, ny // 40))
             if kind == "midline" or (midline_k is not None and k == midline_k):
                 if shift_mm is not None and abs(shift_mm) > 0:
-                    mid = np.arange(int(ny * 0.3), int(ny * 0.7))
+                    mid = np.arange(y0 + int(ny * 0.3), y0 + int(ny * 0.7))
                     shifted = _plane_columns(hu_img, plane, k, mid, shift_mm)
                     ok = np.isfinite(shifted)
-                    draw.line([(float(c) * scale_x, float(r) * scale_y) for r, c in zip(mid[ok], shifted[ok])],
-                              fill=_SHIFT_RGB, width=line_w + 1)
-                    r0 = np.array([ny // 2])
-                    c_ideal = float(_plane_columns(hu_img, plane, k, r0, 0.0)[0])
-                    c_shift = float(_plane_columns(hu_img, plane, k, r0, shift_mm)[0])
-                    if np.isfinite(c_ideal) and np.isfinite(c_shift):
-                        y = float(r0[0]) * scale_y
-                        _arrow(draw, (c_ideal * scale_x, y), (c_shift * scale_x, y), _SHIFT_RGB, line_w + 1)
+                    draw.line(to_px(mid[ok], shifted[ok]), fill=_SHIFT_RGB, width=line_w + 1)
+                    r0 = np.array([y0 + ny // 2])
+                    c_ideal = _plane_columns(hu_img, plane, k, r0, 0.0)
+                    c_shift = _plane_columns(hu_img, plane, k, r0, shift_mm)
+                    if np.isfinite(c_ideal[0]) and np.isfinite(c_shift[0]):
+                        (start,) = to_px(r0, c_ideal)
+                        (end,) = to_px(r0, c_shift)
+                        _arrow(draw, start, end, _SHIFT_RGB, line_w + 1)
         caption_key = {"lesion": "key_image_lesion", "midline": "key_image_midline"}.get(kind, "key_image_slice")
         caption = messages[caption_key].format(slice=k + 1, slices=hu.shape[0])
         drawn_shift = shift_mm if (kind == "midline" or (midline_k is not None and k == midline_k)) else None
