@@ -83,6 +83,7 @@ TISSUES = {
     "artery": 14,
     "haemorrhage": 15,
     "oedema": 16,
+    "headrest": 17,
 }
 PARENCHYMA_TISSUES = (TISSUES["grey_matter"], TISSUES["white_matter"], TISSUES["deep_grey"])
 VENTRICLE_TISSUES = (
@@ -137,6 +138,11 @@ class PhantomSpec:
     (LPS). Anatomy, haemorrhage positions and the midline shift are defined in
     the head's own frame (LPS when the pose is neutral); the fluid level of an
     IVH stays horizontal in the scanner (supine patient).
+
+    ``detailed_anatomy`` adds cortical sulci (wider with age), a brainstem,
+    fourth ventricle and prepontine cistern, and a carbon-fibre headrest
+    under the head. It is off by default so that the
+    simple phantom stays exactly the same for existing tests.
     """
 
     haemorrhage: str | None = None
@@ -166,6 +172,7 @@ class PhantomSpec:
     head_roll_deg: float = 0.0
     head_pitch_deg: float = 0.0
     head_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    detailed_anatomy: bool = False
     partial_volume_samples: int = 5
 
     def validated(self) -> "PhantomSpec":
@@ -458,6 +465,8 @@ class _Anatomy:
     shift_plateau: float  # normalised intracranial radius of the rigid-shift plateau
     ventricle_dilation: float
     contrast: bool
+    detail: bool = False
+    sulcal_csf_eps: float = 0.2
     haemorrhage: _Haemorrhage | None = None
 
 
@@ -535,6 +544,8 @@ def _build_anatomy(spec: PhantomSpec, ventricle_dilation: float | None = None) -
         shift_plateau=0.5,
         ventricle_dilation=float(ventricle_dilation),
         contrast=spec.contrast,
+        detail=spec.detailed_anatomy,
+        sulcal_csf_eps=0.18 + 0.004 * max(0.0, age - 40.0),
     )
 
 
@@ -612,6 +623,19 @@ class _Block:
         if jj.size == 0:
             return None
         return slice(int(jj[0]), int(jj[-1]) + 1), slice(int(ii[0]), int(ii[-1]) + 1)
+
+    def image_region(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice] | None:
+        """Like :meth:`region` for a box in the scanner (image) frame."""
+        pose, self._pose = self._pose, None
+        try:
+            return self.region(lo, hi)
+        finally:
+            self._pose = pose
+
+    def image_coords(self, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scanner-frame (LPS) coordinates of the points in ``box``."""
+        rs, cs = box
+        return self.xs[None, None, cs], self.ys[:, rs, None], self.zs[:, rs, None]
 
     def coords(self, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Head-frame coordinates of the points in ``box`` (broadcastable arrays)."""
@@ -703,6 +727,15 @@ def _paint_anatomy(blk: _Block, anat: _Anatomy) -> None:
     _paint_ellipsoid(blk, anat.white, HU["white_matter"], T["white_matter"], True, shift_pad)
     for e in anat.deep_grey:
         _paint_ellipsoid(blk, e, HU["deep_grey"], T["deep_grey"], True, shift_pad)
+    if anat.detail:
+        _paint_sulci(blk, anat)
+        k = anat.k
+        _paint_ellipsoid(blk, _Ellipsoid((0, 22 * k, -40 * k), (13 * k, 12 * k, 19 * k)), 32.0, T["white_matter"],
+                         True, shift_pad)  # brainstem (pons, medulla)
+        _paint_ellipsoid(blk, _Ellipsoid((0, 7 * k, -40 * k), (9 * k, 3.5 * k, 13 * k)), HU["csf"], T["csf"],
+                         True, shift_pad)  # prepontine cistern
+        _paint_ellipsoid(blk, _Ellipsoid((0, 38 * k, -32 * k), (5 * k, 4 * k, 7 * k)), HU["csf"], T["csf"],
+                         True, shift_pad)  # fourth ventricle
     for e in anat.ventricles_left:
         _paint_ellipsoid(blk, e, HU["ventricle"], T["lateral_ventricle_left"], True, shift_pad)
     for e in anat.ventricles_right:
@@ -741,6 +774,8 @@ def _paint_anatomy(blk: _Block, anat: _Anatomy) -> None:
         depth, _ = _inner_depth(anat, x, y, z)
         ts = (depth < 5.0 * anat.k) & (np.abs(z + 15.0 * anat.k) < 3.5 * anat.k) & (np.abs(x) > 4.0 * anat.k)
         blk.paint(box, ts & (ic.q(x, y, z) < 1.0), sinus_hu, T["venous_sinus"])
+    if anat.detail:
+        _paint_headrest(blk, anat)
     if anat.contrast:
         for cap in anat.arteries:
             lo, hi = cap.bbox()
@@ -753,6 +788,65 @@ def _paint_anatomy(blk: _Block, anat: _Anatomy) -> None:
             blk.paint(box, cap.inside(x, y, z), HU["artery_contrast"], T["artery"])
 
 
+_SULCAL_WAVES = np.random.default_rng(20260101).normal(size=(8, 3))
+_SULCAL_WAVES /= np.linalg.norm(_SULCAL_WAVES, axis=1, keepdims=True)
+_SULCAL_PHASES = np.random.default_rng(20260102).uniform(0, 2 * np.pi, size=8)
+_SULCAL_WAVELENGTH_MM = 22.0  # along the brain surface
+_SULCAL_DEPTH_MM = 12.0
+
+
+def _paint_sulci(blk: _Block, anat: _Anatomy) -> None:
+    """Cortical sulci: radial CSF clefts near the brain surface, lined by grey matter.
+
+    The clefts are the zero set of a smooth random field of the *direction*
+    from the brain centre, so they run perpendicular to the surface.
+    """
+    lo, hi = anat.brain.bbox(abs(anat.shift_signed_mm))
+    box = blk.region(lo, hi)
+    if box is None:
+        return
+    x, y, z = np.broadcast_arrays(*blk.warped_coords(box))
+    q = anat.brain.q(x, y, z)
+    r = np.sqrt(x * x + y * y + z * z)
+    depth = r * (1.0 / np.sqrt(np.maximum(q, 1e-9)) - 1.0)
+    deep = _SULCAL_DEPTH_MM * anat.k
+    idx = np.nonzero((q < 1.0) & (depth < deep + 3.0) & (np.abs(x) > 2.5 * anat.k))
+    if idx[0].size == 0:
+        return
+    px, py, pz = x[idx], y[idx], z[idx]
+    radius = 65.0 * anat.k  # the field is laid on a sphere of this radius
+    kmag = 2 * np.pi / (_SULCAL_WAVELENGTH_MM * anat.k) * radius
+    inv_r = 1.0 / np.maximum(r[idx], 1e-3)
+    ux, uy, uz = px * inv_r, py * inv_r, pz * inv_r
+    w = np.zeros(px.shape, dtype=np.float32)
+    for (a, b, c), phase in zip(_SULCAL_WAVES, _SULCAL_PHASES):
+        w += np.cos(kmag * (a * ux + b * uy + c * uz) + phase).astype(np.float32)
+    w = np.abs(w) / np.float32(math.sqrt(len(_SULCAL_PHASES) / 2.0))
+    d = depth[idx]
+    grey = np.zeros(x.shape, dtype=bool)
+    grey[idx] = (w < 0.75) & (d < deep + 3.0)
+    blk.paint(box, grey, HU["grey_matter"], TISSUES["grey_matter"])
+    csf = np.zeros(x.shape, dtype=bool)
+    csf[idx] = (w < anat.sulcal_csf_eps) & (d < deep)
+    blk.paint(box, csf, HU["csf"], TISSUES["csf"])
+
+
+def _paint_headrest(blk: _Block, anat: _Anatomy) -> None:
+    """A headrest fixed in the scanner frame (it does not move with the head pose)."""
+    # headrest: a 4 mm carbon-fibre shell (~200 HU) on a cylinder about the scanner z axis, posterior only
+    radius, thickness = 112.0, 4.0
+    lo = np.array([-radius - thickness, 60.0, -1e4])
+    hi = np.array([radius + thickness, radius + thickness, 1e4])
+    box = blk.image_region(lo, hi)
+    if box is None:
+        return
+    x, y, z = blk.image_coords(box)
+    rr = np.sqrt(x * x + (y + 10.0) ** 2)  # 8 mm of foam behind the occiput
+    shell = (rr > radius) & (rr < radius + thickness) & (y > 60.0)
+    blk.paint(box, np.broadcast_to(shell, np.broadcast_shapes(x.shape, y.shape, z.shape)), 200.0,
+              TISSUES["headrest"])
+
+
 def _haemorrhage_key(blk: _Block, anat: _Anatomy, h: _Haemorrhage, box: tuple[slice, slice],
                      tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(eligible mask, key) inside ``box``: the haemorrhage is eligible & key < threshold."""
@@ -761,7 +855,11 @@ def _haemorrhage_key(blk: _Block, anat: _Anatomy, h: _Haemorrhage, box: tuple[sl
     if h.kind == "IPH":
         xs, _, _ = blk.warped_coords(box)
         sign = 1.0 if h.side == "left" else -1.0
-        eligible = np.isin(tissue, PARENCHYMA_TISSUES) & (sign * xs > 2.0 * anat.k)
+        parenchyma = np.isin(tissue, PARENCHYMA_TISSUES)
+        if anat.detail:  # a lobar haematoma fills the sulci it reaches
+            _, yw, zw = blk.warped_coords(box)
+            parenchyma |= (tissue == TISSUES["csf"]) & (anat.brain.q(xs, yw, zw) < 1.0) & (anat.cistern.q(xs, yw, zw) >= 1.0)
+        eligible = parenchyma & (sign * xs > 2.0 * anat.k)
         key = h.ellipsoid.q(x, y, z)  # type: ignore[union-attr]
     elif h.kind == "EAH":
         xs, _, _ = blk.warped_coords(box)

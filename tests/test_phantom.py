@@ -178,6 +178,29 @@ def test_realistic_sizes_and_densities():
     assert child["intracranial_volume_ml"] < 0.75 * truth["intracranial_volume_ml"]
 
 
+@pytest.mark.parametrize("kind,location", [("IPH", "lobar-parietal"), ("EAH", "convexity"), ("IVH", None)])
+def test_detailed_anatomy_keeps_the_truth_exact(kind, location):
+    spec = small(detailed_anatomy=True, haemorrhage=kind, haemorrhage_volume_ml=20, haemorrhage_location=location,
+                 noise_hu=0, patient_age_years=75)
+    r = ph.render_phantom(spec)
+    truth = ph.ground_truth(r)
+    assert truth["volumes_ml"][kind]["on_grid_partial_volume_ml"] == pytest.approx(20, rel=0.03)
+    assert (r.labels == LABELS[kind]).sum() * r.geometry.voxel_volume_ml == pytest.approx(20, rel=0.06)
+    plain = ph.ground_truth(ph.render_phantom(small(noise_hu=0, patient_age_years=75)))
+    # sulci take CSF out of the parenchyma; the skull and intracranial space are unchanged
+    assert 0.8 * plain["brain_volume_ml"] < truth["brain_volume_ml"] < 0.97 * plain["brain_volume_ml"]
+    assert truth["intracranial_volume_ml"] == pytest.approx(plain["intracranial_volume_ml"], rel=0.01)
+    # the headrest lies behind the head, apart from it, in the scanner frame
+    rest = r.tissue == TISSUES["headrest"]
+    assert np.median(r.hu[rest]) > 150
+    from scipy.ndimage import binary_dilation
+
+    head = (r.tissue > 0) & ~rest
+    assert rest.sum() > 100 and not (binary_dilation(head, iterations=3) & rest).any()
+    centre_row = np.nonzero(rest[:, :, 64].any(axis=0))[0]  # in the midline the headrest is below (posterior to) the head
+    assert centre_row.min() > np.nonzero(head[:, :, 64].any(axis=0))[0].max()
+
+
 # ---------------------------------------------------------------------------
 # Midline shift
 # ---------------------------------------------------------------------------

@@ -62,6 +62,7 @@ def _triple(value: str | None, option: str) -> tuple[float, float, float] | None
 @click.option("--head-roll-deg", type=float, default=0.0, show_default=True, help="Head rotation about y.")
 @click.option("--head-pitch-deg", type=float, default=0.0, show_default=True, help="Head rotation about x.")
 @click.option("--head-offset-mm", default=None, metavar="X,Y,Z", help="Head centre in LPS mm (default 0,0,0, the FOV centre).")
+@click.option("--detailed-anatomy", is_flag=True, help="Add cortical sulci, brainstem, fourth ventricle and a headrest.")
 @click.option("--unsigned-pixels", is_flag=True,
               help="Store uint16 with RescaleIntercept -1024 (default: int16, intercept 0).")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT_DIR.")
@@ -72,7 +73,8 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
             slice_thickness_mm: float, slice_spacing_mm: float | None, pixel_spacing_mm: float, matrix: int,
             n_slices: int | None, z_coverage_mm: float, tilt_deg: float, compression: str, contrast: bool,
             age_years: float, noise_hu: float, seed: int, with_scout: bool, head_yaw_deg: float, head_roll_deg: float,
-            head_pitch_deg: float, head_offset_mm: str | None, unsigned_pixels: bool, force: bool,
+            head_pitch_deg: float, head_offset_mm: str | None, detailed_anatomy: bool, unsigned_pixels: bool,
+            force: bool,
             as_json: bool) -> None:
     """Write a synthetic head-CT DICOM study with known ground truth into OUT_DIR."""
     side = haemorrhage_side
@@ -106,6 +108,7 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
         head_roll_deg=head_roll_deg,
         head_pitch_deg=head_pitch_deg,
         head_offset_mm=_triple(head_offset_mm, "--head-offset-mm") or (0.0, 0.0, 0.0),
+        detailed_anatomy=detailed_anatomy,
     )
     written = write_phantom(spec, out_dir, force=force)
     truth = written.truth
