@@ -884,8 +884,10 @@ def _haemorrhage_key(blk: _Block, anat: _Anatomy, h: _Haemorrhage, box: tuple[sl
 
 def _haemorrhage_box(anat: _Anatomy, h: _Haemorrhage) -> tuple[np.ndarray, np.ndarray]:
     if h.kind == "IPH":
-        return h.ellipsoid.scaled(h.ellipsoid.centre, (1, 1, 1), (math.sqrt(h.threshold),) * 3).bbox(  # type: ignore[union-attr]
-            pad=1.0 + (max(h.oedema_semi) if h.oedema_semi else 0.0))
+        e: _Ellipsoid = h.ellipsoid  # type: ignore[assignment]
+        if h.oedema_semi is not None:
+            return _Ellipsoid(e.centre, h.oedema_semi).bbox(pad=1.0)
+        return e.scaled(e.centre, (1, 1, 1), (math.sqrt(h.threshold),) * 3).bbox(pad=1.0)
     if h.kind == "EAH":
         return anat.intracranial.bbox()
     ellipsoids = {"left": anat.ventricles_left, "right": anat.ventricles_right,
@@ -1137,7 +1139,8 @@ def _slab_offsets(spec: PhantomSpec) -> np.ndarray:
 
 
 def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray, normal: np.ndarray | None = None,
-                  pose: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+                  pose: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Sample the model on the stack: (mean HU, majority label, centre tissue, fractional voxels per class)."""
     H, W, n = geom.rows, geom.columns, geom.n_slices
     dr, dc = geom.pixel_spacing_mm
@@ -1320,7 +1323,7 @@ def _brain_volumes_ml(anat: _Anatomy, step: float = 1.0) -> dict[str, float]:
     T = TISSUES
     parenchyma = sum(counts[c] for c in PARENCHYMA_TISSUES)
     lv = counts[T["lateral_ventricle_left"]] + counts[T["lateral_ventricle_right"]]
-    icv = parenchyma + lv + counts[T["third_ventricle"]] + counts[T["csf"]] + counts[T["falx"]] + counts[T["venous_sinus"]] + counts[T["artery"]]
+    icv = parenchyma + lv + sum(counts[T[name]] for name in ("third_ventricle", "csf", "falx", "venous_sinus", "artery"))
     return {
         "brain_volume_ml": float(parenchyma * dv),
         "intracranial_volume_ml": float(icv * dv),

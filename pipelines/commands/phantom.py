@@ -41,7 +41,8 @@ def _triple(value: str | None, option: str) -> tuple[float, float, float] | None
 @click.option("--haemorrhage-centre-mm", default=None, metavar="X,Y,Z",
               help="IPH centre (EAH: thickest direction) in LPS mm; overrides side and location.")
 @click.option("--haemorrhage-hu", type=float, default=65.0, show_default=True, help="Haemorrhage density in HU.")
-@click.option("--oedema-rim-mm", type=float, default=0.0, show_default=True, help="Perihaematomal oedema rim around an IPH (label 3).")
+@click.option("--oedema-rim-mm", type=float, default=0.0, show_default=True,
+              help="Perihaematomal oedema rim around an IPH (label 3).")
 @click.option("--midline-shift-mm", type=float, default=0.0, show_default=True, help="Midline shift in mm.")
 @click.option("--midline-shift-direction", type=click.Choice(["left", "right"]), default=None,
               help="Towards which patient side the midline moves (default: away from the haemorrhage, else left).")
@@ -140,4 +141,5 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
     shift = truth["midline_shift_mm"]
     click.echo(f"  midline shift: {shift:g} mm" + (f" towards patient {truth['midline_shift_direction']}" if shift else ""))
     click.echo(f"  brain {truth['brain_volume_ml']:.0f} mL, intracranial {truth['intracranial_volume_ml']:.0f} mL, "
-               f"lateral ventricles {truth['lateral_ventricles_volume_ml']:.1f} mL, contrast {'yes' if spec.contrast else 'no'}")
+               f"lateral ventricles {truth['lateral_ventricles_volume_ml']:.1f} mL, "
+               f"contrast {'yes' if spec.contrast else 'no'}")
