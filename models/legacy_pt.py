@@ -124,7 +124,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _rebuild_tensor_v2
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(name)
-        raise ModelError(f"Weights file refers to {module}.{name}, which a state dict never needs; refusing to load it.")
+        raise ModelError(f"Weights file refers to {module}.{name}, which a state dict never needs; refusing it.")
 
     def persistent_load(self, pid: Any) -> Any:
         if self._storages is None:

@@ -147,7 +147,8 @@ def parse_spec(state: Mapping[str, np.ndarray]) -> DeepMedicSpec:
     fc_indices: set[int] = set()
     for key in state:
         if m := _PATH_KEY.match(key):
-            name, scale, index, block = m.group(1), tuple(int(v) for v in m.group(2).split(", ")), int(m.group(3)), int(m.group(4))
+            name, index, block = m.group(1), int(m.group(3)), int(m.group(4))
+            scale = tuple(int(v) for v in m.group(2).split(", "))
             if paths.setdefault(index, (name, scale, set()))[0] != name:
                 raise ModelError(f"State dict has two pathways numbered {index}; it is not a DeepMedic state dict.")
             paths[index][2].add(block)
@@ -156,26 +157,28 @@ def parse_spec(state: Mapping[str, np.ndarray]) -> DeepMedicSpec:
         else:
             raise ModelError(f"State dict has an unexpected key {key!r}; it is not a DeepMedic state dict.")
     if not paths or sorted(paths) != list(range(len(paths))) or sorted(fc_indices) != list(range(len(fc_indices))):
-        raise ModelError("State dict lacks numbered pathways or fully_connected blocks; it is not a DeepMedic state dict.")
+        raise ModelError("State dict lacks numbered pathways or fully_connected blocks; not a DeepMedic state dict.")
     specs = []
     for index in sorted(paths):
         name, scale, blocks = paths[index]
         if sorted(blocks) != list(range(1, len(blocks) + 1)):
             raise ModelError(f"Pathway {name} has blocks {sorted(blocks)}; expected 1..n.")
-        specs.append(PathSpec(name, scale, tuple(_block(state, f"{name}.path.{b}", len(scale)) for b in sorted(blocks))))
+        block_specs = tuple(_block(state, f"{name}.path.{b}", len(scale)) for b in sorted(blocks))
+        specs.append(PathSpec(name, scale, block_specs))
     ndim = len(specs[0].scale)
     fully_connected = tuple(_block(state, f"fully_connected.{i}", ndim) for i in sorted(fc_indices))
     spec = DeepMedicSpec(tuple(specs), fully_connected)
     for path in spec.paths:
         if len(path.scale) != ndim or path.blocks[0].in_channels != spec.input_channels:
-            raise ModelError(f"Pathway {path.name} disagrees with the first pathway's input; not a DeepMedic state dict.")
+            raise ModelError(f"Pathway {path.name} disagrees with the first pathway's input; not a DeepMedic model.")
         if any(a.out_channels != b.in_channels for a, b in zip(path.blocks, path.blocks[1:])):
             raise ModelError(f"Pathway {path.name} has blocks whose channel counts do not chain.")
         if any(s > f for s, f in zip(path.scale, spec.paths[0].scale)):
             raise ModelError("The first pathway must have the largest scale factor on every axis.")
     concat = sum(p.blocks[-1].out_channels for p in spec.paths)
     chain = [concat] + [b.out_channels for b in fully_connected]
-    if any(b.in_channels != c for b, c in zip(fully_connected, chain)) or any(set(b.kernel) != {1} for b in fully_connected):
+    if (any(b.in_channels != c for b, c in zip(fully_connected, chain))
+            or any(set(b.kernel) != {1} for b in fully_connected)):
         raise ModelError("fully_connected blocks do not chain from the concatenated pathways as 1x1x1 convolutions.")
     return spec
 
@@ -219,8 +222,9 @@ def _preact_block(g: _Graph, state: Mapping[str, np.ndarray], block: BlockSpec, 
         if any(k > 1 for k in block.kernel):
             axes = [a + 2 for a, k in enumerate(block.kernel) if k > 1]
             starts = [k // 2 for k in block.kernel if k > 1]
-            shortcut = g.op("Slice", [x, g.ints("starts", starts), g.ints("ends", [-(k // 2) for k in block.kernel if k > 1]),
-                                      g.ints("axes", axes)], f"{p}.shortcut")
+            ends = [-(k // 2) for k in block.kernel if k > 1]
+            shortcut = g.op("Slice", [x, g.ints("starts", starts), g.ints("ends", ends), g.ints("axes", axes)],
+                            f"{p}.shortcut")
         out = g.op("Add", [out, shortcut], f"{p}.residual")
     return out
 
@@ -242,17 +246,19 @@ def build_model(state: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] 
     half_in = g.op("Div", [size_in, g.ints("two", [2] * ndim)], "half_input")
     first = spec.paths[0]
     # Output size, computed like the reference from the first (coarsest) pathway.
-    size_out = g.op("Mul", [g.op("Sub", [g.op("Div", [size_in, g.ints("scale", first.scale)]), g.ints("shrink", first.shrink)]),
-                            g.ints("scale", first.scale)], "output_size")
+    cells_first = g.op("Div", [size_in, g.ints("scale", first.scale)])
+    size_out = g.op("Mul", [g.op("Sub", [cells_first, g.ints("shrink", first.shrink)]), g.ints("scale", first.scale)],
+                    "output_size")
     half_out = g.op("Div", [size_out, g.ints("two", [2] * ndim)], "half_output")
     axes_name = g.ints("spatial_axes", axes)
     branches = []
     for path in spec.paths:
         scale = path.scale
         # Sub-sampled cells needed: ceil(output / s); pathway input P = (cells + shrink) * s.
-        cells = g.op("Div", [g.op("Add", [size_out, g.ints("s_minus_1", [s - 1 for s in scale])]), g.ints("scale", scale)],
-                     f"{path.name}.cells")
-        needed = g.op("Mul", [g.op("Add", [cells, g.ints("shrink", path.shrink)]), g.ints("scale", scale)], f"{path.name}.input_size")
+        rounded_up = g.op("Add", [size_out, g.ints("s_minus_1", [s - 1 for s in scale])])
+        cells = g.op("Div", [rounded_up, g.ints("scale", scale)], f"{path.name}.cells")
+        needed = g.op("Mul", [g.op("Add", [cells, g.ints("shrink", path.shrink)]), g.ints("scale", scale)],
+                      f"{path.name}.input_size")
         start = g.op("Sub", [half_in, g.op("Div", [needed, g.ints("two", [2] * ndim)])], f"{path.name}.crop_start")
         # Centre crop and sub-sampling x[..., s//2::s] in one strided slice.
         x = g.op("Slice", [INPUT_NAME, g.op("Add", [start, g.ints("phase", [s // 2 for s in scale])]),
@@ -266,7 +272,8 @@ def build_model(state: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] 
         # Up-sampled size cells*s can exceed the output size (not for s = 1 or the first pathway's s).
         if any(s not in (1, f) for s, f in zip(scale, first.scale)):
             upsampled = g.op("Mul", [cells, g.ints("scale", scale)])
-            begin = g.op("Sub", [g.op("Div", [upsampled, g.ints("two", [2] * ndim)]), half_out], f"{path.name}.out_start")
+            half_up = g.op("Div", [upsampled, g.ints("two", [2] * ndim)])
+            begin = g.op("Sub", [half_up, half_out], f"{path.name}.out_start")
             x = g.op("Slice", [x, begin, g.op("Add", [begin, size_out]), axes_name], f"{path.name}.crop")
         branches.append(x)
     x = g.op("Concat", branches, "concat", axis=1)

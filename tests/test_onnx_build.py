@@ -86,7 +86,8 @@ def test_dynamic_axes_are_declared():
     model = build_model(read_state_dict(_member("model_1.pt")))
     (inp,) = model.graph.input
     (out,) = model.graph.output
-    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 1, "depth", "height", "width"]
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, "depth", "height", "width"]
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim][:2] == ["batch", 5]
     assert model.opset_import[0].version == 17
 
