@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Union
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,7 +38,7 @@ from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
-ImageLike = Union[sitk.Image, "object"]  # a sitk.Image or anything with an ``image`` attribute (Volume)
+ImageLike = Any  # a sitk.Image, or anything with an ``image`` attribute (a Volume)
 
 #: Defaults, in HU and mL; every one is a keyword argument of :func:`segment_brain`.
 HEAD_HU = -400.0

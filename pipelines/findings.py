@@ -26,7 +26,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from pipelines.priority import evaluate_priority
 
@@ -334,6 +334,29 @@ def findings_to_dict(findings: Findings) -> dict[str, Any]:
 def findings_to_json(findings: Findings, *, indent: int = 2) -> str:
     """``findings.json`` text."""
     return json.dumps(findings_to_dict(findings), indent=indent, sort_keys=False, allow_nan=False)
+
+
+def summary_lines(doc: Mapping[str, Any]) -> list[str]:
+    """A short human summary of a findings dict (for the CLI to print): priority, ICH, shift, QC."""
+    ich = doc.get("ich") or {}
+    lines = [f"priority: {doc.get('priority')}" + (f" ({'; '.join(doc.get('priority_reasons') or [])})"
+                                                  if doc.get("priority_reasons") else "")]
+    if ich.get("present") is None:
+        lines.append("haemorrhage: not assessed")
+    else:
+        parts = [f"{name} {sub.get('volume_ml', 0):.1f} mL" for name, sub in (ich.get("subtypes") or {}).items()
+                 if sub.get("present")]
+        lines.append(f"haemorrhage: {'yes' if ich['present'] else 'no'}"
+                     + (f", {ich.get('total_volume_ml', 0):.1f} mL ({', '.join(parts)})" if ich["present"] else ""))
+        oedema = (doc.get("oedema") or {}).get("volume_ml")
+        if oedema:
+            lines.append(f"oedema: {oedema:.1f} mL")
+    shift = doc.get("midline_shift_mm")
+    lines.append("midline shift: not measured" if shift is None
+                 else f"midline shift: {shift:.1f} mm ({doc.get('midline_shift_direction')})")
+    flags = (doc.get("qc") or {}).get("flags") or []
+    lines.append(f"QC: {', '.join(flags) if flags else 'no flags'}")
+    return lines
 
 
 def load_schema() -> dict[str, Any]:

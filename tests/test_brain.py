@@ -5,7 +5,6 @@ import functools
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from imaging.brain import segment_brain

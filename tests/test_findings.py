@@ -22,6 +22,7 @@ from pipelines.findings import (
     findings_to_json,
     load_schema,
     model_provenance,
+    summary_lines,
 )
 
 NAMES = ("background", "IPH", "EAH", "oedema", "IVH")
@@ -97,6 +98,8 @@ def test_large_iph_with_shift_is_critical_and_valid():
     assert doc["provenance"]["series_used"]["series_instance_uid"] == vol.series_instance_uid
     assert doc["timings_s"] == {"brain": 0.5, "segment": 12.0}
     assert doc["disclaimer"] == DISCLAIMER and "not a diagnostic device" in DISCLAIMER
+    lines = summary_lines(doc)
+    assert lines[0].startswith("priority: critical") and "IPH" in lines[1] and "left" in lines[-2]
 
 
 def test_normal_phantom_is_routine():
@@ -130,6 +133,7 @@ def test_no_brain_is_indeterminate_and_reports_nothing():
     doc = findings_to_dict(f)
     _validate(doc)
     assert doc["priority"] == "indeterminate"
+    assert summary_lines(doc)[1] == "haemorrhage: not assessed"
     assert "no_brain_found" in doc["qc"]["flags"]
     assert doc["findings_reported"] is False
     assert doc["ich"]["present"] is None and doc["ich"]["total_volume_ml"] is None
