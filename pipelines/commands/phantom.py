@@ -114,7 +114,7 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
     written = write_phantom(spec, out_dir, force=force)
     truth = written.truth
     if as_json:
-        click.echo(json.dumps(truth, indent=2))
+        click.echo(json.dumps(truth, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
         return
     g = truth["geometry"]
     click.echo(f"phantom written to {written.out_dir}")
