@@ -573,3 +573,30 @@ def test_dciodvfy_finds_no_errors(tmp_path):
             report = res.stdout + res.stderr
             assert "Error" not in report, f"{name}/{f.name}: {report}"
             assert "Warning" not in report, f"{name}/{f.name}: {report}"
+
+
+@pytest.mark.parametrize("kind,location", [("IPH", n) for n in ph.IPH_LOCATIONS] + [("EAH", n) for n in ph.EAH_LOCATIONS])
+def test_every_named_location_fits_on_the_requested_side(kind, location):
+    r = ph.render_phantom(small(haemorrhage=kind, haemorrhage_volume_ml=10, haemorrhage_location=location,
+                                haemorrhage_side="left", noise_hu=0, pixel_spacing_mm=2.4, matrix=96))
+    truth = ph.ground_truth(r)
+    assert truth["volumes_ml"][kind]["on_grid_partial_volume_ml"] == pytest.approx(10, rel=0.05)
+    assert truth["haemorrhage"]["hemisphere"] == "left" and truth["haemorrhage"]["centroid_lps_mm"][0] > 5
+
+
+def test_explicit_centre_in_lps_mm():
+    r = ph.render_phantom(small(haemorrhage="IPH", haemorrhage_volume_ml=8, haemorrhage_centre_lps_mm=(-30, 20, 25),
+                                noise_hu=0))
+    truth = ph.ground_truth(r)
+    assert np.allclose(truth["haemorrhage"]["centroid_lps_mm"], (-30, 20, 25), atol=1.5)
+    assert truth["haemorrhage"]["hemisphere"] == "right"
+    # an EAH towards a point: its thickest part faces that direction
+    r = ph.render_phantom(small(haemorrhage="EAH", haemorrhage_volume_ml=15, haemorrhage_centre_lps_mm=(40, 40, 20),
+                                noise_hu=0))
+    c = np.array(ph.ground_truth(r)["haemorrhage"]["centroid_lps_mm"])
+    assert c[0] > 20 and c[1] > 20
+
+
+def test_cli_rejects_a_malformed_centre(cli_runner, tmp_path):
+    code, _, stderr = cli_runner("phantom", tmp_path / "x", "--haemorrhage", "IPH", "--haemorrhage-centre-mm", "1,2")
+    assert code == 2 and "three comma-separated numbers" in stderr
