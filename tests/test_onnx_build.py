@@ -1,6 +1,8 @@
 """models.onnx_build: torch-free ONNX conversion, checked against the blast-ct reference network."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -119,3 +121,12 @@ def test_conversion_is_atomic_and_failure_leaves_no_file(tmp_path):
     with pytest.raises(ModelError):
         convert_member(bad, target)
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_converter_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, models.onnx_build, models.legacy_pt; assert 'torch' not in sys.modules, 'torch imported'"
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
