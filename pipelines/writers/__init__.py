@@ -138,7 +138,7 @@ def _write_all(result: Any, out: Path, wanted: Sequence[str], lang: str, timings
             (tmp / REPORT_HTML).write_text(html_text, encoding="utf-8")
             staged.append(("report", tmp / REPORT_HTML, out / REPORT_HTML))
             try:
-                made = report.render_pdf(result, images, tmp / REPORT_PDF, lang, pngs=pngs)
+                made = report.render_pdf(result, images, tmp / REPORT_PDF, lang)
             except OSError as exc:
                 raise OutputError(f"report.pdf could not be written ({exc.strerror}); check the output folder") from exc
             if made:

@@ -70,12 +70,16 @@ def _to_lps(image: sitk.Image) -> sitk.Image:
 
 def _largest_component_slices(mask: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """The largest 3-D connected component of ``mask`` and its area per slice."""
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        return None, np.zeros(mask.shape[0], dtype=np.int64)
+    areas = np.zeros(mask.shape[0], dtype=np.int64)
+    if not mask.any():
+        return None, areas
+    box = tuple(slice(int(idx[0]), int(idx[-1]) + 1) for idx in
+                (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))))
+    lab, n = ndimage.label(mask[box])  # only inside the lesions' bounding box: fast on big grids
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
-    comp = lab == int(np.argmax(sizes))
+    comp = np.zeros(mask.shape, dtype=bool)
+    comp[box] = lab == int(np.argmax(sizes))
     return comp, comp.sum(axis=(1, 2))
 
 

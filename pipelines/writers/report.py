@@ -119,7 +119,14 @@ def findings_rows(findings: Mapping[str, Any], messages: Mapping[str, str]) -> l
 def png_bytes(rgb: np.ndarray) -> bytes:
     """PNG encoding of an RGB uint8 image."""
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buf, format="PNG", compress_level=3)
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """JPEG encoding of an RGB image (for the PDF, which embeds JPEG without re-encoding)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -223,8 +230,7 @@ def provenance_rows(result: Any, m: Mapping[str, str]) -> list[tuple[str, str]]:
     return rows
 
 
-def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike, lang: str = "en",
-               pngs: Sequence[bytes] | None = None) -> bool:
+def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike, lang: str = "en") -> bool:
     """Write ``report.pdf`` (reportlab, DejaVu Sans). Returns False when it cannot be made here."""
     try:
         from reportlab.lib import colors
@@ -245,6 +251,9 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
     if "IctusSans" not in pdfmetrics.getRegisteredFontNames():
         pdfmetrics.registerFont(TTFont("IctusSans", regular))
         pdfmetrics.registerFont(TTFont("IctusSans-Bold", bold or regular))
+    from reportlab import rl_config
+
+    rl_config.useA85 = 0  # binary streams: reportlab's pure-Python ASCII85 of the images is slow
     m = common.load_messages(lang)
     f = result.findings
     e = html.escape
@@ -275,7 +284,7 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
         table.append([para(m["probability"]), para(""), para(f"{float(ich['probability']):.2f}")])
     story.append(Table(table, colWidths=[100 * mm, 30 * mm, 40 * mm], style=grid))
     story.append(para(m["key_images"], h2))
-    encoded = pngs if pngs is not None else [png_bytes(k.rgb) for k in images]
+    encoded = [jpeg_bytes(k.rgb) for k in images]
     if images:
         cells = []
         for key, data in zip(images, encoded):

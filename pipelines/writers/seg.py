@@ -72,12 +72,25 @@ def labels_on_source_frames(labels_zyx: np.ndarray, volume: Volume, slices: Sequ
     rows, cols = int(slices[0].rows), int(slices[0].columns)
     if any((int(s.rows), int(s.columns)) != (rows, cols) for s in slices):
         raise OutputError("source frames differ in size; a SEG of this series is not supported")
+    out = np.zeros((len(slices), rows, cols), dtype=np.uint8)
+    nonzero = [np.flatnonzero(np.asarray(labels_zyx).any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+    if any(idx.size == 0 for idx in nonzero):
+        return out
     image = sitk.GetImageFromArray(np.ascontiguousarray(labels_zyx, dtype=np.uint8))
     image.CopyInformation(volume.image)
-    out = np.zeros((len(slices), rows, cols), dtype=np.uint8)
+    # corners of the labels' bounding box (LPS): frames whose plane misses it stay empty
+    (z0, z1), (y0, y1), (x0, x1) = ((int(i[0]) - 1, int(i[-1]) + 1) for i in nonzero)
+    corners = np.array([[x, y, z, 1.0] for x in (x0, x1) for y in (y0, y1) for z in (z0, z1)])
+    corners_lps = (volume.affine @ corners.T)[:3].T
+    reach_mm = float(np.linalg.norm(volume.spacing_mm))
     identity = sitk.Transform()
     for k, s in enumerate(slices):
-        frame = sitk.Resample(image, _frame_reference(s), identity, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        ref = _frame_reference(s)
+        normal = np.array(ref.GetDirection()).reshape(3, 3)[:, 2]
+        side = (corners_lps - np.asarray(s.image_position_patient)) @ normal
+        if side.min() > reach_mm or side.max() < -reach_mm:
+            continue
+        frame = sitk.Resample(image, ref, identity, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         out[k] = sitk.GetArrayViewFromImage(frame)[0]
     return out
 
