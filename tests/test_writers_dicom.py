@@ -170,7 +170,7 @@ def test_labels_on_source_frames_refuses_a_foreign_grid(tilted):
 
 
 def _dsrdump(path) -> str:
-    proc = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([require_tool("dsrdump"), str(path)], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -241,3 +241,23 @@ def test_no_lesion_gives_sr_and_key_images_but_no_seg(tilted, tmp_path):
     assert '(,,"Intracranial hemorrhage")=(272519000,SCT,"Absent")' in text
     assert "Referenced Segment" not in text
     assert len(paths["sc"]) >= 1
+
+
+def test_indeterminate_study_without_model_still_gets_sr_key_images_and_report(tilted, tmp_path):
+    result, _, _ = tilted
+    findings = {
+        "schema_version": "1.0", "priority": "indeterminate",
+        "ich": {"present": None, "probability": None, "total_volume_ml": None, "subtypes": {}},
+        "oedema": {"volume_ml": None}, "midline_shift_mm": None, "midline_shift_direction": None,
+        "qc": {"flags": ["no_brain: no brain tissue found; study indeterminate"]},
+    }
+    bare = dataclasses.replace(result, segmentation=None, card=None, midline=None, findings=findings)
+    paths = write_outputs(bare, tmp_path / "out", lang="ru")
+    assert "seg" not in paths and {"json", "sr", "sc", "report"} <= set(paths)
+    for path in paths["sr"] + paths["sc"]:
+        assert dciodvfy_errors(path) == [], path
+    text = _dsrdump(paths["sr"][0])
+    assert "indeterminate" in text and "no_brain" in text
+    assert "Present" not in text and "Absent" not in text  # nothing was assessed, nothing is claimed
+    html = Path(paths["report"][0]).read_text(encoding="utf-8")
+    assert "Не определён" in html and "Головной мозг не найден" in html

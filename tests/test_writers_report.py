@@ -26,7 +26,7 @@ LANGS = ("en", "ru", "kk")
 def study(tmp_path_factory):
     """A 40-slice phantom (30 mL IPH, 6 mm shift), all outputs in English and the report in ru/kk."""
     root = tmp_path_factory.mktemp("writers-report")
-    result, written = phantom_result(root / "study", n_slices=40, tilt_deg=0.0, shift_mm=6.0)
+    result, _ = phantom_result(root / "study", n_slices=40, tilt_deg=0.0, shift_mm=6.0)
     paths = {"en": write_outputs(result, root / "out-en", outputs=ALL_OUTPUTS, lang="en")}
     for lang in ("ru", "kk"):
         paths[lang] = write_outputs(result, root / f"out-{lang}", outputs=("report",), lang=lang)
@@ -94,7 +94,7 @@ def test_html_report_renders_in_headless_chromium(study, lang, tmp_path):
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=1200,2000",
            Path(paths[lang]["report"][0]).resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and png.exists(), proc.stderr[-2000:]
     img = np.asarray(Image.open(png).convert("RGB")).astype(int)
     assert img.shape[:2] == (2000, 1200)

@@ -127,13 +127,19 @@ def lesion_classes(result: Any) -> tuple[LesionClass, ...]:
     )
 
 
-def card_of(result: Any) -> Any:
-    """The model card of a result (loaded from the registry when the result lacks it)."""
+def card_of(result: Any, *, required: bool = True) -> Any:
+    """The model card of a result (from the registry when the result lacks it).
+
+    Without a card and a segmentation naming its model: OutputError, or None
+    when not ``required`` (an indeterminate study where no model ran).
+    """
     if getattr(result, "card", None) is not None:
         return result.card
     seg = result.segmentation
     if seg is None or not seg.model_id:
-        raise OutputError("the triage result has no model card; DICOM SEG/SR need the card's class codes")
+        if not required:
+            return None
+        raise OutputError("the triage result has no model card; DICOM SEG needs the card's class codes")
     from models.registry import get_card
 
     return get_card(f"{seg.model_id}:{seg.model_version}" if seg.model_version else seg.model_id)

@@ -75,7 +75,7 @@ def _largest_component_slices(mask: np.ndarray) -> tuple[np.ndarray | None, np.n
         return None, areas
     box = tuple(slice(int(idx[0]), int(idx[-1]) + 1) for idx in
                 (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))))
-    lab, n = ndimage.label(mask[box])  # only inside the lesions' bounding box: fast on big grids
+    lab, _ = ndimage.label(mask[box])  # only inside the lesions' bounding box: fast on big grids
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     comp = np.zeros(mask.shape, dtype=bool)
@@ -195,7 +195,7 @@ def render_key_images(result: Any, lang: str = "en", *, max_lesion_slices: int =
     volume = result.volume
     hu_img = _to_lps(volume.image)
     hu = sitk.GetArrayViewFromImage(hu_img)
-    classes = common.lesion_classes(result) if result.segmentation is not None or getattr(result, "card", None) else ()
+    classes = common.lesion_classes(result) if common.card_of(result, required=False) is not None else ()
     class_values = {c.name: c.value for c in classes}
     if result.segmentation is not None:
         lab_img = sitk.GetImageFromArray(np.ascontiguousarray(result.segmentation.labels, dtype=np.uint8))

@@ -17,7 +17,6 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -282,6 +281,12 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
     ich = f.get("ich") or {}
     if ich.get("probability") is not None:
         table.append([para(m["probability"]), para(""), para(f"{float(ich['probability']):.2f}")])
+    shift = f.get("midline_shift_mm")
+    if shift is None:
+        table.append([para(m["midline_shift"]), para(""), para(m["not_measured"])])
+    else:
+        direction = _direction_label(m, f.get("midline_shift_direction"))
+        table.append([para(f"{m['midline_shift']}, {m['unit_mm']}"), para(direction), para(f"{abs(float(shift)):.1f}")])
     story.append(Table(table, colWidths=[100 * mm, 30 * mm, 40 * mm], style=grid))
     story.append(para(m["key_images"], h2))
     encoded = [jpeg_bytes(k.rgb) for k in images]

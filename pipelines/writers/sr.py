@@ -57,7 +57,7 @@ def _coded(code: Any) -> hd.sr.CodedConcept:
 
 def device_uid(card: Any) -> str:
     """A stable Device Observer UID for Ictus with this model (same model, same UID)."""
-    return generate_uid(entropy_srcs=["ictus", common.ictus_version(), str(card.ref)])
+    return generate_uid(entropy_srcs=["ictus", common.ictus_version(), str(card.ref) if card is not None else ""])
 
 
 def _class_volume_ml(findings: Mapping[str, Any], name: str) -> float | None:
@@ -68,11 +68,13 @@ def _class_volume_ml(findings: Mapping[str, Any], name: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _class_present(findings: Mapping[str, Any], name: str, volume_ml: float | None) -> bool:
+def _class_present(findings: Mapping[str, Any], name: str, volume_ml: float | None) -> bool | None:
     sub = ((findings.get("ich") or {}).get("subtypes") or {}).get(name)
-    if sub is not None and "present" in sub:
+    if sub is not None and sub.get("present") is not None:
         return bool(sub["present"])
-    return bool(volume_ml and volume_ml > 0)
+    if volume_ml is None:
+        return None
+    return volume_ml > 0
 
 
 def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
@@ -87,10 +89,11 @@ def build_sr(
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 measurement report of ``result``; groups reference ``seg``'s segments when given."""
     findings: Mapping[str, Any] = result.findings
-    card = common.card_of(result)
-    classes = common.lesion_classes(result)
+    card = common.card_of(result, required=False)  # None: indeterminate before any model ran
+    classes = common.lesion_classes(result) if card is not None else ()
     messages = common.load_messages("en")
-    algorithm = hd.sr.AlgorithmIdentification(name=str(card.name)[:64], version=str(card.version))
+    algorithm = (hd.sr.AlgorithmIdentification(name=str(card.name)[:64], version=str(card.version))
+                 if card is not None else None)
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
@@ -98,7 +101,7 @@ def build_sr(
                 uid=device_uid(card),
                 name="Ictus",
                 manufacturer_name=common.MANUFACTURER,
-                model_name=f"{common.MODEL_NAME} {common.ictus_version()} / {card.ref}"[:64],
+                model_name=f"{common.MODEL_NAME} {common.ictus_version()} / {card.ref if card else '-'}"[:64],
             ),
         )
     )
@@ -108,6 +111,8 @@ def build_sr(
     for cls in classes:
         volume_ml = _class_volume_ml(findings, cls.name)
         present = _class_present(findings, cls.name, volume_ml)
+        if volume_ml is None and present is None:
+            continue  # not assessed (e.g. indeterminate study)
         finding = cls.codes.get("finding") or cls.codes.get("type")
         measurements = []
         if volume_ml is not None:
@@ -115,7 +120,7 @@ def build_sr(
                 hd.sr.Measurement(name=codes.SCT.Volume, value=round(volume_ml, 2), unit=_ML, algorithm_id=algorithm)
             )
         evaluations = []
-        if finding is not None:
+        if finding is not None and present is not None:
             evaluations.append(
                 hd.sr.QualitativeEvaluation(_coded(finding), codes.SCT.Present if present else codes.SCT.Absent)
             )
@@ -162,8 +167,8 @@ def build_sr(
             algorithm_id=algorithm,
             measurements=ich_measurements or None,
             qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(_ICH, codes.SCT.Present if ich.get("present") else codes.SCT.Absent)
-            ],
+                hd.sr.QualitativeEvaluation(_ICH, codes.SCT.Present if ich["present"] else codes.SCT.Absent)
+            ] if ich.get("present") is not None else None,
         )
     )
     shift = findings.get("midline_shift_mm")
