@@ -128,7 +128,11 @@ class PhantomSpec:
     haemorrhage, or to the left without one. ``slice_spacing_mm`` None means
     contiguous slices (= thickness); with gantry tilt it is the distance
     between the tilted planes and the table moves spacing / cos(tilt).
-    ``n_slices`` None covers ``z_coverage_mm``. Pixels are stored as signed
+    ``n_slices`` None covers ``z_coverage_mm``. ``slice_blocks`` (thickness
+    mm, count) pairs, inferior to superior, build a variable-spacing stack of
+    contiguous slices, like a GE head with 4 mm then 7 mm blocks (the top slice
+    stays 3 mm above the vertex). ``gap_after_slice`` N (1-based, from the
+    inferior end) adds ``gap_mm`` of table travel after slice N. Pixels are stored as signed
     int16 with RescaleIntercept 0 (GE style), or with ``unsigned_pixels`` as
     uint16 with RescaleIntercept -1024 (Siemens style).
 
@@ -156,6 +160,9 @@ class PhantomSpec:
     midline_shift_direction: str | None = None
     slice_thickness_mm: float = 5.0
     slice_spacing_mm: float | None = None
+    slice_blocks: tuple[tuple[float, int], ...] | None = None
+    gap_after_slice: int | None = None
+    gap_mm: float = 0.0
     pixel_spacing_mm: float = 0.45
     matrix: int = 512
     n_slices: int | None = None
@@ -225,6 +232,15 @@ class PhantomSpec:
                 raise bad(f"{name.replace('_', ' ')} {getattr(self, name)} is outside -30..30")
         if len(self.head_offset_mm) != 3 or any(abs(v) > 60 for v in self.head_offset_mm):
             raise bad(f"head offset {self.head_offset_mm} mm needs three values within +-60 mm")
+        if self.slice_blocks is not None:
+            blocks = tuple(self.slice_blocks)
+            if not blocks or any(len(b) != 2 or not 0.3 <= float(b[0]) <= 10 or int(b[1]) < 1 for b in blocks):
+                raise bad("slice blocks need (thickness 0.3-10 mm, count >= 1) pairs")
+            if sum(int(b[1]) for b in blocks) > 2000:
+                raise bad("slice blocks add up to more than 2000 slices")
+        if self.gap_after_slice is not None and not (self.gap_after_slice >= 1 and 0 < self.gap_mm <= 300):
+            raise bad(f"a gap needs gap_after_slice >= 1 and 0 < gap_mm <= 300 (got {self.gap_after_slice}, "
+                      f"{self.gap_mm})")
         if not 1 <= self.partial_volume_samples <= 15:
             raise bad(f"partial-volume samples {self.partial_volume_samples} is outside 1-15")
         return self
@@ -259,6 +275,38 @@ class PhantomGeometry:
     slice_spacing_mm: float  # between the planes, along their normal
     table_increment_mm: float  # between image positions, along z
     gantry_tilt_deg: float
+    slice_thicknesses_mm: tuple[float, ...] | None = None  # per slice, for irregular stacks only
+
+    @property
+    def is_regular(self) -> bool:
+        """True when every slice has the same thickness and spacing."""
+        return self.slice_thicknesses_mm is None
+
+    @property
+    def normal_positions_mm(self) -> np.ndarray:
+        """Position of each plane along the normal, relative to the first."""
+        ipp = np.array(self.image_positions_patient, dtype=float)
+        return (ipp - ipp[0]) @ self.normal
+
+    def thickness_of(self, k: int) -> float:
+        """Slice thickness of slice ``k``."""
+        return self.slice_thickness_mm if self.slice_thicknesses_mm is None else self.slice_thicknesses_mm[k]
+
+    @property
+    def slice_extents_mm(self) -> np.ndarray:
+        """The length along the normal each slice stands for when volumes are counted.
+
+        ``slice_spacing_mm`` for a regular stack; for an irregular one, half the
+        distance to each neighbour (the end slices use their one neighbour).
+        """
+        n = self.n_slices
+        if self.is_regular or n == 1:
+            return np.full(n, self.slice_spacing_mm if n > 1 else self.slice_thickness_mm)
+        s = self.normal_positions_mm
+        e = np.empty(n)
+        e[1:-1] = (s[2:] - s[:-2]) / 2.0
+        e[0], e[-1] = s[1] - s[0], s[-1] - s[-2]
+        return e
 
     @property
     def n_slices(self) -> int:
@@ -294,7 +342,7 @@ class PhantomGeometry:
 
     @property
     def voxel_volume_ml(self) -> float:
-        """Volume of one voxel (pixel area x slice spacing) in mL."""
+        """Volume of one voxel (pixel area x slice spacing) in mL (the median spacing when irregular)."""
         return self.pixel_spacing_mm[0] * self.pixel_spacing_mm[1] * self.slice_spacing_mm / 1000.0
 
     @property
@@ -303,19 +351,45 @@ class PhantomGeometry:
         return abs(self.gantry_tilt_deg) < 1e-9
 
 
+def _normal_positions(spec: PhantomSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(plane positions along the normal from the first, thickness) of every slice, inferior first."""
+    if spec.slice_blocks:
+        pos, thick = [], []
+        for t, count in spec.slice_blocks:
+            for _ in range(int(count)):
+                if pos:
+                    pos.append(pos[-1] + (thick[-1] + float(t)) / 2.0)
+                else:
+                    pos.append(0.0)
+                thick.append(float(t))
+        s, t_arr = np.array(pos), np.array(thick)
+    else:
+        spacing = spec.slice_spacing_mm or spec.slice_thickness_mm
+        n = spec.n_slices or max(1, int(round(spec.z_coverage_mm / spacing)))
+        s, t_arr = np.arange(n) * spacing, np.full(n, spec.slice_thickness_mm)
+    if spec.gap_after_slice is not None and spec.gap_after_slice < len(s):
+        s[spec.gap_after_slice:] += spec.gap_mm
+    return s, t_arr
+
+
 def phantom_geometry(spec: PhantomSpec) -> PhantomGeometry:
     """The written grid of a spec: a matrix x matrix FOV centred on the head."""
     spec = spec.validated()
     tilt = math.radians(spec.gantry_tilt_deg)
-    spacing = spec.slice_spacing_mm or spec.slice_thickness_mm
-    table_inc = spacing / math.cos(tilt)
-    n = spec.n_slices or max(1, int(round(spec.z_coverage_mm / spacing)))
+    s, thick = _normal_positions(spec)
+    n = len(s)
+    steps = np.diff(s)
+    regular = bool(np.allclose(thick, thick[0]) and (n < 3 or np.allclose(steps, steps[0])))
+    spacing = float(steps[0]) if regular and n > 1 else float(np.median(steps)) if n > 1 else float(thick[0])
+    if not spec.slice_blocks and spec.gap_after_slice is None:
+        spacing = spec.slice_spacing_mm or spec.slice_thickness_mm
+    table = s / math.cos(tilt)  # positions advance along the table
     k = _head_scale(spec.patient_age_years)
     m = head_rotation(spec)
     scalp_semi = k * np.array([77.0, 94.0, 72.0])
     z_top = float(spec.head_offset_mm[2]) + float(np.sqrt(((m[2] * scalp_semi) ** 2).sum())) + 3.0  # 3 mm above the vertex
-    centres_z = z_top - (n - 1 - np.arange(n)) * table_inc
-    if spec.n_slices is not None:  # centre a given number of slices on the head
+    centres_z = z_top - (table[-1] - table)
+    if spec.n_slices is not None and not spec.slice_blocks:  # centre a given number of slices on the head
         centres_z = centres_z - (centres_z[0] + centres_z[-1]) / 2.0 + _head_centre_z(spec, k)
     row = np.array([1.0, 0.0, 0.0])
     col = np.array([0.0, math.cos(tilt), -math.sin(tilt)])  # GE: +tilt -> negative z component
@@ -332,10 +406,11 @@ def phantom_geometry(spec: PhantomSpec) -> PhantomGeometry:
         pixel_spacing_mm=(d, d),
         image_orientation_patient=iop,  # type: ignore[arg-type]
         image_positions_patient=ipps,
-        slice_thickness_mm=spec.slice_thickness_mm,
+        slice_thickness_mm=float(thick[0]) if regular else float(np.median(thick)),
         slice_spacing_mm=spacing,
-        table_increment_mm=table_inc,
+        table_increment_mm=spacing / math.cos(tilt),
         gantry_tilt_deg=spec.gantry_tilt_deg,
+        slice_thicknesses_mm=None if regular else tuple(float(v) for v in thick),
     )
 
 
@@ -1131,17 +1206,25 @@ class PhantomRender:
     fit_info: Mapping[str, Any] = field(default_factory=dict)
     model: Any = None
     label_fraction_voxels: Mapping[str, float] = field(default_factory=dict)
+    label_fractions_per_slice: Any = None  # [slice, label value] sub-sample fractions summed over pixels
 
 
-def _slab_offsets(spec: PhantomSpec) -> np.ndarray:
+def _slab_offsets(spec: PhantomSpec, geom: PhantomGeometry | None = None) -> np.ndarray:
+    """Sub-sample offsets along the normal: [n_sub], or [slice, n_sub] for an irregular stack."""
     n = spec.partial_volume_samples
-    return ((np.arange(n) + 0.5) / n - 0.5) * spec.slice_thickness_mm
+    unit = (np.arange(n) + 0.5) / n - 0.5
+    if geom is not None and not geom.is_regular:
+        return np.array([unit * geom.thickness_of(k) for k in range(geom.n_slices)])
+    return unit * spec.slice_thickness_mm
 
 
 def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray, normal: np.ndarray | None = None,
                   pose: tuple[np.ndarray, np.ndarray] | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """Sample the model on the stack: (mean HU, majority label, centre tissue, fractional voxels per class)."""
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sample the model on the stack: (mean HU, majority label, centre tissue, per-slice label fractions).
+
+    ``offsets`` are sub-sample positions along the normal, [n_sub] or [slice, n_sub].
+    """
     H, W, n = geom.rows, geom.columns, geom.n_slices
     dr, dc = geom.pixel_spacing_mm
     rowd, cold = geom.row_direction, geom.column_direction
@@ -1151,21 +1234,23 @@ def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray, no
     tissue = np.zeros((n, H, W), dtype=np.uint8)
     j = np.arange(H, dtype=np.float64)
     i = np.arange(W, dtype=np.float64)
-    centre_t = int(np.argmin(np.abs(offsets)))
-    fractions = np.zeros(256, dtype=np.float64)
+    offsets = np.asarray(offsets, dtype=float)
+    fractions = np.zeros((n, 8), dtype=np.float64)
     for kk, ipp in enumerate(geom.image_positions_patient):
+        off = offsets[kk] if offsets.ndim == 2 else offsets
+        centre_t = int(np.argmin(np.abs(off)))
         ipp_a = np.asarray(ipp, dtype=float)
         xs = ipp_a[0] + i * dc * rowd[0]
         # y, z of (offset t, row j); the row direction has no y/z component (tilt is about x)
-        ys = ipp_a[1] + j[None, :] * dr * cold[1] + offsets[:, None] * nrm[1]
-        zs = ipp_a[2] + j[None, :] * dr * cold[2] + offsets[:, None] * nrm[2]
+        ys = ipp_a[1] + j[None, :] * dr * cold[1] + off[:, None] * nrm[1]
+        zs = ipp_a[2] + j[None, :] * dr * cold[2] + off[:, None] * nrm[2]
         blk = _evaluate(anat, xs, ys, zs, pose)
         hu[kk] = blk.hu.mean(axis=0)
         tissue[kk] = blk.tissue[centre_t]
         if anat.haemorrhage is not None:
             labels[kk] = _majority(blk.label)
-            fractions += np.bincount(blk.label.ravel(), minlength=256) / len(offsets)
-    return hu, labels, tissue, {name: float(fractions[v]) for name, v in LABELS.items() if v}
+            fractions[kk] = np.bincount(blk.label.ravel(), minlength=8)[:8] / len(off)
+    return hu, labels, tissue, fractions
 
 
 def _majority(label: np.ndarray) -> np.ndarray:
@@ -1197,7 +1282,7 @@ def render_phantom(spec: PhantomSpec) -> PhantomRender:
     spec = spec.validated()
     anat, info = build_model(spec)
     geom = phantom_geometry(spec)
-    hu, labels, tissue, fractions = _sample_stack(anat, geom, _slab_offsets(spec), pose=_pose(spec))
+    hu, labels, tissue, fractions = _sample_stack(anat, geom, _slab_offsets(spec, geom), pose=_pose(spec))
     hu = _add_noise(hu, spec.noise_hu, spec.seed)
     np.clip(hu, _HU_MIN, _HU_MAX, out=hu)
     info = dict(info)
@@ -1205,18 +1290,31 @@ def render_phantom(spec: PhantomSpec) -> PhantomRender:
     if points is not None:
         info["scanned_fraction"] = _scanned_fraction(spec, geom, points)
     return PhantomRender(spec=spec, hu=hu, labels=labels, tissue=tissue, geometry=geom, fit_info=info, model=anat,
-                         label_fraction_voxels=fractions)
+                         label_fraction_voxels={name: float(fractions[:, v].sum()) for name, v in LABELS.items() if v},
+                         label_fractions_per_slice=fractions)
 
 
 def _scanned_fraction(spec: PhantomSpec, geom: PhantomGeometry, points_head_mm: np.ndarray) -> float:
     """Fraction of the haemorrhage's fine-grid points that lie inside the written slabs and FOV."""
+    if not len(points_head_mm):
+        return 0.0
     p = points_head_mm @ head_rotation(spec).T + np.array(spec.head_offset_mm)
-    ijk = (np.linalg.inv(geom.affine) @ np.c_[p, np.ones(len(p))].T)[:3]
-    in_plane = (ijk[0] >= -0.5) & (ijk[0] <= geom.columns - 0.5) & (ijk[1] >= -0.5) & (ijk[1] <= geom.rows - 0.5)
-    k = ijk[2]
-    in_slab = (k >= -0.5) & (k <= geom.n_slices - 0.5) & (
-        np.abs(k - np.rint(k)) * geom.slice_spacing_mm <= geom.slice_thickness_mm / 2 + 1e-6)
-    return float((in_plane & in_slab).mean()) if len(p) else 0.0
+    ipp = np.array(geom.image_positions_patient, dtype=float)
+    planes = geom.normal_positions_mm
+    along = (p - ipp[0]) @ geom.normal
+    order = np.argsort(planes)
+    pos = np.clip(np.searchsorted(planes[order], along), 1, len(planes) - 1) if len(planes) > 1 else np.zeros(len(p), int)
+    lower, upper = order[np.maximum(pos - 1, 0)], order[pos]
+    thick = np.array([geom.thickness_of(int(v)) for v in range(geom.n_slices)])
+    in_lower = np.abs(along - planes[lower]) <= thick[lower] / 2 + 1e-6
+    in_upper = np.abs(along - planes[upper]) <= thick[upper] / 2 + 1e-6
+    k = np.where(in_lower, lower, upper)  # the slab that holds the point, if any
+    in_slab = in_lower | in_upper
+    rel = p - ipp[k]
+    i = rel @ geom.row_direction / geom.pixel_spacing_mm[1]
+    j = rel @ geom.column_direction / geom.pixel_spacing_mm[0]
+    in_plane = (i >= -0.5) & (i <= geom.columns - 0.5) & (j >= -0.5) & (j <= geom.rows - 0.5)
+    return float((in_plane & in_slab).mean())
 
 
 def sample_phantom(render_or_spec: "PhantomRender | PhantomSpec", origin_lps_mm: Sequence[float],
@@ -1261,7 +1359,8 @@ def tilt_corrected_grid(geometry: PhantomGeometry) -> dict[str, Any]:
 
     Each written slice is one slab of this grid, shifted along the column
     direction by the table motion; the grid has enough rows to hold them all.
-    Returns SimpleITK-ordered ``origin_lps_mm``, ``spacing_mm``, ``size_xyz``
+    For an irregular stack (variable spacing or a gap) the planes are
+    resampled every smallest spacing. Returns SimpleITK-ordered ``origin_lps_mm``, ``spacing_mm``, ``size_xyz``
     and a row-major ``direction``.
     """
     g = geometry
@@ -1272,10 +1371,15 @@ def tilt_corrected_grid(geometry: PhantomGeometry) -> dict[str, Any]:
     rows = g.rows + int(math.ceil((shift.max() - shift.min()) / g.pixel_spacing_mm[0] - 1e-6))
     origin = ipp[0] + shift.min() * col
     direction = np.stack([row, col, nrm], axis=1)
+    spacing, n = g.slice_spacing_mm, g.n_slices
+    if not g.is_regular:
+        planes = g.normal_positions_mm
+        spacing = float(np.min(np.diff(planes)))
+        n = int(round((planes[-1] - planes[0]) / spacing)) + 1
     return {
         "origin_lps_mm": [float(v) for v in origin],
-        "spacing_mm": [g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.slice_spacing_mm],
-        "size_xyz": [g.columns, rows, g.n_slices],
+        "spacing_mm": [g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], spacing],
+        "size_xyz": [g.columns, rows, n],
         "direction": [float(round(v, 12)) for v in direction.ravel()],
     }
 
@@ -1286,8 +1390,9 @@ def phantom_volume(spec: PhantomSpec) -> Volume:
     The ground-truth labels are in ``volume.header["phantom_labels"]`` ([z, y, x] uint8).
     """
     spec = spec.validated()
-    if spec.gantry_tilt_deg != 0:
-        raise InvalidInputError("phantom: phantom_volume needs gantry_tilt_deg=0; write DICOM for tilted phantoms")
+    if spec.gantry_tilt_deg != 0 or spec.slice_blocks or spec.gap_after_slice is not None:
+        raise InvalidInputError("phantom: phantom_volume needs a regular untilted stack; "
+                                "write DICOM for tilted, variable-spacing or gapped phantoms")
     r = render_phantom(spec)
     g = r.geometry
     truth = ground_truth(r)
@@ -1337,7 +1442,12 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
     """The ground-truth record (JSON-ready) of a rendered phantom."""
     spec, anat, g = render.spec, render.model, render.geometry
     vox_ml = g.voxel_volume_ml
-    counts = np.bincount(render.labels.ravel(), minlength=8)
+    # per-slice volumes: pixel area x the length along the normal each slice stands for
+    slice_ml = g.pixel_spacing_mm[0] * g.pixel_spacing_mm[1] * g.slice_extents_mm / 1000.0
+    counts = np.stack([np.bincount(render.labels[k].ravel(), minlength=8)[:8] for k in range(g.n_slices)])
+    fractions = render.label_fractions_per_slice
+    if fractions is None:
+        fractions = np.zeros((g.n_slices, 8))
     volumes: dict[str, Any] = {}
     h = anat.haemorrhage
     for name in ("IPH", "EAH", "oedema", "IVH"):
@@ -1346,8 +1456,8 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
             nominal = spec.haemorrhage_volume_ml
         volumes[name] = {
             "nominal_ml": nominal,
-            "on_grid_ml": float(counts[LABELS[name]] * vox_ml),
-            "on_grid_partial_volume_ml": float(render.label_fraction_voxels.get(name, 0.0) * vox_ml),
+            "on_grid_ml": float(counts[:, LABELS[name]] @ slice_ml),
+            "on_grid_partial_volume_ml": float(fractions[:, LABELS[name]] @ slice_ml),
         }
     if h is not None and h.kind == "IPH" and h.oedema_semi is not None:
         volumes["oedema"]["nominal_ml"] = _oedema_volume_ml(anat)
@@ -1364,7 +1474,8 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
             "labels": dict(LABELS),
             "midline_shift_sign": "midline_shift_signed_mm > 0 means the midline structures moved towards patient LEFT (+x)",
             "ideal_midline": "the plane x = 0 mm (the skull's symmetry plane)",
-            "on_grid": "label voxel count on the written DICOM grid x voxel volume (pixel area x slice spacing); "
+            "on_grid": "label voxel count on the written DICOM grid x voxel volume (pixel area x slice spacing; "
+                       "for an irregular stack each slice stands for half the distance to each neighbour); "
                        "a voxel is labelled when most sub-samples across the slice thickness are inside "
                        "(thin or oblique layers lose volume on thick slices)",
             "on_grid_partial_volume": "sum over voxels of the fraction of sub-samples inside x voxel volume",
@@ -1423,6 +1534,9 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
             "last_image_position_patient": list(g.image_positions_patient[-1]),
             "affine_ijk_to_lps": g.affine.round(6).tolist(),
             "voxel_volume_ml": vox_ml,
+            "regular": g.is_regular,
+            "slice_thicknesses_mm": None if g.is_regular else list(g.slice_thicknesses_mm or ()),
+            "slice_positions_along_normal_mm": [float(v) for v in g.normal_positions_mm.round(6)],
         },
     }
     if uids:
@@ -1519,7 +1633,7 @@ def _slice_dataset(spec: PhantomSpec, g: PhantomGeometry, uids: Mapping[str, str
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SeriesInstanceUID = uids["series_instance_uid"]
     ds.SeriesNumber = 2
-    ds.SeriesDescription = f"HEAD {spec.slice_thickness_mm:g}mm STANDARD"
+    ds.SeriesDescription = f"HEAD {g.slice_thickness_mm:g}mm STANDARD" if g.is_regular else "HEAD VARIABLE STANDARD"
     ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = "120100"
     ds.AcquisitionNumber = 1
     ds.InstanceNumber = k + 1
@@ -1528,8 +1642,9 @@ def _slice_dataset(spec: PhantomSpec, g: PhantomGeometry, uids: Mapping[str, str
     centre = np.asarray(g.image_positions_patient[k]) + (g.rows - 1) / 2 * g.pixel_spacing_mm[0] * g.column_direction \
         + (g.columns - 1) / 2 * g.pixel_spacing_mm[1] * g.row_direction
     ds.SliceLocation = f"{centre[2]:.6f}"  # table position of the plane's centre
-    ds.SliceThickness = f"{g.slice_thickness_mm:g}"
-    ds.SpacingBetweenSlices = f"{g.slice_spacing_mm:g}"
+    ds.SliceThickness = f"{g.thickness_of(k):g}"
+    if g.is_regular:
+        ds.SpacingBetweenSlices = f"{g.slice_spacing_mm:g}"
     ds.PixelSpacing = [f"{g.pixel_spacing_mm[0]:g}", f"{g.pixel_spacing_mm[1]:g}"]
     ds.GantryDetectorTilt = f"{g.gantry_tilt_deg:g}"
     ds.ConvolutionKernel = "STANDARD"
@@ -1646,30 +1761,34 @@ def _labels_image(render: PhantomRender) -> tuple[Any, dict[str, Any]]:
     import SimpleITK as sitk
 
     g = render.geometry
-    if g.is_orthogonal:
+    if g.is_orthogonal and g.is_regular:
         labels = render.labels
         origin = g.image_positions_patient[0]
         spacing = (g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.slice_spacing_mm)
         direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
         kind = "dicom"
     else:
-        # A sheared stack cannot be stored in NIfTI as read by ITK (orthonormal axes only), so the
-        # same analytic labels are sampled on the tilt-corrected grid (row, column, normal axes).
+        # A sheared or irregular stack cannot be stored in NIfTI as ITK reads it (orthonormal, regular
+        # axes only), so the same analytic labels are sampled on the tilt-corrected / uniform grid.
         grid = tilt_corrected_grid(g)
         origin, spacing, direction = grid["origin_lps_mm"], grid["spacing_mm"], grid["direction"]
         _, labels = sample_phantom(render, origin, spacing, grid["size_xyz"], direction=direction,
-                                   thickness_mm=g.slice_thickness_mm)
-        kind = "tilt_corrected"
+                                   thickness_mm=g.slice_thickness_mm if g.is_regular else spacing[2])
+        kind = "tilt_corrected" if not g.is_orthogonal else "uniform_resampled"
     img = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint8))
     img.SetOrigin(tuple(float(v) for v in origin))
     img.SetSpacing(tuple(float(v) for v in spacing))
     img.SetDirection(tuple(float(v) for v in direction))
     desc = {
         "kind": kind,
-        "description": ("labels on the written DICOM grid" if kind == "dicom" else
-                        "tilted series: labels sampled from the same analytic phantom on the tilt-corrected "
-                        "orthonormal grid (axes: row, column and normal of the tilted planes; one slab per slice, "
-                        "extra rows hold the shear), as dcm2niix corrects tilt"),
+        "description": {
+            "dicom": "labels on the written DICOM grid",
+            "tilt_corrected": "tilted series: labels sampled from the same analytic phantom on the tilt-corrected "
+                              "orthonormal grid (axes: row, column and normal of the tilted planes; extra rows hold "
+                              "the shear; irregular stacks resampled every smallest spacing), as dcm2niix corrects tilt",
+            "uniform_resampled": "variable-spacing or gapped series: labels sampled from the same analytic phantom "
+                                 "on a uniform grid every smallest spacing, from the first to the last slice",
+        }[kind],
         "origin_lps_mm": [float(v) for v in origin],
         "spacing_mm": [float(v) for v in spacing],
         "size_xyz": [int(v) for v in img.GetSize()],

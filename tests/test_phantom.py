@@ -434,6 +434,33 @@ def test_tilted_phantom_is_a_sheared_stack_that_dcm2niix_corrects(tmp_path):
     np.testing.assert_allclose(np.abs(d_ours), np.abs(d_theirs), atol=1e-6)
 
 
+def test_variable_spacing_and_gap(tmp_path):
+    # a GE-like head: 4 mm then 7 mm contiguous blocks
+    spec = small(slice_blocks=((4, 10), (7, 12)), haemorrhage="IPH", haemorrhage_volume_ml=20, noise_hu=0)
+    w = ph.write_phantom(spec, tmp_path / "blocks")
+    dss, _ = read_series(w.series_dir)
+    z = np.array([float(d.ImagePositionPatient[2]) for d in dss])
+    np.testing.assert_allclose(np.diff(z), [4] * 9 + [5.5] + [7] * 11, atol=1e-5)
+    assert [float(d.SliceThickness) for d in dss] == [4.0] * 10 + [7.0] * 12
+    assert "SpacingBetweenSlices" not in dss[0]
+    truth = w.truth
+    assert truth["geometry"]["regular"] is False and truth["labels_grid"]["kind"] == "uniform_resampled"
+    assert truth["volumes_ml"]["IPH"]["on_grid_partial_volume_ml"] == pytest.approx(20, rel=0.03)
+    labels = sitk.ReadImage(str(w.labels_path))
+    assert labels.GetSpacing()[2] == pytest.approx(4.0)
+    assert (sitk.GetArrayFromImage(labels) == 1).sum() * np.prod(labels.GetSpacing()) / 1000 == pytest.approx(20, rel=0.05)
+    res = subprocess.run([dcm2niix_exe(), "-f", "v", "-o", str(tmp_path), str(w.series_dir)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Interslice distance varies" in res.stdout
+    # a 30 mm gap through a basal-ganglia IPH: part of it is not scanned
+    spec = small(gap_after_slice=20, gap_mm=30, haemorrhage="IPH", haemorrhage_volume_ml=30, noise_hu=0)
+    w = ph.write_phantom(spec, tmp_path / "gap")
+    dss, _ = read_series(w.series_dir)
+    steps = np.diff([float(d.ImagePositionPatient[2]) for d in dss])
+    assert np.count_nonzero(np.isclose(steps, 35.0)) == 1 and np.count_nonzero(np.isclose(steps, 5.0)) == len(steps) - 1
+    assert 0.2 < w.truth["haemorrhage"]["scanned_fraction"] < 0.9
+
+
 @pytest.mark.parametrize("compression,uid,lossy", [
     ("rle", "1.2.840.10008.1.2.5", False),
     ("jpeg-ls", "1.2.840.10008.1.2.4.80", False),

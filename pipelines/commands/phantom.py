@@ -28,6 +28,16 @@ def _triple(value: str | None, option: str) -> tuple[float, float, float] | None
     return parts  # type: ignore[return-value]
 
 
+def _blocks(value: str | None) -> tuple[tuple[float, int], ...] | None:
+    if value is None:
+        return None
+    try:
+        blocks = tuple((float(t), int(n)) for t, n in (part.lower().split("x") for part in value.split(",")))
+    except ValueError:
+        raise click.BadParameter("give thickness x count pairs, e.g. 4x10,7x12", param_hint="--slice-blocks") from None
+    return blocks
+
+
 @click.command("phantom")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--haemorrhage", type=click.Choice(["IPH", "EAH", "IVH"]), default=None,
@@ -48,6 +58,10 @@ def _triple(value: str | None, option: str) -> tuple[float, float, float] | None
               help="Towards which patient side the midline moves (default: away from the haemorrhage, else left).")
 @click.option("--slice-thickness-mm", type=float, default=5.0, show_default=True)
 @click.option("--slice-spacing-mm", type=float, default=None, help="Distance between slices (default: the thickness).")
+@click.option("--slice-blocks", default=None, metavar="TxN,...",
+              help="Variable spacing: blocks of N contiguous slices T mm thick, inferior first (e.g. 4x10,7x12).")
+@click.option("--gap-after-slice", type=int, default=None, help="Add a gap of --gap-mm after this slice (1-based, inferior first).")
+@click.option("--gap-mm", type=float, default=0.0, show_default=True, help="Extra table travel of the gap.")
 @click.option("--pixel-spacing-mm", type=float, default=0.45, show_default=True)
 @click.option("--matrix", type=int, default=512, show_default=True, help="Rows and columns.")
 @click.option("--slices", "n_slices", type=int, default=None, help="Number of slices (default: cover --z-coverage-mm).")
@@ -71,7 +85,8 @@ def _triple(value: str | None, option: str) -> tuple[float, float, float] | None
 def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float, haemorrhage_side: str | None,
             haemorrhage_location: str | None, haemorrhage_centre_mm: str | None, haemorrhage_hu: float,
             oedema_rim_mm: float, midline_shift_mm: float, midline_shift_direction: str | None,
-            slice_thickness_mm: float, slice_spacing_mm: float | None, pixel_spacing_mm: float, matrix: int,
+            slice_thickness_mm: float, slice_spacing_mm: float | None, slice_blocks: str | None,
+            gap_after_slice: int | None, gap_mm: float, pixel_spacing_mm: float, matrix: int,
             n_slices: int | None, z_coverage_mm: float, tilt_deg: float, compression: str, contrast: bool,
             age_years: float, noise_hu: float, seed: int, with_scout: bool, head_yaw_deg: float, head_roll_deg: float,
             head_pitch_deg: float, head_offset_mm: str | None, detailed_anatomy: bool, unsigned_pixels: bool,
@@ -93,6 +108,9 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
         midline_shift_direction=midline_shift_direction,
         slice_thickness_mm=slice_thickness_mm,
         slice_spacing_mm=slice_spacing_mm,
+        slice_blocks=_blocks(slice_blocks),
+        gap_after_slice=gap_after_slice,
+        gap_mm=gap_mm,
         pixel_spacing_mm=pixel_spacing_mm,
         matrix=matrix,
         n_slices=n_slices,
@@ -118,8 +136,9 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
         return
     g = truth["geometry"]
     click.echo(f"phantom written to {written.out_dir}")
+    thickness = f"{g['slice_thickness_mm']:g} mm" if g["regular"] else "variable"
     click.echo(f"  series: {written.series_dir.name}/ ({written.n_files} slices, {g['rows']}x{g['columns']}, "
-               f"{g['pixel_spacing_mm'][0]:g} mm pixels, {g['slice_thickness_mm']:g} mm slices, "
+               f"{g['pixel_spacing_mm'][0]:g} mm pixels, {thickness} slices, "
                f"tilt {g['gantry_tilt_deg']:g} deg, compression {spec.compression})")
     if spec.with_scout:
         click.echo("  scout:  series-001-scout/ (1 lateral localizer)")
