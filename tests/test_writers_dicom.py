@@ -249,7 +249,7 @@ def test_indeterminate_study_without_model_still_gets_sr_key_images_and_report(t
         "schema_version": "1.0", "priority": "indeterminate",
         "ich": {"present": None, "probability": None, "total_volume_ml": None, "subtypes": {}},
         "oedema": {"volume_ml": None}, "midline_shift_mm": None, "midline_shift_direction": None,
-        "qc": {"flags": ["no_brain: no brain tissue found; study indeterminate"]},
+        "qc": {"flags": ["no_brain_found"]},
     }
     bare = dataclasses.replace(result, segmentation=None, card=None, midline=None, findings=findings)
     paths = write_outputs(bare, tmp_path / "out", lang="ru")
@@ -257,7 +257,7 @@ def test_indeterminate_study_without_model_still_gets_sr_key_images_and_report(t
     for path in paths["sr"] + paths["sc"]:
         assert dciodvfy_errors(path) == [], path
     text = _dsrdump(paths["sr"][0])
-    assert "indeterminate" in text and "no_brain" in text
+    assert "indeterminate" in text and "no_brain_found" in text
     assert "Present" not in text and "Absent" not in text  # nothing was assessed, nothing is claimed
     html = Path(paths["report"][0]).read_text(encoding="utf-8")
     assert "Не определён" in html and "Головной мозг не найден" in html

@@ -17,16 +17,18 @@ from PIL import Image
 from imaging.errors import OutputError
 from pipelines.writers import ALL_OUTPUTS, common, write_outputs
 from pipelines.writers.json_out import findings_json_text
-from tests.writers_support import phantom_result, require_tool
+from tests.writers_support import phantom_result, require_tool, with_pipeline_findings
 
 LANGS = ("en", "ru", "kk")
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A 40-slice phantom (30 mL IPH, 6 mm shift), all outputs in English and the report in ru/kk."""
+    """A 40-slice phantom (30 mL IPH, 6 mm shift) with findings from pipelines.findings; all outputs in
+    English and the report in ru/kk."""
     root = tmp_path_factory.mktemp("writers-report")
     result, _ = phantom_result(root / "study", n_slices=40, tilt_deg=0.0, shift_mm=6.0)
+    result = with_pipeline_findings(result)
     paths = {"en": write_outputs(result, root / "out-en", outputs=ALL_OUTPUTS, lang="en")}
     for lang in ("ru", "kk"):
         paths[lang] = write_outputs(result, root / f"out-{lang}", outputs=("report",), lang=lang)
@@ -65,7 +67,11 @@ def test_html_report_is_self_contained_and_has_the_numbers(study, lang):
     assert f'<html lang="{lang}">' in html
     assert re.findall(r'src="([^"]*)"', html) and all(s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]*)"', html))
     assert "<link" not in html and "http://" not in html and "https://" not in html
-    assert result.findings["provenance"]["models"][0]["sha256"] in html
+    model = result.findings["provenance"]["models"][0]
+    assert model["members"] and all(member["sha256"] in html for member in model["members"])
+    assert result.findings["ich"]["abc2"]["volume_ml"] > 0 and m["abc2"] in html
+    lesion = result.findings["ich"]["subtypes"]["IPH"]["lesions"][0]
+    assert m[f"hemisphere_{lesion['hemisphere']}"] in html  # the phantom's bleed side, translated
 
 
 @pytest.mark.parametrize("lang", LANGS)

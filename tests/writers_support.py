@@ -138,3 +138,23 @@ def dciodvfy_errors(path: str | Path) -> list[str]:
     proc = subprocess.run([require_tool("dciodvfy"), str(path)], check=False, capture_output=True, text=True, timeout=60)
     lines = (proc.stdout + proc.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
+
+
+def with_pipeline_findings(result: TriageResult) -> TriageResult:
+    """The same result with findings made by the real findings code (pipelines.findings), not by hand."""
+    import dataclasses
+
+    from imaging.measure import measure_labels
+    from pipelines.findings import build_findings, findings_to_dict
+
+    seg = result.segmentation
+    probabilities = np.zeros((len(CLASS_NAMES),) + seg.labels.shape, np.float16)
+    for value in range(len(CLASS_NAMES)):
+        probabilities[value][seg.labels == value] = 0.9
+    seg = dataclasses.replace(seg, probabilities=probabilities, agreement=np.ones(seg.labels.shape, np.float16))
+    plane = result.midline.ideal_plane if result.midline is not None else None
+    measurements = measure_labels(seg.labels, result.volume, CLASS_NAMES, probabilities=seg.probabilities,
+                                  agreement=seg.agreement, plane=plane, region_status="no atlas in tests")
+    findings = build_findings(result.volume, seg, measurements=measurements, midline=result.midline,
+                              card_info=result.card, timings_s={"segment": 9.8})
+    return dataclasses.replace(result, segmentation=seg, findings=findings_to_dict(findings))

@@ -115,6 +115,54 @@ def findings_rows(findings: Mapping[str, Any], messages: Mapping[str, str]) -> l
     return rows
 
 
+def measure_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(label, value) rows under the table: probability, agreement, ABC/2, midline shift and direction."""
+    ich = findings.get("ich") or {}
+    rows: list[tuple[str, str]] = []
+    if ich.get("probability") is not None:
+        rows.append((m["probability"], f"{float(ich['probability']):.2f}"))
+    if ich.get("confidence") is not None:
+        rows.append((m["model_agreement"], f"{float(ich['confidence']):.2f}"))
+    abc2 = ich.get("abc2") or {}
+    if abc2.get("volume_ml") is not None:
+        rows.append((m["abc2"], f"{float(abc2['volume_ml']):.1f} {m['unit_ml']}"))
+    shift = findings.get("midline_shift_mm")
+    rows.append((m["midline_shift"], m["not_measured"] if shift is None else f"{abs(float(shift)):.1f} {m['unit_mm']}"))
+    if shift is not None:
+        rows.append((m["direction"], _direction_label(m, findings.get("midline_shift_direction")) or m["not_measured"]))
+    return rows
+
+
+def lesion_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(class, volume mL, hemisphere, region) of every reported lesion, largest first."""
+    ich = findings.get("ich") or {}
+    classes = dict(ich.get("subtypes") or {})
+    classes["oedema"] = findings.get("oedema") or {}
+    rows = []
+    for name, sub in classes.items():
+        for lesion in (sub or {}).get("lesions") or []:
+            hemisphere = str(lesion.get("hemisphere", "unknown"))
+            rows.append((float(lesion.get("volume_ml") or 0.0), (
+                m.get(f"class_{name}", name),
+                common.fmt_number(lesion.get("volume_ml")),
+                m.get(f"hemisphere_{hemisphere}", hemisphere),
+                str(lesion.get("region") or ""),
+            )))
+    return [row for _, row in sorted(rows, key=lambda item: -item[0])]
+
+
+def qc_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(translated label, flag name and detail) of every QC flag."""
+    qc = findings.get("qc") or {}
+    details = {d.get("name"): d for d in qc.get("details") or [] if isinstance(d, Mapping)}
+    rows = []
+    for flag in qc.get("flags") or []:
+        d = details.get(flag) or {}
+        extra = "; ".join(str(v) for v in (d.get("severity"), d.get("detail")) if v)
+        rows.append((_qc_label(m, flag), f"{flag} ({extra})" if extra else str(flag)))
+    return rows
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     """PNG encoding of an RGB uint8 image."""
     buf = io.BytesIO()
@@ -140,7 +188,6 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
     f: Mapping[str, Any] = result.findings
     e = html.escape
     priority = str(f.get("priority", "indeterminate"))
-    ich = f.get("ich") or {}
     parts: list[str] = [
         "<!DOCTYPE html>",
         f'<html lang="{e(m["html_lang"])}"><head><meta charset="utf-8">',
@@ -164,15 +211,18 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
     for row in findings_rows(f, m):
         parts.append(f'<tr><td>{e(row.label)}</td><td>{e(row.present)}</td><td class="num">{e(row.value)}</td></tr>')
     parts.append("</table><table>")
-    if ich.get("probability") is not None:
-        parts.append(f'<tr><th>{e(m["probability"])}</th><td class="num">{float(ich["probability"]):.2f}</td></tr>')
-    shift = f.get("midline_shift_mm")
-    shift_text = m["not_measured"] if shift is None else f"{abs(float(shift)):.1f} {m['unit_mm']}"
-    parts.append(f'<tr><th>{e(m["midline_shift"])}</th><td class="num">{e(shift_text)}</td></tr>')
-    parts.append(
-        f'<tr><th>{e(m["direction"])}</th><td>{e(_direction_label(m, f.get("midline_shift_direction")) or m["not_measured"])}</td></tr>'
-    )
+    for label, value in measure_rows(f, m):
+        parts.append(f'<tr><th>{e(label)}</th><td class="num">{e(value)}</td></tr>')
     parts.append("</table>")
+    if f.get("findings_reported") is False:
+        parts.append(f"<p><b>{e(m['not_reported'])}</b></p>")
+    lesions = lesion_rows(f, m)
+    if lesions:
+        parts.append(f"<h2>{e(m['lesions'])}</h2><table>")
+        parts.append("".join(f"<th>{e(m[k])}</th>" for k in ("col_finding", "col_volume_ml", "col_hemisphere", "col_region")))
+        for cls, vol, hemi, region in lesions:
+            parts.append(f'<tr><td>{e(cls)}</td><td class="num">{e(vol)}</td><td>{e(hemi)}</td><td>{e(region)}</td></tr>')
+        parts.append("</table>")
 
     parts.append(f"<h2>{e(m['key_images'])}</h2>")
     if images:
@@ -189,12 +239,14 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
         parts.append(f"<p>{e(m['no_key_images'])}</p>")
 
     parts.append(f"<h2>{e(m['qc'])}</h2>")
-    flags = list((f.get("qc") or {}).get("flags") or [])
+    flags = qc_rows(f, m)
     if flags:
-        parts.append("<ul>" + "".join(
-            f"<li>{e(_qc_label(m, fl))} <code>{e(str(fl))}</code></li>" for fl in flags) + "</ul>")
+        parts.append("<ul>" + "".join(f"<li>{e(label)} <code>{e(code)}</code></li>" for label, code in flags) + "</ul>")
     else:
         parts.append(f"<p>{e(m['qc_none'])}</p>")
+    reasons = [str(r) for r in f.get("priority_reasons") or []]
+    if reasons:
+        parts.append(f'<p class="small">{e(m["priority_reasons"])}: <code>{e("; ".join(reasons))}</code></p>')
 
     parts.append(f"<h2>{e(m['provenance'])}</h2><table>")
     for label, value in provenance_rows(result, m):
@@ -224,6 +276,9 @@ def provenance_rows(result: Any, m: Mapping[str, str]) -> list[tuple[str, str]]:
         rows.append((m["model"], ident))
         if model.get("sha256"):
             rows.append((m["sha256"], str(model["sha256"])))
+        members = model.get("members") or []
+        if members and not model.get("sha256"):
+            rows.append((m["sha256"], "; ".join(f"{mm.get('name')}: {mm.get('sha256')}" for mm in members)))
     if not prov.get("models") and getattr(result, "card", None) is not None:
         rows.append((m["model"], f"{result.card.id} {result.card.version}"))
     return rows
@@ -258,7 +313,8 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
     e = html.escape
     base = ParagraphStyle("base", fontName="IctusSans", fontSize=9.5, leading=12.5)
     h1 = ParagraphStyle("h1", parent=base, fontName="IctusSans-Bold", fontSize=16, leading=20, spaceAfter=4)
-    h2 = ParagraphStyle("h2", parent=base, fontName="IctusSans-Bold", fontSize=12, leading=15, spaceBefore=8, spaceAfter=4)
+    h2 = ParagraphStyle("h2", parent=base, fontName="IctusSans-Bold", fontSize=12, leading=15, spaceBefore=8, spaceAfter=4,
+                        keepWithNext=1)
     warn = ParagraphStyle("warn", parent=base, fontName="IctusSans-Bold", textColor=colors.HexColor("#b00020"),
                           borderColor=colors.HexColor("#b00020"), borderWidth=1, borderPadding=5, spaceBefore=4,
                           spaceAfter=8)
@@ -278,16 +334,17 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
     story.append(para(m["findings"], h2))
     table = [[para(m["col_finding"]), para(m["col_present"]), para(m["col_volume_ml"])]]
     table += [[para(r.label), para(r.present), para(r.value)] for r in findings_rows(f, m)]
-    ich = f.get("ich") or {}
-    if ich.get("probability") is not None:
-        table.append([para(m["probability"]), para(""), para(f"{float(ich['probability']):.2f}")])
-    shift = f.get("midline_shift_mm")
-    if shift is None:
-        table.append([para(m["midline_shift"]), para(""), para(m["not_measured"])])
-    else:
-        direction = _direction_label(m, f.get("midline_shift_direction"))
-        table.append([para(f"{m['midline_shift']}, {m['unit_mm']}"), para(direction), para(f"{abs(float(shift)):.1f}")])
+    for label, value in measure_rows(f, m):
+        table.append([para(label), para(""), para(value)])
     story.append(Table(table, colWidths=[100 * mm, 30 * mm, 40 * mm], style=grid))
+    if f.get("findings_reported") is False:
+        story.append(para(m["not_reported"], warn))
+    lesions = lesion_rows(f, m)
+    if lesions:
+        story.append(para(m["lesions"], h2))
+        header = [para(m[k]) for k in ("col_finding", "col_volume_ml", "col_hemisphere", "col_region")]
+        story.append(Table([header] + [[para(c) for c in row] for row in lesions],
+                           colWidths=[60 * mm, 25 * mm, 35 * mm, 50 * mm], style=grid))
     story.append(para(m["key_images"], h2))
     encoded = [jpeg_bytes(k.rgb) for k in images]
     if images:
@@ -304,9 +361,9 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
     else:
         story.append(para(m["no_key_images"]))
     story.append(para(m["qc"], h2))
-    flags = list((f.get("qc") or {}).get("flags") or [])
-    for flag in flags or []:
-        story.append(para(f"\u2022 {_qc_label(m, flag)} ({flag})"))
+    flags = qc_rows(f, m)
+    for label, code in flags:
+        story.append(para(f"\u2022 {label} ({code})"))
     if not flags:
         story.append(para(m["qc_none"]))
     story.append(para(m["provenance"], h2))
