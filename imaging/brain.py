@@ -146,13 +146,29 @@ def bin_factor(spacing_xy_mm: tuple[float, float], target_mm: float = 1.0) -> in
 
 
 def bin_axial(array: np.ndarray, factor: int) -> np.ndarray:
-    """Block mean over ``factor`` x ``factor`` pixels of each axial slice (edges padded by replication)."""
+    """Block mean over ``factor`` x ``factor`` pixels of each axial slice (edges padded by replication).
+
+    Coarse pixel (j, i) covers fine pixels [j*f, (j+1)*f) x [i*f, (i+1)*f); its centre is
+    fine index ``j*f + (f-1)/2`` (see :func:`coarse_to_fine`).
+    """
     if factor == 1:
         return np.asarray(array, dtype=np.float32)
     nz, ny, nx = array.shape
     py, px = (-ny) % factor, (-nx) % factor
-    a = np.pad(np.asarray(array, dtype=np.float32), ((0, 0), (0, py), (0, px)), mode="edge")
-    return a.reshape(nz, a.shape[1] // factor, factor, a.shape[2] // factor, factor).mean(axis=(2, 4))
+    a = np.asarray(array)
+    if py or px:
+        a = np.pad(a, ((0, 0), (0, py), (0, px)), mode="edge")
+    out = np.zeros((nz, a.shape[1] // factor, a.shape[2] // factor), dtype=np.float32)
+    for dy in range(factor):
+        for dx in range(factor):
+            out += a[:, dy::factor, dx::factor]
+    out *= np.float32(1.0 / (factor * factor))
+    return out
+
+
+def coarse_to_fine(index: np.ndarray | float, factor: int) -> np.ndarray | float:
+    """Fine (continuous) pixel index of a coarse pixel index after :func:`bin_axial`."""
+    return index * factor + (factor - 1) / 2.0
 
 
 def unbin_axial(mask: np.ndarray, factor: int, shape: tuple[int, int, int]) -> np.ndarray:

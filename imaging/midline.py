@@ -40,7 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage, optimize
 
-from imaging.brain import BrainResult, as_image, disk, erode_axial, to_lps
+from imaging.brain import BrainResult, as_image, bin_axial, bin_factor, coarse_to_fine, disk, erode_axial, to_lps
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def ideal_midline_plane(
     *,
     min_area_fraction: float = 0.4,
     max_points: int = 20000,
+    max_slices: int = 40,
 ) -> MidlinePlane | None:
     """The mid-sagittal plane of best mirror symmetry of the intracranial cavity, or None.
 
@@ -139,14 +140,29 @@ def ideal_midline_plane(
     largest are used (the skull base and vertex are neither closed nor symmetric).
     """
     lps = to_lps(intracranial)
-    mask = sitk.GetArrayViewFromImage(lps).astype(bool)
-    if not mask.any():
+    full = sitk.GetArrayViewFromImage(lps)
+    if not full.any():
         return None
-    sx, sy, _ = lps.GetSpacing()
+    f = bin_factor(lps.GetSpacing()[:2])  # work on a ~1 mm in-plane grid
+    mask = bin_axial(full, f) >= 0.5
+    sx, sy = lps.GetSpacing()[0] * f, lps.GetSpacing()[1] * f
+
+    def to_world(zyx: np.ndarray) -> np.ndarray:
+        fine = np.array(zyx, dtype=float)
+        fine[:, 1:] = coarse_to_fine(fine[:, 1:], f)
+        return _index_to_lps(lps, fine)
+
+    def to_index(points: np.ndarray) -> np.ndarray:
+        idx = _lps_to_index(lps, points)
+        idx[:, 1:] = (idx[:, 1:] - (f - 1) / 2.0) / f
+        return idx
+
     areas = mask.sum(axis=(1, 2))
     slices = np.flatnonzero(areas >= min_area_fraction * areas.max())
     if slices.size == 0:
         return None
+    if slices.size > max_slices:  # thin slices: an even subset is as good and much cheaper
+        slices = np.unique(slices[np.linspace(0, slices.size - 1, max_slices).round().astype(int)])
     # initial guess: line through row mid-points of the cavity on the chosen slices
     mids = []
     for z in slices:
@@ -157,7 +173,7 @@ def ideal_midline_plane(
         for y in keep:
             xs = np.flatnonzero(m[y])
             mids.append((z, y, 0.5 * (xs[0] + xs[-1])))
-    mids_lps = _index_to_lps(lps, np.array(mids, dtype=float))
+    mids_lps = to_world(np.array(mids, dtype=float))
     yc, zc = float(np.median(mids_lps[:, 1])), float(np.median(mids_lps[:, 2]))
     design = np.column_stack([np.ones(len(mids_lps)), mids_lps[:, 1] - yc, mids_lps[:, 2] - zc])
     coef = np.linalg.lstsq(design, mids_lps[:, 0], rcond=None)[0]
@@ -173,9 +189,11 @@ def ideal_midline_plane(
         pts = pts[np.random.default_rng(0).choice(len(pts), max_points, replace=False)]
     pts_full = pts.copy()
     pts_full[:, 0] = slices[pts[:, 0].astype(int)]
-    world = _index_to_lps(lps, pts_full)
-    slice_lookup = np.full(mask.shape[0], -1)
-    slice_lookup[slices] = np.arange(len(slices))
+    world = to_world(pts_full)
+    # every axial index -> the nearest slice of the subset (exact when no subset was taken)
+    nearest = np.abs(np.arange(mask.shape[0])[:, None] - slices[None, :])
+    slice_lookup = np.argmin(nearest, axis=1)
+    slice_lookup[np.min(nearest, axis=1) > 2] = -1
     big = float(max(dist.shape[1] * sy, dist.shape[2] * sx))
 
     def cost(params: np.ndarray) -> float:
@@ -185,7 +203,7 @@ def ideal_midline_plane(
         plane = MidlinePlane(a, b, c, yc, zc)
         d = plane.signed_distance_mm(world)
         mirrored = world - 2.0 * d[:, None] * plane.normal[None, :]
-        idx = _lps_to_index(lps, mirrored)
+        idx = to_index(mirrored)
         zi = np.rint(idx[:, 0]).astype(int)
         inside = (zi >= 0) & (zi < mask.shape[0])
         k = np.full(len(zi), -1)
@@ -242,10 +260,11 @@ def measure_midline_shift(
 
     image = as_image(volume_or_image)
     lps = to_lps(image)
-    hu = sitk.GetArrayViewFromImage(lps).astype(np.float32, copy=False)
-    brain_mask = sitk.GetArrayViewFromImage(to_lps(brain.brain_mask)).astype(bool)
-    intracranial = sitk.GetArrayViewFromImage(to_lps(brain.intracranial_mask)).astype(bool)
-    sx, sy, _ = lps.GetSpacing()
+    f = bin_factor(lps.GetSpacing()[:2])  # work on a ~1 mm in-plane grid (block means)
+    hu = bin_axial(sitk.GetArrayViewFromImage(lps), f)
+    brain_mask = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.brain_mask)), f) >= 0.5
+    intracranial = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.intracranial_mask)), f) >= 0.5
+    sx, sy = lps.GetSpacing()[0] * f, lps.GetSpacing()[1] * f
 
     inner = erode_axial(intracranial, skull_margin_mm, (sx, sy))
     z_has = np.flatnonzero(inner.any(axis=(1, 2)))
@@ -280,9 +299,9 @@ def measure_midline_shift(
         c2 = np.isin(lab, keep)
         rows = np.flatnonzero(c2.any(axis=1))
         # x (index) of the ideal plane on each row, and the search window
-        row_pts = np.column_stack([np.full(rows.size, z), rows, np.zeros(rows.size)])
+        row_pts = np.column_stack([np.full(rows.size, z), coarse_to_fine(rows, f), np.full(rows.size, coarse_to_fine(0, f))])
         row_lps = _index_to_lps(lps, row_pts)
-        d0 = plane.signed_distance_mm(row_lps)  # distance of x-index 0 to the plane
+        d0 = plane.signed_distance_mm(row_lps)  # distance of coarse x-index 0 to the plane
         cosine = float(plane.normal @ np.array(lps.GetDirection()).reshape(3, 3)[:, 0])
         values = []
         for y, base in zip(rows, d0):

@@ -22,7 +22,16 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from imaging.brain import BrainResult, as_image, dilate_axial, erode_axial, fill_holes_axial, to_lps
+from imaging.brain import (
+    BrainResult,
+    as_image,
+    bin_axial,
+    bin_factor,
+    dilate_axial,
+    erode_axial,
+    fill_holes_axial,
+    to_lps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +188,15 @@ def assess_qc(
         measured["brain_volume_ml"] = brain.brain_volume_ml
         if not brain.brain_found:
             raise_flag("no_brain_found", brain.reason)
-        hu = sitk.GetArrayViewFromImage(lps)
-        head = sitk.GetArrayViewFromImage(to_lps(brain.head_mask)).astype(bool)
-        intracranial = sitk.GetArrayViewFromImage(to_lps(brain.intracranial_mask)).astype(bool)
-        brain_arr = sitk.GetArrayViewFromImage(to_lps(brain.brain_mask)).astype(bool)
+        # everything below runs on a ~1 mm in-plane grid (block means); metal is counted at full resolution
+        f = bin_factor((sx, sy))
+        full_hu = sitk.GetArrayViewFromImage(lps)
+        hu = bin_axial(full_hu, f)
+        head = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.head_mask)), f) >= 0.5
+        intracranial = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.intracranial_mask)), f) >= 0.5
+        brain_arr = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.brain_mask)), f) >= 0.5
+        fine_voxel_ml = sx * sy * sz / 1000.0
+        sx, sy = sx * f, sy * f
         voxel_ml = sx * sy * sz / 1000.0
 
         # coverage: head extent along z, and brain cut at the first or last slice
@@ -206,7 +220,7 @@ def assess_qc(
             wide = ic_areas >= 0.5 * ic_areas.max()
             core = fill_holes_axial(erode_axial(intracranial, contrast_margin_mm, (sx, sy)))
             core &= wide[:, None, None]
-            smooth = ndimage.gaussian_filter(np.asarray(hu, dtype=np.float32), sigma=[0.0, 0.7 / sy, 0.7 / sx])
+            smooth = ndimage.gaussian_filter(hu, sigma=[0.0, 0.7 / sy, 0.7 / sx])
             lo, hi = contrast_range_hu
             candidates = core & (smooth >= lo)
             lab, n = ndimage.label(candidates, structure=np.ones((3, 3, 3), bool))
@@ -221,7 +235,8 @@ def assess_qc(
 
         # metal: very dense voxels in or near the cranial cavity
         near = dilate_axial(intracranial, 15.0, (sx, sy)) if intracranial.any() else head
-        metal_ml = float(((np.asarray(hu) >= metal_hu) & near).sum() * voxel_ml)
+        metal_fraction = bin_axial(np.asarray(full_hu) >= metal_hu, f)
+        metal_ml = float(metal_fraction[near].sum() * f * f * fine_voxel_ml)
         measured["metal_ml"] = metal_ml
         if metal_ml >= metal_min_ml:
             raise_flag("streak_or_metal_artefact", f"{metal_ml:.2f} mL above {metal_hu:.0f} HU near the brain")
