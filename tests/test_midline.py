@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -102,3 +103,18 @@ def test_real_ge_head_has_no_shift():
     result = measure_midline_shift(vol, segment_brain(vol))
     assert result.shift_mm is not None, result.reason
     assert abs(result.shift_mm) <= 2.0
+
+
+def test_tilted_phantom_through_dicom_and_tilt_correction(tmp_path):
+    from imaging.build import build_volume
+    from imaging.phantom import PhantomSpec, write_phantom
+
+    spec = PhantomSpec(midline_shift_mm=10.0, gantry_tilt_deg=15.0, slice_thickness_mm=5.0, matrix=256,
+                       pixel_spacing_mm=0.9)
+    write_phantom(spec, tmp_path / "study")
+    files = sorted(str(p) for p in (tmp_path / "study").rglob("*.dcm"))
+    vol = build_volume(files)
+    assert "gantry_tilt_corrected" in vol.qc_flags
+    truth = json.loads((tmp_path / "study" / "ground_truth.json").read_text())
+    result = measure_midline_shift(vol, segment_brain(vol))
+    assert abs(result.shift_mm - truth["midline_shift_signed_mm"]) <= 1.5
