@@ -84,6 +84,7 @@ TISSUES = {
     "haemorrhage": 15,
     "oedema": 16,
     "headrest": 17,
+    "metal": 18,
 }
 PARENCHYMA_TISSUES = (TISSUES["grey_matter"], TISSUES["white_matter"], TISSUES["deep_grey"])
 VENTRICLE_TISSUES = (
@@ -147,6 +148,9 @@ class PhantomSpec:
     fourth ventricle and prepontine cistern, and a carbon-fibre headrest
     under the head. It is off by default so that the
     simple phantom stays exactly the same for existing tests.
+
+    ``metal_artefact`` adds an aneurysm clip at the right MCA bifurcation and
+    the streaks it casts across the slices that contain it.
     """
 
     haemorrhage: str | None = None
@@ -180,6 +184,7 @@ class PhantomSpec:
     head_pitch_deg: float = 0.0
     head_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     detailed_anatomy: bool = False
+    metal_artefact: bool = False
     partial_volume_samples: int = 5
 
     def validated(self) -> "PhantomSpec":
@@ -542,6 +547,7 @@ class _Anatomy:
     contrast: bool
     detail: bool = False
     sulcal_csf_eps: float = 0.2
+    metal: _Capsule | None = None
     haemorrhage: _Haemorrhage | None = None
 
 
@@ -620,6 +626,7 @@ def _build_anatomy(spec: PhantomSpec, ventricle_dilation: float | None = None) -
         ventricle_dilation=float(ventricle_dilation),
         contrast=spec.contrast,
         detail=spec.detailed_anatomy,
+        metal=_Capsule((-36 * k, -8 * k, -17 * k), (-44 * k, -8 * k, -14 * k), 1.6 * k) if spec.metal_artefact else None,
         sulcal_csf_eps=0.18 + 0.004 * max(0.0, age - 40.0),
     )
 
@@ -851,6 +858,11 @@ def _paint_anatomy(blk: _Block, anat: _Anatomy) -> None:
         blk.paint(box, ts & (ic.q(x, y, z) < 1.0), sinus_hu, T["venous_sinus"])
     if anat.detail:
         _paint_headrest(blk, anat)
+    if anat.metal is not None:
+        lo, hi = anat.metal.bbox()
+        box = blk.region(lo, hi)
+        if box is not None:
+            blk.paint(box, anat.metal.inside(*blk.coords(box)), _HU_MAX, TISSUES["metal"])
     if anat.contrast:
         for cap in anat.arteries:
             lo, hi = cap.bbox()
@@ -1264,6 +1276,48 @@ def _majority(label: np.ndarray) -> np.ndarray:
     return out
 
 
+def _add_metal_streaks(spec: PhantomSpec, anat: _Anatomy, geom: PhantomGeometry, hu: np.ndarray) -> dict[str, Any]:
+    """Add streaks radiating from the metal clip to the slices that contain it (in place); describe them."""
+    cap = anat.metal
+    axis = np.linspace(0.0, 1.0, 41)[:, None]
+    pts_head = np.array(cap.a) + axis * (np.array(cap.b) - np.array(cap.a))
+    pts = pts_head @ head_rotation(spec).T + np.array(spec.head_offset_mm)
+    ipp = np.array(geom.image_positions_patient, dtype=float)
+    rng = np.random.default_rng(spec.seed + 7919)
+    n_lines = 18
+    angles = rng.uniform(0.0, np.pi, n_lines)
+    amplitudes = rng.uniform(60.0, 250.0, n_lines) * rng.choice([-1.0, 1.0], n_lines)
+    amplitudes[:3] = -np.abs(amplitudes[:3]) - 100.0  # the strongest streaks are dark, as photon starvation makes them
+    dr, dc = geom.pixel_spacing_mm
+    jj, ii = np.meshgrid(np.arange(geom.rows) * dr, np.arange(geom.columns) * dc, indexing="ij")
+    affected, peak = [], 0.0
+    for k in range(geom.n_slices):
+        along = (pts - ipp[k]) @ geom.normal
+        inside = np.abs(along) <= geom.thickness_of(k) / 2 + cap.radius
+        weight = float(inside.mean())
+        if weight == 0:
+            continue
+        centre = pts[inside].mean(axis=0) - ipp[k]
+        cx, cy = centre @ geom.row_direction, centre @ geom.column_direction
+        dx, dy = ii - cx, jj - cy
+        r = np.sqrt(dx * dx + dy * dy)
+        streaks = np.zeros_like(r)
+        for phi, amp in zip(angles, amplitudes):
+            d = np.abs(dx * math.sin(phi) - dy * math.cos(phi))  # distance from the line through the metal
+            streaks += amp * np.exp(-(d / 1.2) ** 2)
+        streaks *= np.exp(-r / 70.0) * weight
+        streaks += -250.0 * weight * np.exp(-r / 5.0) * (r > 2.5)  # dark band beside the metal
+        hu[k] += streaks.astype(np.float32)
+        affected.append(k)
+        peak = max(peak, float(np.abs(streaks).max()))
+    return {
+        "object": "aneurysm clip at the right MCA bifurcation",
+        "centre_lps_mm": [float(v) for v in pts.mean(axis=0)],
+        "slices_affected": affected,
+        "peak_streak_hu": peak,
+    }
+
+
 def _add_noise(hu: np.ndarray, sigma_hu: float, seed: int) -> np.ndarray:
     """Add in-plane correlated Gaussian noise of standard deviation ``sigma_hu``."""
     if sigma_hu <= 0:
@@ -1283,9 +1337,11 @@ def render_phantom(spec: PhantomSpec) -> PhantomRender:
     anat, info = build_model(spec)
     geom = phantom_geometry(spec)
     hu, labels, tissue, fractions = _sample_stack(anat, geom, _slab_offsets(spec, geom), pose=_pose(spec))
+    info = dict(info)
+    if anat.metal is not None:
+        info["metal_artefact"] = _add_metal_streaks(spec, anat, geom, hu)
     hu = _add_noise(hu, spec.noise_hu, spec.seed)
     np.clip(hu, _HU_MIN, _HU_MAX, out=hu)
-    info = dict(info)
     points = info.pop("_points_head_mm", None)
     if points is not None:
         info["scanned_fraction"] = _scanned_fraction(spec, geom, points)
@@ -1520,6 +1576,7 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
         "head_scale": anat.k,
         **_brain_volumes_ml(anat),
         "contrast": spec.contrast,
+        "metal_artefact": render.fit_info.get("metal_artefact"),
         "geometry": {
             "rows": g.rows,
             "columns": g.columns,

@@ -499,6 +499,27 @@ def test_contrast_phantom_has_dense_vessels_and_says_so(tmp_path):
     assert d.ContrastBolusAgent and json.loads(w.ground_truth_path.read_text())["contrast"] is True
 
 
+def test_metal_artefact_streaks_only_the_slices_with_the_clip():
+    spec = small(metal_artefact=True, noise_hu=0)
+    r = ph.render_phantom(spec)
+    truth = ph.ground_truth(r)
+    m = truth["metal_artefact"]
+    affected = m["slices_affected"]
+    with_metal = set((r.tissue == TISSUES["metal"]).any(axis=(1, 2)).nonzero()[0].tolist())
+    assert with_metal and with_metal <= set(affected) and len(affected) <= 3
+    assert m["centre_lps_mm"][0] < -30  # patient right
+    plain = ph.render_phantom(small(noise_hu=0))
+    brain = np.isin(plain.tissue, ph.PARENCHYMA_TISSUES)
+    strongest = max(np.percentile(np.abs(r.hu[k] - plain.hu[k])[brain[k]], 90) for k in affected)
+    assert strongest > 20  # streaks across the brain
+    for k in range(r.geometry.n_slices):
+        if k in affected:
+            assert np.abs(r.hu[k] - plain.hu[k])[brain[k]].max() > 5
+        else:
+            assert np.array_equal(r.hu[k], plain.hu[k])
+    assert ph.ground_truth(plain)["metal_artefact"] is None
+
+
 def test_uids_are_deterministic_and_differ_between_specs():
     a = ph.phantom_uids(small(seed=1), 3)
     assert a == ph.phantom_uids(small(seed=1), 3)
@@ -592,6 +613,7 @@ def test_dciodvfy_finds_no_errors(tmp_path):
         "tilt-contrast-lossy": small(n_slices=2, gantry_tilt_deg=12, contrast=True, compression="j2k-lossy",
                                      unsigned_pixels=True, patient_age_years=0.5),
         "rle": small(n_slices=2, compression="rle", haemorrhage="IPH", haemorrhage_volume_ml=5),
+        "irregular-metal": small(slice_blocks=((4, 2), (7, 2)), metal_artefact=True, detailed_anatomy=True),
     }
     for name, spec in variants.items():
         w = ph.write_phantom(spec, tmp_path / name)

@@ -78,6 +78,7 @@ def _blocks(value: str | None) -> tuple[tuple[float, int], ...] | None:
 @click.option("--head-pitch-deg", type=float, default=0.0, show_default=True, help="Head rotation about x.")
 @click.option("--head-offset-mm", default=None, metavar="X,Y,Z", help="Head centre in LPS mm (default 0,0,0, the FOV centre).")
 @click.option("--detailed-anatomy", is_flag=True, help="Add cortical sulci, brainstem, fourth ventricle and a headrest.")
+@click.option("--metal-artefact", is_flag=True, help="Add an aneurysm clip and its streak artefact.")
 @click.option("--unsigned-pixels", is_flag=True,
               help="Store uint16 with RescaleIntercept -1024 (default: int16, intercept 0).")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT_DIR.")
@@ -89,7 +90,8 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
             gap_after_slice: int | None, gap_mm: float, pixel_spacing_mm: float, matrix: int,
             n_slices: int | None, z_coverage_mm: float, tilt_deg: float, compression: str, contrast: bool,
             age_years: float, noise_hu: float, seed: int, with_scout: bool, head_yaw_deg: float, head_roll_deg: float,
-            head_pitch_deg: float, head_offset_mm: str | None, detailed_anatomy: bool, unsigned_pixels: bool,
+            head_pitch_deg: float, head_offset_mm: str | None, detailed_anatomy: bool, metal_artefact: bool,
+            unsigned_pixels: bool,
             force: bool,
             as_json: bool) -> None:
     """Write a synthetic head-CT DICOM study with known ground truth into OUT_DIR."""
@@ -128,6 +130,7 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
         head_pitch_deg=head_pitch_deg,
         head_offset_mm=_triple(head_offset_mm, "--head-offset-mm") or (0.0, 0.0, 0.0),
         detailed_anatomy=detailed_anatomy,
+        metal_artefact=metal_artefact,
     )
     written = write_phantom(spec, out_dir, force=force)
     truth = written.truth
@@ -157,6 +160,10 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
     oedema = truth["volumes_ml"]["oedema"]
     if oedema["on_grid_ml"]:
         click.echo(f"  oedema: nominal {oedema['nominal_ml']:.2f} mL, on grid {oedema['on_grid_ml']:.2f} mL")
+    if truth["metal_artefact"]:
+        m = truth["metal_artefact"]
+        click.echo(f"  metal artefact: {m['object']}, streaks on slices "
+                   + ", ".join(str(k + 1) for k in m["slices_affected"]))
     shift = truth["midline_shift_mm"]
     click.echo(f"  midline shift: {shift:g} mm" + (f" towards patient {truth['midline_shift_direction']}" if shift else ""))
     click.echo(f"  brain {truth['brain_volume_ml']:.0f} mL, intracranial {truth['intracranial_volume_ml']:.0f} mL, "
