@@ -384,19 +384,31 @@ def _ich_summary(
     probabilities: np.ndarray | None,
     agreement: np.ndarray | None,
 ) -> IchSummary:
-    """ICH presence/volume; probability = mean summed blood probability inside the kept blood lesions
-    (or, with no kept lesion, inside any voxel labelled blood; 0 when none is)."""
+    """ICH presence, volume, probability and confidence.
+
+    - present: at least one kept IPH/EAH/IVH lesion;
+    - probability: the ensemble-mean probability of blood (P(IPH)+P(EAH)+P(IVH)) averaged over
+      the voxels of the kept blood lesions. With no kept lesion, the evidence of the candidates
+      that fell under the noise floor: their mean blood probability times
+      min(1, candidate volume / noise floor), so a speck never reads like a lesion (0 when the
+      model labelled no blood at all; 1/0 for a label map without probabilities);
+    - confidence: the mean agreement between members over the same voxels (None without agreement).
+    """
     blood_values = [class_names.index(c) for c in BLOOD_CLASSES if c in class_names]
     total = float(sum(classes[c].volume_ml for c in BLOOD_CLASSES))
     count = int(sum(classes[c].lesion_count for c in BLOOD_CLASSES))
     present = count > 0
     region = np.isin(kept, blood_values) if present else np.isin(labels, blood_values)
-    probability = 1.0 if present else 0.0  # a ground-truth map is certain
+    probability = 1.0 if present else 0.0  # a label map without probabilities is taken as certain
     confidence: float | None = None
     if probabilities is not None:
         if region.any():
             blood_p = sum(probabilities[v][region].astype(np.float64) for v in blood_values)
             probability = float(np.mean(blood_p))
+            if not present:
+                floor = max(min(classes[c].min_lesion_ml for c in BLOOD_CLASSES), 1e-9)
+                candidate_ml = float(sum(classes[c].discarded_volume_ml for c in BLOOD_CLASSES))
+                probability *= min(1.0, candidate_ml / floor)
         else:
             probability = 0.0
     if agreement is not None and region.any():

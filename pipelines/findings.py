@@ -271,10 +271,10 @@ def build_findings(
         "region_status": getattr(measurements, "region_status", "not computed"),
         "atlas": "BLAST-CT localisation atlas (affine mask-to-mask registration; approximate)",
     }
-    min_lesion = None
-    for cm in classes.values():
-        min_lesion = cm.min_lesion_ml
-        break
+    floors = {name: cm.min_lesion_ml for name, cm in classes.items()}
+    min_lesion: float | dict[str, float] | None = None
+    if floors:
+        min_lesion = next(iter(floors.values())) if len(set(floors.values())) == 1 else floors
     provenance: dict[str, Any] = {
         "ictus_version": _ictus_version(),
         "models": model_provenance(card_info, segmentation),

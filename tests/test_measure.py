@@ -173,3 +173,15 @@ def test_atlas_regions_when_available(monkeypatch):
 def test_atlas_absent_degrades_gracefully(tmp_path):
     registration, status = register_atlas(volume_from_array(np.ones((4, 4, 4))).image, tmp_path)
     assert registration is None and status.startswith("region unavailable")
+
+
+def test_probability_of_a_study_with_only_specks_is_scaled_down():
+    vol = _grid()
+    labels = np.zeros((20, 60, 60), np.uint8)
+    labels[5, 10:15, 10:15] = 1  # 25 voxels x 2 uL = 0.05 mL: under the 0.5 mL floor
+    probs = np.zeros((5, 20, 60, 60), np.float16)
+    probs[0] = 1.0
+    probs[:, labels == 1] = np.array([0.2, 0.8, 0.0, 0.0, 0.0], np.float16)[:, None]
+    m = measure_labels(labels, vol, NAMES, probabilities=probs)
+    assert not m.ich.present
+    assert m.ich.probability == pytest.approx(0.8 * 0.05 / DEFAULT_MIN_LESION_ML, rel=0.01)
