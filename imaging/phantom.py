@@ -113,6 +113,7 @@ HU = {
 }
 
 _HU_MIN, _HU_MAX = -1024.0, 3071.0
+_INNER_TABLE_SEMI_MM = (66.0, 84.0, 62.0)  # adult intracranial ellipsoid: ~1.44 L; the scalp adds 12 mm
 _SEPTUM_HALF_MM = 1.5  # half thickness of the septum pellucidum
 
 
@@ -391,7 +392,7 @@ def phantom_geometry(spec: PhantomSpec) -> PhantomGeometry:
     table = s / math.cos(tilt)  # positions advance along the table
     k = _head_scale(spec.patient_age_years)
     m = head_rotation(spec)
-    scalp_semi = k * np.array([77.0, 94.0, 72.0])
+    scalp_semi = k * (np.array(_INNER_TABLE_SEMI_MM) + 12.0)
     z_top = float(spec.head_offset_mm[2]) + float(np.sqrt(((m[2] * scalp_semi) ** 2).sum())) + 3.0  # 3 mm above the vertex
     centres_z = z_top - (table[-1] - table)
     if spec.n_slices is not None and not spec.slice_blocks:  # centre a given number of slices on the head
@@ -556,9 +557,9 @@ def _build_anatomy(spec: PhantomSpec, ventricle_dilation: float | None = None) -
     k = _head_scale(spec.patient_age_years)
     age = spec.patient_age_years
     E = lambda c, s: _Ellipsoid(tuple(k * v for v in c), tuple(k * v for v in s))  # noqa: E731
-    inner = (65.0, 82.0, 60.0)
+    inner = _INNER_TABLE_SEMI_MM
     grow = lambda s, d: tuple(v + d for v in s)  # noqa: E731
-    csf_rim = 2.0 + 0.08 * max(0.0, age - 40.0)  # atrophy widens the subarachnoid space
+    csf_rim = 2.0 + 0.05 * max(0.0, age - 40.0)  # atrophy widens the subarachnoid space
     brain_semi = grow(inner, -csf_rim)
     if ventricle_dilation is None:
         ventricle_dilation = 1.0 + 0.007 * max(0.0, age - 30.0)
