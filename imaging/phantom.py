@@ -14,6 +14,13 @@ spacing) samples the same object:
 - dural venous sinuses (dense even without contrast), and with ``contrast``
   enhancing arteries and sinuses.
 
+An adult head is ~156 mm wide and ~192 mm long, with a 1.44 L intracranial
+volume and ~1.2 L of brain at 60 years (children are smaller, the elderly
+atrophic with larger ventricles). Options add cortical sulci, a brainstem and
+a headrest (``detailed_anatomy``), a metal clip with streaks
+(``metal_artefact``), a head pose (yaw, roll, pitch, offset), variable slice
+spacing and gaps, gantry tilt and compressed transfer syntaxes.
+
 Optional haemorrhage (IPH, EAH, IVH) of an exact volume, an optional
 perihaematomal oedema rim, and an optional midline shift: the midline brain
 structures are displaced along patient x by the shift inside a central
@@ -27,10 +34,16 @@ Conventions recorded in the ground truth:
   negative towards patient right. The ideal midline is the plane x = 0 (the
   skull's symmetry plane). By default the shift points away from the
   haemorrhage.
-- Nominal volumes are realised on a fine grid (0.5-0.7 mm) and hit the
+- Nominal volumes are realised on a fine grid (0.4-0.7 mm) and hit the
   requested volume; ``on_grid`` volumes are label voxel counts on the written
   grid times the voxel volume (a label voxel is one where most of the
-  sub-samples across the slice thickness fall inside the class).
+  sub-samples across the slice thickness fall inside the class), and
+  ``on_grid_partial_volume`` weighs each voxel by the fraction inside.
+- The label map lies on the written grid; for tilted or irregular stacks
+  (which NIfTI as ITK reads it cannot hold) it is sampled from the same
+  analytic phantom on the tilt-corrected or uniform grid, as dcm2niix builds.
+- With a head pose, positions given for the haemorrhage and the ``_x_mm``
+  values are in the head's frame; the truth gives the midsagittal plane in LPS.
 
 Use :func:`render_phantom` (in memory, no DICOM), :func:`phantom_volume` (a
 :class:`imaging.volume.Volume`), :func:`sample_phantom` (any orthogonal or
