@@ -164,7 +164,10 @@ class PhantomSpec:
     simple phantom stays exactly the same for existing tests.
 
     ``metal_artefact`` adds an aneurysm clip at the right MCA bifurcation and
-    the streaks it casts across the slices that contain it.
+    the streaks it casts across the slices that contain it. ``multiframe``
+    writes the series as one Legacy Converted Enhanced CT object (highdicom's
+    converter of the single-frame slices; it orders the frames along the
+    slice normal and records that in a dimension index).
     """
 
     haemorrhage: str | None = None
@@ -199,6 +202,7 @@ class PhantomSpec:
     head_offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     detailed_anatomy: bool = False
     metal_artefact: bool = False
+    multiframe: bool = False
     partial_volume_samples: int = 5
 
     def validated(self) -> "PhantomSpec":
@@ -1815,6 +1819,27 @@ def _scout_dataset(spec: PhantomSpec, anat: _Anatomy, uids: Mapping[str, str]) -
     return ds
 
 
+def _multiframe_dataset(slices: list[Any], uids: Mapping[str, Any]) -> Any:
+    """The slices as one Legacy Converted Enhanced CT Image (highdicom orders the frames spatially).
+
+    The single-frame sources are never stored, so the Common Instance
+    Reference to them is dropped (the per-frame Conversion Source Attributes
+    keep their UIDs).
+    """
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    mf = LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=uids["series_instance_uid"], series_number=2,
+        sop_instance_uid=uids["multiframe_sop_instance_uid"], instance_number=1)
+    if "ReferencedSeriesSequence" in mf:
+        del mf.ReferencedSeriesSequence
+    mf.SeriesDescription = slices[0].SeriesDescription + " (multi-frame)"
+    if "LossyImageCompression" in slices[0]:
+        for name in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            setattr(mf, name, slices[0].get(name))
+    return mf
+
+
 def phantom_uids(spec: PhantomSpec, n_slices: int) -> dict[str, Any]:
     """The UIDs of a phantom study, derived from its spec (deterministic)."""
     return {
@@ -1824,6 +1849,7 @@ def phantom_uids(spec: PhantomSpec, n_slices: int) -> dict[str, Any]:
         "scout_series_instance_uid": _uid(spec, "scout-series") if spec.with_scout else None,
         "scout_sop_instance_uid": _uid(spec, "scout-instance") if spec.with_scout else None,
         "sop_instance_uids": [_uid(spec, "instance", k) for k in range(n_slices)],
+        "multiframe_sop_instance_uid": _uid(spec, "multiframe") if spec.multiframe else None,
     }
 
 
@@ -1913,9 +1939,12 @@ def write_phantom(spec: PhantomSpec, out_dir: str | os.PathLike, *, force: bool 
     try:
         series_dir = tmp / "series-002-axial"
         series_dir.mkdir()
-        for k in range(g.n_slices):
-            ds = _slice_dataset(spec, g, uids, k, stored[k])
-            ds.save_as(series_dir / f"CT{k + 1:04d}.dcm", enforce_file_format=True)
+        slices = (_slice_dataset(spec, g, uids, k, stored[k]) for k in range(g.n_slices))
+        if spec.multiframe:
+            _multiframe_dataset(list(slices), uids).save_as(series_dir / "CT0001.dcm", enforce_file_format=True)
+        else:
+            for k, ds in enumerate(slices):
+                ds.save_as(series_dir / f"CT{k + 1:04d}.dcm", enforce_file_format=True)
         if spec.with_scout:
             scout_dir = tmp / "series-001-scout"
             scout_dir.mkdir()
@@ -1925,7 +1954,7 @@ def write_phantom(spec: PhantomSpec, out_dir: str | os.PathLike, *, force: bool 
         truth["labels_file"] = "ground_truth_labels.nii.gz"
         truth["labels_grid"] = desc
         truth["series_folder"] = series_dir.name
-        truth["n_files"] = g.n_slices
+        truth["n_files"] = 1 if spec.multiframe else g.n_slices
         (tmp / "ground_truth.json").write_text(json.dumps(truth, indent=2, default=_json_default) + "\n")
         _replace_dir(tmp, out)
     except OSError as exc:
@@ -1935,7 +1964,7 @@ def write_phantom(spec: PhantomSpec, out_dir: str | os.PathLike, *, force: bool 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("phantom written to %s (%d slices)", out, g.n_slices)
-    return PhantomWritten(out_dir=out, series_dir=out / "series-002-axial", n_files=g.n_slices,
+    return PhantomWritten(out_dir=out, series_dir=out / "series-002-axial", n_files=truth["n_files"],
                           ground_truth_path=out / "ground_truth.json",
                           labels_path=out / "ground_truth_labels.nii.gz", truth=truth)
 

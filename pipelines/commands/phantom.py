@@ -79,6 +79,7 @@ def _blocks(value: str | None) -> tuple[tuple[float, int], ...] | None:
 @click.option("--head-offset-mm", default=None, metavar="X,Y,Z", help="Head centre in LPS mm (default 0,0,0, the FOV centre).")
 @click.option("--detailed-anatomy", is_flag=True, help="Add cortical sulci, brainstem, fourth ventricle and a headrest.")
 @click.option("--metal-artefact", is_flag=True, help="Add an aneurysm clip and its streak artefact.")
+@click.option("--multiframe", is_flag=True, help="Write the series as one Legacy Converted Enhanced CT object.")
 @click.option("--unsigned-pixels", is_flag=True,
               help="Store uint16 with RescaleIntercept -1024 (default: int16, intercept 0).")
 @click.option("--force", is_flag=True, help="Replace a non-empty OUT_DIR.")
@@ -91,7 +92,7 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
             n_slices: int | None, z_coverage_mm: float, tilt_deg: float, compression: str, contrast: bool,
             age_years: float, noise_hu: float, seed: int, with_scout: bool, head_yaw_deg: float, head_roll_deg: float,
             head_pitch_deg: float, head_offset_mm: str | None, detailed_anatomy: bool, metal_artefact: bool,
-            unsigned_pixels: bool,
+            multiframe: bool, unsigned_pixels: bool,
             force: bool,
             as_json: bool) -> None:
     """Write a synthetic head-CT DICOM study with known ground truth into OUT_DIR."""
@@ -131,6 +132,7 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
         head_offset_mm=_triple(head_offset_mm, "--head-offset-mm") or (0.0, 0.0, 0.0),
         detailed_anatomy=detailed_anatomy,
         metal_artefact=metal_artefact,
+        multiframe=multiframe,
     )
     written = write_phantom(spec, out_dir, force=force)
     truth = written.truth
@@ -140,7 +142,8 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
     g = truth["geometry"]
     click.echo(f"phantom written to {written.out_dir}")
     thickness = f"{g['slice_thickness_mm']:g} mm" if g["regular"] else "variable"
-    click.echo(f"  series: {written.series_dir.name}/ ({written.n_files} slices, {g['rows']}x{g['columns']}, "
+    frames = f"1 multi-frame file, {g['n_slices']} frames" if spec.multiframe else f"{written.n_files} slices"
+    click.echo(f"  series: {written.series_dir.name}/ ({frames}, {g['rows']}x{g['columns']}, "
                f"{g['pixel_spacing_mm'][0]:g} mm pixels, {thickness} slices, "
                f"tilt {g['gantry_tilt_deg']:g} deg, compression {spec.compression})")
     if spec.with_scout:
