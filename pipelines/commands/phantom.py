@@ -95,7 +95,14 @@ def command(out_dir: Path, haemorrhage: str | None, haemorrhage_volume_ml: float
             multiframe: bool, unsigned_pixels: bool,
             force: bool,
             as_json: bool) -> None:
-    """Write a synthetic head-CT DICOM study with known ground truth into OUT_DIR."""
+    """Write a synthetic head-CT DICOM study with known ground truth into OUT_DIR.
+
+    Outputs: OUT_DIR/series-002-axial/ (the CT series), OUT_DIR/series-001-scout/
+    (with --with-scout), OUT_DIR/ground_truth.json and
+    OUT_DIR/ground_truth_labels.nii.gz (0 background, 1 IPH, 2 EAH, 3 oedema,
+    4 IVH). Exit codes: 0 ok, 2 usage, 4 impossible phantom (e.g. a haemorrhage
+    that does not fit), 6 OUT_DIR not empty (use --force) or not writable.
+    """
     side = haemorrhage_side
     if side == "both" and haemorrhage != "IVH":
         raise click.BadParameter("'both' is only for --haemorrhage IVH", param_hint="--haemorrhage-side")
