@@ -261,6 +261,10 @@ class PhantomSpec:
                 raise bad("slice blocks need (thickness 0.3-10 mm, count >= 1) pairs")
             if sum(int(b[1]) for b in blocks) > 2000:
                 raise bad("slice blocks add up to more than 2000 slices")
+        if self.slice_blocks is not None and self.n_slices is not None:
+            raise bad("give either slice blocks or a number of slices, not both")
+        if self.haemorrhage_centre_lps_mm is not None and len(self.haemorrhage_centre_lps_mm) != 3:
+            raise bad("the haemorrhage centre needs three coordinates in mm")
         if self.gap_after_slice is not None and not (self.gap_after_slice >= 1 and 0 < self.gap_mm <= 300):
             raise bad(f"a gap needs gap_after_slice >= 1 and 0 < gap_mm <= 300 (got {self.gap_after_slice}, "
                       f"{self.gap_mm})")
