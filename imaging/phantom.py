@@ -1290,6 +1290,8 @@ def _sample_stack(anat: _Anatomy, geom: PhantomGeometry, offsets: np.ndarray, no
 def _majority(label: np.ndarray) -> np.ndarray:
     """Per-pixel majority label over axis 0 (background unless a class holds > half)."""
     out = np.zeros(label.shape[1:], dtype=np.uint8)
+    if not label.any():
+        return out
     n = label.shape[0]
     for value in np.unique(label):
         if value == 0:
@@ -1650,12 +1652,12 @@ _J2K_LOSSY_RATIO = 8.0  # compression ratio of the lossy JPEG 2000 variant (clin
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, for generated UIDs
 
 
-def _uid(spec: PhantomSpec, *parts: Any) -> str:
+def _uid(spec: PhantomSpec, *parts: Any, _spec_text: str | None = None) -> str:
     """A UID derived from the spec (so a spec + seed gives the same study)."""
     from pydicom.uid import generate_uid
 
-    entropy = [json.dumps(dataclasses.asdict(spec), sort_keys=True), *map(str, parts)]
-    return str(generate_uid(prefix=_UID_ROOT, entropy_srcs=entropy))
+    text = _spec_text if _spec_text is not None else json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    return str(generate_uid(prefix=_UID_ROOT, entropy_srcs=[text, *map(str, parts)]))
 
 
 def _base_dataset(spec: PhantomSpec, uids: Mapping[str, str]) -> Any:
@@ -1846,13 +1848,14 @@ def _multiframe_dataset(slices: list[Any], uids: Mapping[str, Any]) -> Any:
 
 def phantom_uids(spec: PhantomSpec, n_slices: int) -> dict[str, Any]:
     """The UIDs of a phantom study, derived from its spec (deterministic)."""
+    text = json.dumps(dataclasses.asdict(spec), sort_keys=True)
     return {
         "study_instance_uid": _uid(spec, "study"),
         "series_instance_uid": _uid(spec, "series"),
         "frame_of_reference_uid": _uid(spec, "frame"),
         "scout_series_instance_uid": _uid(spec, "scout-series") if spec.with_scout else None,
         "scout_sop_instance_uid": _uid(spec, "scout-instance") if spec.with_scout else None,
-        "sop_instance_uids": [_uid(spec, "instance", k) for k in range(n_slices)],
+        "sop_instance_uids": [_uid(spec, "instance", k, _spec_text=text) for k in range(n_slices)],
         "multiframe_sop_instance_uid": _uid(spec, "multiframe") if spec.multiframe else None,
     }
 
