@@ -1146,6 +1146,13 @@ def _fit_haemorrhage(spec: PhantomSpec, anat: _Anatomy) -> tuple[_Haemorrhage, d
         "eligible_capacity_ml": capacity_ml,
         "_points_head_mm": chosen,  # removed before the truth is published
     }
+    if kind == "IPH":
+        semi = [float(v * math.sqrt(thr)) for v in base.semi]
+        ellipsoid_ml = 4.0 / 3.0 * math.pi * semi[0] * semi[1] * semi[2] / 1000.0
+        info["ellipsoid_semi_axes_mm"] = semi  # along the head's x, y, z
+        info["ellipsoid_volume_ml"] = ellipsoid_ml
+        info["abc_over_2_ml"] = 8.0 * semi[0] * semi[1] * semi[2] / 2.0 / 1000.0  # A, B, C = the diameters
+        info["clipped_fraction"] = max(0.0, 1.0 - spec.haemorrhage_volume_ml / ellipsoid_ml)
     if kind == "IVH":
         info["fluid_level_mm"] = -thr  # head-frame coordinate along the dependent direction
     if kind == "EAH":
