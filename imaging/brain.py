@@ -233,7 +233,7 @@ def segment_brain(
     full_hu = sitk.GetArrayViewFromImage(lps)
     full_shape = full_hu.shape
     f = bin_factor(lps.GetSpacing()[:2])
-    hu = bin_axial(full_hu, f)  # morphology on a ~1 mm in-plane grid (fast, same result)
+    hu = bin_axial(full_hu, f)  # morphology on a ~1 mm in-plane grid; masks go back to the full grid
     sx, sy, sz = lps.GetSpacing()
     sx, sy = sx * f, sy * f
     voxel_ml = sx * sy * sz / 1000.0
@@ -243,7 +243,7 @@ def segment_brain(
     skull = (hu >= bone_hu) & head
     skull_closed = _close_axial(skull, bone_closing_mm, (sx, sy))
     intracranial = fill_holes_axial(skull_closed) & ~skull_closed
-    # drop specks (sinuses, orbits closed by chance): keep components touching the largest
+    # drop specks (sinuses, orbits closed by chance): keep the largest 3-D component
     intracranial = largest_component(intracranial) if intracranial.any() else intracranial
 
     sigma = [0.0, smoothing_mm / sy, smoothing_mm / sx]
