@@ -93,3 +93,182 @@ class _Timer:
         finally:
             self.timings_s[name] = round(time.perf_counter() - t0, 3)
             log.info("stage %s took %.2f s", name, self.timings_s[name])
+
+
+class TriageEngine:
+    """Triage with a model loaded once (for batch workers and the listener).
+
+    ``TriageEngine(options).run(path, out_dir)`` is what :func:`triage` does;
+    keeping the engine keeps the onnxruntime sessions warm between studies.
+    """
+
+    def __init__(self, options: TriageOptions | None = None, **overrides: Any) -> None:
+        import dataclasses
+
+        base = options or TriageOptions()
+        self.options = dataclasses.replace(base, **overrides) if overrides else base
+        self._card = None
+        self._members: list[Any] | None = None
+        self._ensemble = None
+
+    # -- model --------------------------------------------------------------
+    @property
+    def card(self):
+        """The model card (loaded on first use)."""
+        if self._card is None:
+            from models.registry import get_card
+
+            self._card = get_card(self.options.model)
+        return self._card
+
+    def ensemble(self):
+        """The onnxruntime ensemble (sessions created lazily, once)."""
+        if self._ensemble is None:
+            from models.runtime import Ensemble
+            from models.weights import resolve_members
+
+            opts = self.options
+            selection = opts.members or ("fast" if opts.fast else None)
+            self._members = resolve_members(self.card, opts.models_dir, selection)
+            self._ensemble = Ensemble(
+                [m.onnx_path for m in self._members],
+                class_names=self.card.class_names,
+                threads=opts.threads,
+                providers=opts.providers,
+                spacing_mm=tuple(self.card.preprocessing.spacing_mm),
+                window_hu=tuple(self.card.preprocessing.window_hu),
+                model_id=self.card.id,
+                model_version=self.card.version,
+            )
+        return self._ensemble
+
+    def model_provenance(self) -> dict[str, Any]:
+        """Card id, version and the sha256 of every member that ran."""
+        members = self._members or []
+        return {
+            "id": self.card.id,
+            "version": self.card.version,
+            "members": [{"name": m.name, "sha256": m.source_sha256} for m in members],
+        }
+
+    # -- the pipeline -------------------------------------------------------
+    def run(self, path: str | Path, out_dir: str | Path | None = None) -> TriageResult:
+        """Triage the study at ``path``; write outputs into ``out_dir`` when given."""
+        from imaging.brain import segment_brain
+        from imaging.measure import measure_labels, register_atlas, resolve_atlas_dir
+        from imaging.midline import measure_midline_shift
+        from imaging.qc import assess_qc
+        from pipelines.findings import build_findings, findings_to_dict
+        from pipelines.priority import load_rules
+
+        opts = self.options
+        timer = _Timer()
+        rules = load_rules(opts.priority_rules)  # a bad rules file fails before any work
+        volume, choice = load_volume(path, opts.series_uid, timer=timer)
+        log.info("volume %s at %s mm, flags %s", volume.size, volume.spacing_mm, volume.qc_flags)
+        with timer.stage("brain"):
+            brain = segment_brain(volume)
+        with timer.stage("qc"):
+            qc = assess_qc(volume, brain, extra_flags=volume.qc_flags, header=volume.header)
+
+        segmentation = measurements = midline = None
+        run_model = brain.brain_found and not qc.indeterminate
+        if run_model:
+            with timer.stage("segment"):
+                segmentation = self.ensemble().segment(volume, fast=opts.fast and not opts.members)
+            with timer.stage("midline"):
+                midline = measure_midline_shift(volume, brain)
+            with timer.stage("measure"):
+                atlas, region_status = register_atlas(brain.brain_mask, resolve_atlas_dir(opts.atlas_dir))
+                kwargs: dict[str, Any] = {}
+                if opts.min_lesion_ml is not None:
+                    kwargs["min_lesion_ml"] = opts.min_lesion_ml
+                measurements = measure_labels(
+                    segmentation.labels,
+                    volume,
+                    segmentation.class_names,
+                    probabilities=segmentation.probabilities,
+                    agreement=segmentation.agreement,
+                    plane=midline.ideal_plane if midline is not None else None,
+                    atlas=atlas,
+                    region_status=region_status,
+                    **kwargs,
+                )
+        else:
+            log.info("model not run: brain found=%s, qc verdict=%s", brain.brain_found, qc.verdict)
+
+        with timer.stage("findings"):
+            findings = build_findings(
+                volume,
+                segmentation,
+                measurements=measurements,
+                brain=brain,
+                midline=midline,
+                qc=qc,
+                card_info=self.card,
+                timings_s=timer.timings_s,
+                rules=rules,
+                extra_provenance={"model": self.model_provenance()} if segmentation is not None else None,
+            )
+        doc = findings_to_dict(findings)
+        result = TriageResult(
+            volume=volume, segmentation=segmentation, findings=doc, choice=choice, card=self.card,
+            brain=brain, midline=midline, measurements=measurements,
+        )
+        if out_dir is not None:
+            from pipelines.writers import write_outputs
+
+            t0 = time.perf_counter()
+            written = write_outputs(result, out_dir, outputs=opts.outputs, lang=opts.lang)
+            doc["timings_s"]["outputs"] = round(time.perf_counter() - t0, 3)
+            import dataclasses
+
+            result = dataclasses.replace(result, outputs=written)
+        return result
+
+
+def candidate_files(candidate: Any) -> tuple[list[str], dict[str, list[int]] | None]:
+    """Files of a series candidate, and the frame numbers to keep from multi-frame files."""
+    files = [str(f) for f in candidate.files]
+    frames: dict[str, list[int]] = {}
+    for ref in getattr(candidate, "frames", ()) or ():
+        if getattr(ref, "frame_number", None) is not None:
+            frames.setdefault(str(ref.path), []).append(int(ref.frame_number))
+    return files, (frames or None)
+
+
+def load_volume(path: str | Path, series_uid: str | None = None, *, timer: _Timer | None = None) -> tuple[Volume, Any]:
+    """Scan ``path``, choose the series (or take ``series_uid``) and build its HU volume.
+
+    Returns the volume (scan flags such as ``stale_dicomdir`` added to its QC
+    flags) and the :class:`imaging.series.SeriesChoice`.
+    """
+    from imaging.build import build_volume
+    from imaging.dicom_io import scan
+    from imaging.errors import InvalidInputError
+    from imaging.series import find_candidate, require_choice, select_series
+
+    timer = timer or _Timer()
+    if not Path(path).exists():
+        raise InvalidInputError(f"{path} does not exist; point to a study folder, a DICOMDIR or a file")
+    with timer.stage("scan"):
+        scanned = scan(path)
+    with timer.stage("select"):
+        choice = select_series(scanned)
+        chosen = find_candidate(choice, series_uid) if series_uid else require_choice(choice)
+    with timer.stage("volume"):
+        files, frames = candidate_files(chosen)
+        volume = build_volume(files, frames=frames)
+        if choice.flags:
+            volume = volume.with_flags(*choice.flags)
+    return volume, choice
+
+
+def triage(path: str | Path, out_dir: str | Path | None = None, **options: Any) -> TriageResult:
+    """Triage one study (folder, DICOMDIR or file) and return a :class:`TriageResult`.
+
+    ``options`` are the fields of :class:`TriageOptions` (model, models_dir, fast,
+    threads, outputs, lang, ...). With ``out_dir``, the outputs (findings.json,
+    SEG, SR, key images, report) are written there atomically.
+    """
+    return TriageEngine(TriageOptions(**options)).run(path, out_dir)

@@ -12,47 +12,17 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import click
 import SimpleITK as sitk
 
-from imaging.build import build_volume
-from imaging.errors import InvalidInputError, OutputError
+from imaging.errors import OutputError
 from imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
-
-
-def candidate_files(candidate: Any) -> tuple[list[str], dict[str, list[int]] | None]:
-    """Files of a series candidate, and the frame numbers to keep from multi-frame files."""
-    files = [str(f) for f in candidate.files]
-    frames: dict[str, list[int]] = {}
-    for ref in getattr(candidate, "frames", ()):
-        if getattr(ref, "frame_number", None) is not None:
-            frames.setdefault(str(ref.path), []).append(int(ref.frame_number))
-    return files, (frames or None)
-
-
-def select_files(
-    study: Path, series_uid: str | None = None
-) -> tuple[list[str], dict[str, list[int]] | None, tuple[str, ...]]:
-    """Files, frame numbers (multi-frame only) and scan QC flags of the series to build.
-
-    The series is the one :func:`imaging.series.select_series` chooses, or the
-    one named by ``series_uid`` (its SeriesInstanceUID or split key).
-    """
-    from imaging.dicom_io import scan
-    from imaging.series import find_candidate, require_choice, select_series
-
-    if not study.exists():
-        raise InvalidInputError(f"{study} does not exist; point to a study folder, a DICOMDIR or a file")
-    choice = select_series(scan(study))
-    candidate = find_candidate(choice, series_uid) if series_uid else require_choice(choice)
-    files, frames = candidate_files(candidate)
-    return files, frames, tuple(choice.flags)
 
 
 def _umask() -> int:
@@ -98,12 +68,11 @@ def summary_line(volume: Volume, out: Path) -> str:
 @click.option("--series", "series_uid", default=None, help="Build this SeriesInstanceUID instead of the chosen one.")
 def command(study: Path, output: Path, series_uid: str | None) -> None:
     """Write the HU volume (LPS, float32) of the chosen series of STUDY."""
-    files, frames, scan_flags = select_files(study, series_uid)
-    volume = build_volume(files, frames=frames)
-    if scan_flags:
-        volume = volume.with_flags(*scan_flags)
+    from pipelines.triage import load_volume
+
+    volume, _choice = load_volume(study, series_uid)
     write_image_atomic(volume, output)
     click.echo(summary_line(volume, output))
 
 
-__all__: Sequence[str] = ("command", "candidate_files", "select_files", "write_image_atomic", "summary_line")
+__all__: Sequence[str] = ("command", "write_image_atomic", "summary_line")

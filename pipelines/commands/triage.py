@@ -1,0 +1,77 @@
+"""``ictus triage STUDY --out DIR``: the main job.
+
+Runs ingest, series selection, the default model, measurements and findings
+(:func:`pipelines.triage.triage`), writes the outputs into ``DIR`` and prints a
+short summary. Exit code 0 whatever the findings are (the priority is in the
+JSON); ``--fail-on critical`` (or ``urgent``) exits 10 when the priority is at
+least that, for scripts.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pipelines.triage import ALL_OUTPUTS, TriageOptions, TriageEngine
+
+DISCLAIMER = "Ictus is a triage aid, not a diagnostic device: every study must be read by a radiologist."
+PRIORITY_ORDER = ("routine", "indeterminate", "urgent", "critical")
+EXIT_FAIL_ON = 10
+
+
+def parse_outputs(text: str) -> tuple[str, ...]:
+    """``json,seg,sr`` -> a tuple of known output kinds (usage error on an unknown one)."""
+    wanted = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    unknown = [w for w in wanted if w not in ALL_OUTPUTS]
+    if unknown or not wanted:
+        raise click.BadParameter(f"unknown output {', '.join(unknown) or '(none)'}; choose from {','.join(ALL_OUTPUTS)}")
+    return wanted
+
+
+@click.command("triage")
+@click.argument("study", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default: STUDY's name + '-ictus' in the current folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print findings.json to stdout instead of the summary.")
+@click.option("--fast", is_flag=True, help="One ensemble member instead of the full ensemble.")
+@click.option("--members", default=None, help="Explicit members, e.g. '1,2,3' (overrides --fast).")
+@click.option("--model", default="blast-ct", show_default=True, help="Model card id, or a path to a card file/folder.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None, envvar="ICTUS_MODELS_DIR",
+              help="Where model weights live (default: $ICTUS_MODELS_DIR, then the user cache).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads (default: all cores).")
+@click.option("--series", "series_uid", default=None, help="Use this SeriesInstanceUID instead of the automatic choice.")
+@click.option("--outputs", default=",".join(ALL_OUTPUTS), show_default=True, help="Outputs to write.")
+@click.option("--lang", type=click.Choice(["en", "ru", "kk"]), default="en", show_default=True, help="Report language.")
+@click.option("--min-lesion-ml", type=click.FloatRange(0, None), default=None,
+              help="Components smaller than this are discarded as noise (default in the README).")
+@click.option("--rules", "priority_rules", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Priority rules file (default: pipelines/priority_rules.json).")
+@click.option("--fail-on", type=click.Choice(["critical", "urgent"]), default=None,
+              help=f"Exit {EXIT_FAIL_ON} when the priority is at least this.")
+def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, members: str | None, model: str,
+            models_dir: Path | None, threads: int | None, series_uid: str | None, outputs: str, lang: str,
+            min_lesion_ml: float | None, priority_rules: Path | None, fail_on: str | None) -> None:
+    """Triage the head-CT study STUDY (folder, DICOMDIR or file)."""
+    options = TriageOptions(
+        model=model, models_dir=str(models_dir) if models_dir else None, fast=fast, members=members,
+        threads=threads, series_uid=series_uid, outputs=parse_outputs(outputs), lang=lang,
+        min_lesion_ml=min_lesion_ml, priority_rules=str(priority_rules) if priority_rules else None,
+    )
+    if out_dir is None:
+        out_dir = Path.cwd() / f"{Path(study).resolve().name or 'study'}-ictus"
+    result = TriageEngine(options).run(study, out_dir)
+    if as_json:
+        click.echo(json.dumps(result.findings, indent=2))
+    else:
+        from pipelines.findings import summary_lines
+
+        for line in summary_lines(result.findings):
+            click.echo(line)
+        for kind, paths in result.outputs.items():
+            if paths:
+                click.echo(f"{kind}: {paths[0] if len(paths) == 1 else f'{len(paths)} files in {Path(paths[0]).parent}'}")
+        click.echo(DISCLAIMER)
+    if fail_on and PRIORITY_ORDER.index(result.priority) >= PRIORITY_ORDER.index(fail_on) \
+            and result.priority != "indeterminate":
+        click.get_current_context().exit(EXIT_FAIL_ON)
