@@ -33,11 +33,17 @@ sysdeps:
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
+# The demo: a synthetic head-CT study (30 mL IPH, 6 mm midline shift) written as
+# DICOM, the BLAST-CT weights fetched (from ../shared when it is there, else from
+# the pinned upstream URLs) and verified, then the full triage.
+BLAST_MIRROR := $(wildcard $(SHARED)/models/blast-ct/saved_models_v1)
 demo: $(VENV)/.runtime
 	rm -rf $(DEMO_DIR)
 	$(ICTUS) phantom $(DEMO_DIR)/study --haemorrhage IPH --haemorrhage-volume-ml 30 --midline-shift-mm 6
 	$(ICTUS) series $(DEMO_DIR)/study
-	$(ICTUS) volume $(DEMO_DIR)/study -o $(DEMO_DIR)/volume.nii.gz
+	$(ICTUS) models verify blast-ct >/dev/null 2>&1 || \
+	  $(ICTUS) models pull blast-ct $(if $(BLAST_MIRROR),--from $(SHARED)/models/blast-ct,)
+	$(ICTUS) triage $(DEMO_DIR)/study --out $(DEMO_DIR)/out
 
 test: $(VENV)/.dev sysdeps
 	$(PY) -m pytest -n 2 --dist loadfile -q

@@ -165,6 +165,7 @@ class TriageEngine:
         timer = _Timer()
         rules = load_rules(opts.priority_rules)  # a bad rules file fails before any work
         volume, choice = load_volume(path, opts.series_uid, timer=timer)
+        self.ensemble()  # missing or corrupt weights fail here, before any analysis
         log.info("volume %s at %s mm, flags %s", volume.size, volume.spacing_mm, volume.qc_flags)
         with timer.stage("brain"):
             brain = segment_brain(volume)

@@ -47,3 +47,17 @@ def cli_runner():
         return result.exit_code, result.stdout, result.stderr
 
     return run
+
+
+@pytest.fixture(scope="session")
+def fast_models_dir(tmp_path_factory):
+    """A models dir with BLAST-CT's fast member (model_1) imported from shared and
+    converted to ONNX (about a second); skips when the weights are absent."""
+    from models.registry import get_card
+    from models.weights import pull
+
+    shared = blast_ct_weights()
+    models_dir = tmp_path_factory.mktemp("models")
+    card = get_card("blast-ct")
+    pull(card, models_dir, shared, members="fast", convert=True)
+    return models_dir
