@@ -261,3 +261,52 @@ def test_indeterminate_study_without_model_still_gets_sr_key_images_and_report(t
     assert "Present" not in text and "Absent" not in text  # nothing was assessed, nothing is claimed
     html = Path(paths["report"][0]).read_text(encoding="utf-8")
     assert "Не определён" in html and "Головной мозг не найден" in html
+
+
+def test_seg_on_a_multiframe_source(tilted, tmp_path):
+    """An enhanced (multi-frame) CT made from the phantom by highdicom's legacy converter."""
+    result, written, _ = tilted
+    legacy = [pydicom.dcmread(p) for p in sorted(written.series_dir.glob("*.dcm"))]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=legacy, series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(),
+        instance_number=1)
+    source = tmp_path / "enhanced.dcm"
+    enhanced.save_as(source)
+    volume = build_volume([source])
+    assert {s.frame_number for s in volume.source_slices} == set(range(1, len(legacy) + 1))
+    labels = labels_on_grid(result, volume)
+    multi = dataclasses.replace(result, volume=volume, segmentation=segmentation_from_labels(labels))
+    paths = write_outputs(multi, tmp_path / "out", outputs=("seg", "sr"))
+    for path in paths["seg"] + paths["sr"]:
+        assert dciodvfy_errors(path) == [], path
+    seg = hd.seg.segread(paths["seg"][0])
+    frames = seg.get_pixels_by_source_frame(source_sop_instance_uid=enhanced.SOPInstanceUID,
+                                            source_frame_numbers=list(range(1, len(legacy) + 1)),
+                                            segment_numbers=[1], combine_segments=True,
+                                            assert_missing_frames_are_empty=True).astype(bool)
+    expected = np.zeros_like(frames)
+    for k, s in enumerate(volume.source_slices):
+        expected[s.frame_number - 1] = labels_on_source_frames(labels, volume, volume.source_slices)[k] == 1
+    assert frames.sum() > 1000 and np.array_equal(frames, expected)
+    # and the same mask as on the single-frame originals, frame by frame (same planes)
+    single = hd.seg.segread(written_seg_path(tilted))
+    by_position = {tuple(np.round(d.ImagePositionPatient, 2)): d.SOPInstanceUID for d in legacy}
+    for s in volume.source_slices:
+        uid = by_position[tuple(np.round(s.image_position_patient, 2))]
+        ref = single.get_pixels_by_source_instance(source_sop_instance_uids=[uid], segment_numbers=[1],
+                                                   combine_segments=True, skip_overlap_checks=True)[0]
+        assert np.array_equal(ref.astype(bool), frames[s.frame_number - 1])
+
+
+def labels_on_grid(result, volume):
+    """The result's labels resampled (nearest neighbour) onto another volume's grid."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(result.segmentation.labels)
+    image.CopyInformation(result.volume.image)
+    return sitk.GetArrayFromImage(sitk.Resample(image, volume.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                sitk.sitkUInt8))
+
+
+def written_seg_path(fixture):
+    return fixture[2]["seg"][0]

@@ -126,9 +126,11 @@ def build_sr(
             )
         tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{cls.name} (ictus)")
         info = by_label.get(cls.value)
+        region = cls.codes.get("anatomic_region")
         common_args = dict(
             tracking_identifier=tracking,
             finding_type=_coded(cls.codes["type"]) if "type" in cls.codes else None,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=_coded(region))] if region is not None else None,
             algorithm_id=algorithm,
             measurements=measurements or None,
             qualitative_evaluations=evaluations or None,
