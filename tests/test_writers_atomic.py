@@ -109,3 +109,15 @@ def test_report_without_sources_or_midline(small_result, tmp_path):
     assert "өлшенбеді" in html  # midline not measured, in Kazakh
     assert written["report"][0].endswith("report.html")
     assert os.path.getsize(written["report"][0]) > 10_000  # key image inlined
+
+
+def test_stale_staging_folders_of_killed_runs_are_removed(tmp_path):
+    stale = tmp_path / ".ictus-outputs-dead"
+    stale.mkdir()
+    (stale / "findings.json").write_text("{}")
+    fresh = tmp_path / ".ictus-outputs-running"
+    fresh.mkdir()
+    os.utime(stale, (0, 0))
+    with atomic.staging_dir(tmp_path):
+        pass
+    assert not stale.exists() and fresh.exists()  # a concurrent, recent run is left alone

@@ -84,6 +84,26 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> P
     return write_bytes(path, text.encode(encoding))
 
 
+def remove_stale_staging(parent: str | os.PathLike, prefix: str = ".ictus-outputs-", *,
+                         older_than_s: float = 3600.0) -> int:
+    """Remove staging folders a killed process left behind (older than ``older_than_s``); returns how many."""
+    import time
+
+    removed = 0
+    root = Path(parent)
+    if not root.is_dir():
+        return 0
+    now = time.time()
+    for entry in root.glob(f"{prefix}*"):
+        try:
+            if entry.is_dir() and now - entry.stat().st_mtime > older_than_s:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def staging_dir(parent: str | os.PathLike, prefix: str = ".ictus-outputs-") -> Iterator[Path]:
     """A temporary folder inside ``parent`` (same file system), removed on exit.
@@ -94,6 +114,8 @@ def staging_dir(parent: str | os.PathLike, prefix: str = ".ictus-outputs-") -> I
     root = Path(parent)
     try:
         root.mkdir(parents=True, exist_ok=True)
+        if remove_stale_staging(root, prefix):
+            log.info("removed stale staging folders in %s", root)
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     except OSError as exc:
         raise OutputError(f"cannot write into {root} ({exc.strerror}); choose a writable output folder") from exc
