@@ -205,6 +205,13 @@ def test_sr_renders_in_dsrdump_with_the_findings_numbers(tilted):
                 for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
     assert seg.SOPInstanceUID in evidence
     assert sr.StudyInstanceUID == result.volume.study_instance_uid
+    # highdicom parses it as a TID 1500 report: the IPH group references SEG segment 1
+    report = hd.sr.srread(paths["sr"][0])
+    (group,) = report.content.get_volumetric_roi_measurement_groups()
+    assert group.tracking_identifier == "IPH (ictus)"
+    assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert [(m.name.meaning, m.value, m.unit.value) for m in group.get_measurements()] == [
+        ("Volume", f["ich"]["subtypes"]["IPH"]["volume_ml"], "ml")]
 
 
 def test_key_images_are_marked_triage_output_with_overlays(tilted):
