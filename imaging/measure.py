@@ -16,8 +16,11 @@ fragments of the *other* classes totalling 0.2-0.9 mL (EAH or IVH specks
 inside or beside a 25-30 mL IPH), each fragment well under 0.5 mL, which the
 12-member ensemble removes. 0.5 mL is also about one 5 mm slice of a 1 cm
 patch: below it a segmentation on routine thick slices is not a reliable
-measurement. Pass a smaller value (or a per-class mapping) for thin-slice
-research use.
+measurement. Checked here with BLAST-CT member 1 alone (ONNX) on a 30 mL IPH
+phantom (256x256x34, 0.9 x 0.9 x 5 mm): IPH 29.7 mL (truth 30.2); false EAH in
+11 components (1.6 mL), 10 of them under 0.5 mL and one of 1.07 mL, which the
+floor cannot remove: a single member over-calls EAH, so use the ensemble.
+Pass a smaller value (or a per-class mapping) for thin-slice research use.
 
 **ABC/2.** For the largest intraparenchymal lesion the bedside estimate of
 Kothari RU, Brott T, Broderick JP, et al., "The ABCs of measuring
