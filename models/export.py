@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Mapping
@@ -22,7 +20,7 @@ from onnx import helper
 
 from imaging.errors import ModelError
 from models.deepmedic import DeepMedic, deepmedic_for_state_dict
-from models.onnx_build import INPUT_NAME, OPSET, OUTPUT_NAME
+from models.onnx_build import INPUT_NAME, OPSET, OUTPUT_NAME, write_model_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +58,6 @@ def export_torch_member(state_dict: Mapping[str, torch.Tensor | np.ndarray], onn
     onnx_path = Path(onnx_path)
     model = export_network(deepmedic_for_state_dict(state_dict), metadata=metadata)
     onnx.checker.check_model(model)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=onnx_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(model.SerializeToString())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, onnx_path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ModelError(f"Cannot write {onnx_path} ({exc.strerror or exc}); check the folder is writable.") from exc
+    write_model_atomic(model, onnx_path)
     logger.info("exported torch DeepMedic to %s", onnx_path.name)
     return onnx_path

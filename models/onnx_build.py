@@ -337,6 +337,14 @@ def convert_member(pt_path: str | Path, onnx_path: str | Path, *, metadata: Mapp
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"Converted model for {pt_path.name} fails the ONNX checker; report this as a bug.") from exc
+    write_model_atomic(model, onnx_path)
+    logger.info("converted %s to %s", pt_path.name, onnx_path.name)
+    return onnx_path
+
+
+def write_model_atomic(model: onnx.ModelProto, onnx_path: str | Path) -> Path:
+    """Write an ONNX model via a temporary file in the same folder and a rename."""
+    onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=onnx_path.parent)
     try:
@@ -348,7 +356,6 @@ def convert_member(pt_path: str | Path, onnx_path: str | Path, *, metadata: Mapp
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise ModelError(f"Cannot write {onnx_path} ({exc.strerror or exc}); check the folder is writable.") from exc
-    logger.info("converted %s to %s", pt_path.name, onnx_path.name)
     return onnx_path
 
 
