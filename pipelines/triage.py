@@ -154,6 +154,19 @@ class TriageEngine:
     # -- the pipeline -------------------------------------------------------
     def run(self, path: str | Path, out_dir: str | Path | None = None) -> TriageResult:
         """Triage the study at ``path``; write outputs into ``out_dir`` when given."""
+        from pipelines.priority import load_rules
+
+        opts = self.options
+        timer = _Timer()
+        load_rules(opts.priority_rules)  # a bad rules file fails before any work
+        volume, choice = load_volume(path, opts.series_uid, timer=timer)
+        return self.run_volume(volume, out_dir, choice=choice, timer=timer)
+
+    def run_volume(
+        self, volume: Volume, out_dir: str | Path | None = None, *, choice: Any = None, timer: _Timer | None = None
+    ) -> TriageResult:
+        """Triage an already built HU volume (e.g. read from NIfTI by the notebook API or
+        ``ictus evaluate``): the stages after ``load_volume``, exactly as :meth:`run`."""
         from imaging.brain import segment_brain
         from imaging.measure import measure_labels, register_atlas, resolve_atlas_dir
         from imaging.midline import measure_midline_shift
@@ -162,9 +175,8 @@ class TriageEngine:
         from pipelines.priority import load_rules
 
         opts = self.options
-        timer = _Timer()
-        rules = load_rules(opts.priority_rules)  # a bad rules file fails before any work
-        volume, choice = load_volume(path, opts.series_uid, timer=timer)
+        timer = timer or _Timer()
+        rules = load_rules(opts.priority_rules)
         self.ensemble()  # missing or corrupt weights fail here, before any analysis
         log.info("volume %s at %s mm, flags %s", volume.size, volume.spacing_mm, volume.qc_flags)
         with timer.stage("brain"):
