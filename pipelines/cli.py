@@ -27,6 +27,10 @@ COMMAND_MODULES = (
     "phantom",
     "models",
     "triage",
+    "listen",
+    "batch",
+    "evaluate",
+    "train",
 )
 
 log = logging.getLogger(__name__)
