@@ -1,0 +1,45 @@
+"""The notebook API: the hospital's pipeline, from Python.
+
+>>> from pipelines.api import triage, plot_montage
+>>> result = triage("study/", fast=True)          # same code path as `ictus triage`
+>>> result.findings["ich"]["present"], result.qc_flags
+>>> plot_montage(result)                           # axial slices with overlays
+
+- :func:`triage` / :class:`TriageResult` / :class:`TriageEngine` (from
+  :mod:`pipelines.triage`): the result holds the HU ``volume``, the
+  ``segmentation`` (per-class ``probabilities`` float16 [C, z, y, x] and
+  ``labels`` on the volume's grid), the ``findings`` dictionary, ``qc_flags``
+  and ``provenance``. Nothing here prints or exits; errors are
+  :class:`imaging.errors.IctusError` subclasses.
+- :func:`triage_volume`: the same stages on a Volume you already have (NIfTI).
+- :func:`load_volume_and_mask`: a NIfTI or DICOM volume and a NIfTI mask on its grid.
+- :func:`plot_montage`, :func:`plot_midline`, :func:`plot_roc`,
+  :func:`plot_bland_altman`: matplotlib figures.
+- :func:`read_dataset` and :func:`evaluate_dataset`: evaluation on labelled data
+  (PhysioNet CT-ICH, CQ500, RSNA 2019 or phantoms), as ``ictus evaluate``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from imaging.volume import Volume
+from pipelines.evaluate import EvaluationResult, evaluate_dataset, summarise
+from pipelines.labels import LabelledCase, load_volume_and_mask, read_dataset, read_nifti_volume
+from pipelines.plots import plot_bland_altman, plot_midline, plot_montage, plot_roc
+from pipelines.triage import TriageEngine, TriageOptions, TriageResult, triage
+
+
+def triage_volume(volume: Volume | str | Path, out_dir: str | Path | None = None, **options: Any) -> TriageResult:
+    """Triage a :class:`Volume` (or a NIfTI file) with the stages ``triage`` runs after
+    reading DICOM. ``options`` are the fields of :class:`TriageOptions`."""
+    if not isinstance(volume, Volume):
+        volume = read_nifti_volume(volume)
+    return TriageEngine(TriageOptions(**options)).run_volume(volume, out_dir)
+
+
+__all__ = [
+    "EvaluationResult", "LabelledCase", "TriageEngine", "TriageOptions", "TriageResult", "Volume",
+    "evaluate_dataset", "load_volume_and_mask", "plot_bland_altman", "plot_midline", "plot_montage", "plot_roc",
+    "read_dataset", "summarise", "triage", "triage_volume",
+]
