@@ -375,7 +375,7 @@ def summarise(
             [bool(r[f"pred_{name}"]) for r in usable], prevalence=prev, n_bootstrap=n_bootstrap, seed=seed,
         )
     segmentation: dict[str, Any] = {}
-    classes = sorted({k[: -len("_dice")] for r in reported for k in r if k.endswith("_dice")})
+    classes = sorted({k[: -len("_volume_ref_ml")] for r in reported for k in r if k.endswith("_volume_ref_ml")})
     for cls in classes:
         have = [r for r in reported if r.get(f"{cls}_dice") is not None]
         dice = np.array([r[f"{cls}_dice"] for r in have], dtype=float)
