@@ -1,0 +1,76 @@
+"""``ictus batch SOURCES... --out DIR``: triage many studies, resumable, on local workers or Dask.
+
+SOURCES are study folders, folders of studies, DICOM files or CSV manifests
+(a ``path`` column, optionally ``study_id``). Each study's outputs go to
+``DIR/<study_id>/``; ``DIR/summary.csv`` and ``DIR/summary.jsonl`` list every
+study (status, exit code, error, priority, volumes, midline shift, QC, seconds).
+A study that fails is recorded with its exit code (3 no eligible series, 4
+invalid input, 5 model, 6 output) and the batch goes on; ``ictus batch`` exits
+0 unless ``--strict`` and a study failed (exit 1).
+
+Workers: ``--workers N`` local processes (default 1), each loading the model
+once; ``--scheduler local`` an embedded Dask LocalCluster of N workers;
+``--scheduler tcp://HOST:PORT`` an existing Dask cluster (every worker must
+see SOURCES and DIR at the same paths).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipelines.commands.triage import parse_outputs
+from pipelines.triage import ALL_OUTPUTS, TriageOptions
+
+
+@click.command("batch")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--workers", type=click.IntRange(0, 256), default=1, show_default=True,
+              help="Worker processes (0: in this process).")
+@click.option("--scheduler", default=None, help="'local' (Dask LocalCluster) or tcp://HOST:PORT (Dask scheduler).")
+@click.option("--resume", is_flag=True, help="Skip studies whose outputs exist and whose input hash is unchanged.")
+@click.option("--fast", is_flag=True, help="One ensemble member instead of the full ensemble.")
+@click.option("--model", default="blast-ct", show_default=True, help="Model card id, or a path to a card.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None, envvar="ICTUS_MODELS_DIR",
+              help="Where model weights live (default: $ICTUS_MODELS_DIR, then the user cache).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads per worker.")
+@click.option("--outputs", default=",".join(ALL_OUTPUTS), show_default=True, help="Outputs to write.")
+@click.option("--lang", type=click.Choice(["en", "ru", "kk"]), default="en", show_default=True)
+@click.option("--engine", default=None, hidden=True, help="module:callable making the engine (tests, load runs).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--strict", is_flag=True, help="Exit 1 when any study failed.")
+def command(sources: tuple[Path, ...], out_dir: Path, workers: int, scheduler: str | None, resume: bool, fast: bool,
+            model: str, models_dir: Path | None, threads: int | None, outputs: str, lang: str, engine: str | None,
+            no_progress: bool, strict: bool) -> None:
+    """Triage every study of SOURCES into OUT."""
+    from pipelines.batch import discover, run_batch
+
+    options = TriageOptions(model=model, models_dir=str(models_dir) if models_dir else None, fast=fast,
+                            threads=threads, outputs=parse_outputs(outputs), lang=lang)
+    jobs = discover(sources)
+    bar = None
+    if not no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="study", desc="ictus batch", file=click.get_text_stream("stderr"))
+
+    def on_row(row: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{row['study_id']}: {row['status']}", refresh=False)
+
+    try:
+        summary = run_batch(jobs, out_dir, options, workers=workers, scheduler=scheduler, resume=resume,
+                            engine=engine, on_row=on_row)
+    finally:
+        if bar is not None:
+            bar.close()
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items()))
+    click.echo(f"{len(summary.rows)} studies in {summary.seconds:.1f} s: {counts}")
+    for row in summary.rows:
+        if row["status"] == "failed":
+            click.echo(f"failed {row['study_id']} (exit {row['exit_code']}): {row['error']}")
+    click.echo(f"summary: {summary.csv_path} and {summary.jsonl_path}")
+    if strict and summary.counts.get("failed"):
+        click.get_current_context().exit(1)
