@@ -312,6 +312,10 @@ class Spool:
         for part in self.tmp.iterdir():
             part.unlink(missing_ok=True)
             removed += 1
+        with self._tx() as db:
+            requeued = db.execute("UPDATE studies SET state='ready' WHERE state='triaging'").rowcount
+            if requeued:
+                self._event(db, None, "recovered", f"{requeued} study(ies) back to ready")
         with self._lock:
             known = {r[0] for r in self._db.execute("SELECT path FROM instances")}
         indexed = 0
@@ -325,10 +329,6 @@ class Spool:
                 continue
             self._record_instance(uids[0], uids[1], uids[2], path, None)
             indexed += 1
-        with self._tx() as db:
-            requeued = db.execute("UPDATE studies SET state='ready' WHERE state='triaging'").rowcount
-            if requeued:
-                self._event(db, None, "recovered", f"{requeued} study(ies) back to ready")
         counts = {"tmp_removed": removed, "indexed": indexed, "requeued": requeued}
         log.info("spool recovered: %s", counts)
         return counts
