@@ -10,7 +10,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SHARED ?= $(abspath ../shared)
 export ICTUS_SHARED_DIR ?= $(SHARED)
 # Debian packages the test suite drives (real PACS, DICOM tools, validator, browser).
-SYSDEPS ?= dcmtk dicom3tools chromium fonts-dejavu-core
+SYSDEPS ?= dcmtk dicom3tools chromium fonts-dejavu-core orthanc
 DEMO_DIR := build/demo
 
 .PHONY: demo test install install-dev sysdeps clean bench
