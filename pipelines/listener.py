@@ -334,7 +334,13 @@ class Listener:
                 self._stop.wait(self.config.poll_interval_s)
                 continue
             if engine is None:
-                engine = self.engine_factory(self.config.triage)
+                try:
+                    engine = self.engine_factory(self.config.triage)
+                except Exception as exc:  # noqa: BLE001 - recorded on the study; the next one tries again
+                    code = exc.exit_code if isinstance(exc, IctusError) else 1
+                    self.spool.fail_triage(row.study_uid, row.round, f"engine not created: {exc}", code)
+                    log.error(kv(event="engine_failed", study=row.study_uid, exit_code=code, error=type(exc).__name__))
+                    continue
             self.process(engine, row.study_uid, row.round)
 
     def process(self, engine: Any, study_uid: str, round_: int) -> None:

@@ -137,8 +137,16 @@ def test_dask_local_cluster_and_worker_processes(phantom_study, tmp_path):
     shutil.copytree(phantom_study, studies / "good")
     _bad_studies(studies, phantom_study)
     options = TriageOptions(fast=True, threads=1)
+    from dask.distributed import LocalCluster
+
     dask = run_batch([studies], tmp_path / "dask", options, scheduler="local", workers=2, engine=STUB)
     procs = run_batch([studies], tmp_path / "procs", options, workers=2, engine=STUB)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        remote = run_batch([studies / "good"], tmp_path / "remote", options, scheduler=cluster.scheduler_address,
+                           engine=STUB)
+    assert remote.rows[0]["status"] == "ok"
     for summary in (dask, procs):
         rows = {r["study_id"]: r for r in summary.rows}
         assert rows["good"]["status"] == "ok", rows["good"]

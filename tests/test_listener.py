@@ -223,3 +223,25 @@ def test_send_with_retry_gives_up_with_a_clear_error(tmp_path, phantom):
         assert len(pacs.received) == 2
     finally:
         pacs.stop()
+
+
+def test_a_failing_study_is_recorded_and_the_listener_goes_on(tmp_path, phantom):
+    from imaging.errors import ModelError
+
+    def broken_engine(options):
+        raise ModelError("model blast-ct has no weights in /nowhere; run ictus models pull blast-ct")
+
+    listener = Listener(_config(tmp_path, None), engine_factory=broken_engine)
+    listener.start()
+    try:
+        files = [pydicom.dcmread(p) for p in sorted(phantom.rglob("*.dcm"))[:3]]
+        assert _send(listener.bound_port, files) == [0, 0, 0]
+        study = str(files[0].StudyInstanceUID)
+        wait_for(lambda: listener.spool.study(study).state == "failed", 60, "the failure to be recorded")
+        row = listener.spool.study(study)
+        assert row.exit_code == ModelError.exit_code and "no weights" in row.error
+        status = listener.status()
+        assert status["failed"] == 1 and "no weights" in status["last_error"]["message"]
+        assert _send(listener.bound_port, files[:1]) == [0]  # still receiving
+    finally:
+        listener.stop()

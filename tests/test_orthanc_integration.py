@@ -207,7 +207,10 @@ def test_real_ge_study_through_the_listener(pacs, listener):
     assert _state(listener.spool, uid) == "done", _db_rows(listener.spool, "SELECT error FROM studies")
     assert spooled[0] <= len(files)
     found = _results_in_orthanc(pacs, uid)
-    assert "SR" in {i["modality"] for i in found}
+    modalities = {i["modality"] for i in found}
+    assert {"SR", "OT", "DOC"} <= modalities, modalities  # SR, key images (secondary capture), report
+    kinds = {r[0] for r in _db_rows(listener.spool, "SELECT kind FROM results WHERE study_uid=?", (uid,))}
+    assert ("SEG" in modalities) == ("seg" in kinds)  # a SEG exists when the model labelled anything
     assert len(found) == _db_rows(listener.spool, "SELECT COUNT(*) FROM results WHERE sent_at IS NOT NULL")[0][0]
 
 
@@ -232,3 +235,24 @@ def test_orthanc_changes_poller(pacs, tmp_path):
     again = wait_for(stable, 60, "the second StableStudy change", interval_s=1)
     assert again[0]["status"] == "skipped"
     assert len(_results_in_orthanc(pacs, uid)) == len(found)
+
+
+def test_unsent_results_survive_kill9(pacs, listener, tmp_path):
+    """Results made while the PACS was unreachable are sent after a kill -9 and a restart, once."""
+    files = _phantom(tmp_path / "study", seed=105)
+    uid = _study_uid(files)
+    good_config = listener.config.read_text()
+    listener.kill9()
+    listener.config.write_text(good_config.replace(f"port = {pacs.dicom_port}", f"port = {free_port()}"))
+    listener.start()
+    assert storescu(listener.port, tmp_path / "study").returncode == 0
+    wait_for(lambda: _db_rows(listener.spool, "SELECT send_attempts FROM studies WHERE study_uid=? AND "
+                                              "state='sending'", (uid,)), 120, "a failed delivery")
+    listener.kill9()
+    assert _results_in_orthanc(pacs, uid) == []
+    listener.config.write_text(good_config)
+    listener.start()
+    wait_for(lambda: _state(listener.spool, uid) == "done", 120, "delivery after the restart")
+    found = _results_in_orthanc(pacs, uid)
+    expected = {r[0] for r in _db_rows(listener.spool, "SELECT sop_uid FROM results WHERE study_uid=?", (uid,))}
+    assert {i["sop_uid"] for i in found} == expected and len(found) == len(expected)
