@@ -223,6 +223,20 @@ def validate(network: torch.nn.Module, cases: Sequence[PreparedCase], config: Tr
 
 
 # -- training ----------------------------------------------------------------------------
+ARCHITECTURE_FIELDS = ("spacing_mm", "window_hu", "class_names", "init_filters", "blocks_down", "blocks_up")
+
+
+def _with_checkpoint_architecture(config: TrainConfig) -> TrainConfig:
+    """Fine-tuning keeps the checkpoint's network and preprocessing (spacing, window, classes)."""
+    import dataclasses
+
+    _, saved, _ = load_checkpoint(config.resume)  # type: ignore[arg-type]
+    changes = {f: getattr(saved, f) for f in ARCHITECTURE_FIELDS if getattr(saved, f) != getattr(config, f)}
+    if changes:
+        log.info("fine-tuning keeps the checkpoint's %s", ", ".join(sorted(changes)))
+    return dataclasses.replace(config, **changes)
+
+
 def split_cases(names: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(train, validation) names; at least one of each when there are two or more cases."""
     order = list(names)
@@ -240,6 +254,8 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
             f"patch size {config.patch_vox} is not a multiple of {config.size_multiple_vox}; choose e.g. "
             f"{config.size_multiple_vox * max(1, round(config.patch_vox / config.size_multiple_vox))}"
         )
+    if config.resume:
+        config = _with_checkpoint_architecture(config)
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(int(config.threads))
@@ -256,9 +272,7 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
 
     network = build_network(config)
     if config.resume:
-        resumed, resumed_config, _ = load_checkpoint(config.resume)
-        if tuple(resumed_config.class_names) != tuple(config.class_names):
-            raise ModelError(f"checkpoint {config.resume} has classes {resumed_config.class_names}; the run has {config.class_names}")
+        resumed, _, _ = load_checkpoint(config.resume)
         network.load_state_dict(resumed.state_dict())
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
