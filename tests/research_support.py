@@ -53,7 +53,7 @@ def phantoms_to_nifti(phantoms: Path, root: Path) -> Path:
     return root
 
 
-def tiny_model(base: Path, iterations: int = 6) -> Path:
+def tiny_model(base: Path, iterations: int = 4) -> Path:
     """Train a tiny SegResNet (2 mm, 8 filters, 3 levels) on tiny phantoms and export it;
     returns ``card.json`` (built once per ``base``)."""
     card = base / "run" / "model" / "card.json"
