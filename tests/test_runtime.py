@@ -1,0 +1,274 @@
+"""models.runtime: tiling, ensemble, cascade, mapping back, and equivalence with blast-ct.
+
+Most tests use tiny stand-in ONNX models with the same shape behaviour as
+DeepMedic (input 5k+80 -> output 5k, logits per voxel) so they run in
+milliseconds; the real members run only on a few small windows.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from imaging.errors import InvalidInputError, ModelError
+from imaging.volume import volume_from_array
+from models.preprocess import preprocess
+from models.runtime import (
+    Ensemble,
+    extract_window,
+    member_gmac,
+    plan_tiles,
+    segment,
+    softmax,
+    synthetic_head_hu,
+)
+
+from conftest import blast_ct_weights
+
+NAMES = ("background", "IPH", "EAH", "oedema", "IVH")
+
+
+def _dummy_member(path: Path, weights, bias) -> Path:
+    """A stand-in member: crops 40 voxels per side (the real context), then a 1x1x1
+    convolution of the intensity gives 5 logits per voxel."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    starts = numpy_helper.from_array(np.array([40, 40, 40], np.int64), "starts")
+    ends = numpy_helper.from_array(np.array([-40, -40, -40], np.int64), "ends")
+    axes = numpy_helper.from_array(np.array([2, 3, 4], np.int64), "axes")
+    w = numpy_helper.from_array(np.asarray(weights, np.float32).reshape(5, 1, 1, 1, 1), "w")
+    b = numpy_helper.from_array(np.asarray(bias, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["core"]),
+         helper.make_node("Conv", ["core", "w", "b"], ["logits"])],
+        "dummy",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, "z", "y", "x"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 5, "oz", "oy", "ox"])],
+        [starts, ends, axes, w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dummies(tmp_path_factory) -> list[Path]:
+    """Three stand-in members: background wins in air and bone; blood-like values
+    (around 0.5 normalised, ~70 HU) favour IPH, more or less strongly per member."""
+    d = tmp_path_factory.mktemp("dummy")
+    out = []
+    for k, gain in enumerate((8.0, 6.0, 10.0)):
+        w = [0.0, gain, 0.0, 0.0, 0.0]
+        b = [3.0, -gain * 0.35, -1.0, -1.0 - k, -1.0]
+        out.append(_dummy_member(d / f"m{k + 1}.onnx", w, b))
+    return out
+
+
+def _head_volume(shape=(36, 96, 96), spacing_zyx=(5.0, 2.2, 2.2), haemorrhage_ml=20.0):
+    hu = synthetic_head_hu(shape, spacing_zyx, haemorrhage_ml=haemorrhage_ml)
+    return volume_from_array(hu, spacing_mm=spacing_zyx[::-1], origin_mm=(-100.0, -100.0, -80.0))
+
+
+@pytest.fixture(scope="module")
+def head():
+    return _head_volume()
+
+
+# -- stand-in members: the machinery ------------------------------------------------
+def test_output_on_the_original_grid(dummies, head):
+    seg = segment(head, dummies, class_names=NAMES, threads=1, cascade_threshold=None)
+    z, y, x = head.array().shape
+    assert seg.probabilities.shape == (5, z, y, x) and seg.probabilities.dtype == np.float16
+    assert seg.labels.shape == (z, y, x) and seg.labels.dtype == np.uint8
+    assert seg.agreement.shape == (z, y, x) and seg.agreement.dtype == np.float16
+    total = seg.probabilities.astype(np.float32).sum(axis=0)
+    np.testing.assert_allclose(total, 1.0, atol=5e-3)
+    np.testing.assert_array_equal(seg.labels, seg.probabilities.argmax(axis=0))
+    # the blood sphere is found where the volume has blood-like HU
+    blood = head.array() > 55
+    assert seg.labels[blood].mean() > 0.8 and (seg.labels[~blood] == 1).mean() < 0.02
+    assert seg.class_names == NAMES and len(seg.members_used) == 3
+    assert "cascade" not in seg.info["method"] and "3 members" in seg.info["method"]
+
+
+def test_tiled_equals_untiled(dummies, head):
+    ens = Ensemble(dummies[:1], class_names=NAMES, threads=1)
+    mi = preprocess(head, tile_vox=90)
+    p15, _, _ = ens.predict_box(mi, [0], tile_vox=15, skip="none")
+    p90, _, _ = ens.predict_box(mi, [0], tile_vox=90, skip="none")
+    np.testing.assert_allclose(p15, p90, atol=1e-6)
+
+
+def test_ensemble_mean_equals_manual_mean(dummies, head):
+    ens = Ensemble(dummies, class_names=NAMES, threads=1)
+    mi = preprocess(head, tile_vox=30)
+    plan = plan_tiles(mi, 30, skip="none")
+    start, size = plan.tiles[len(plan.tiles) // 2]
+    window = extract_window(mi, start, size)
+    manual = np.mean([ens.predict(k, window) for k in range(3)], axis=0)
+    probs, agreement, _ = ens.predict_box(mi, [0, 1, 2], tile_vox=30, skip="none", cascade_threshold=None)
+    sl = tuple(slice(s - b, s - b + n) for s, b, n in zip(start, mi.box_start, size))
+    np.testing.assert_allclose(probs[(slice(None),) + sl], manual, atol=1e-6)
+    votes = np.stack([ens.predict(k, window).argmax(0) for k in range(3)])
+    expect = (votes == manual.argmax(0)).mean(axis=0)
+    np.testing.assert_allclose(agreement[sl].astype(np.float32), expect, atol=1e-3)
+
+
+def test_fast_is_member_one(dummies, head):
+    fast = segment(head, dummies, class_names=NAMES, threads=1, fast=True)
+    one = segment(head, dummies[:1], class_names=NAMES, threads=1)
+    both = segment(head, dummies, class_names=NAMES, threads=1, cascade_threshold=None)
+    np.testing.assert_array_equal(fast.probabilities, one.probabilities)
+    assert fast.members_used == ("m1.onnx",)
+    assert np.all(fast.agreement == 1)
+    assert not np.array_equal(fast.probabilities, both.probabilities)
+
+
+def test_cascade_runs_later_members_only_where_member_one_is_unsure(dummies, head):
+    ens = Ensemble(dummies, class_names=NAMES, threads=1)
+    mi = preprocess(head, tile_vox=30)
+    plain, _, _ = ens.predict_box(mi, [0, 1, 2], tile_vox=30, cascade_threshold=None)
+    first, _, _ = ens.predict_box(mi, [0], tile_vox=30)
+    thr = 0.2
+    casc, agreement, stats = ens.predict_box(mi, [0, 1, 2], tile_vox=30, cascade_threshold=thr)
+    plan = plan_tiles(mi, 30)
+    n_unsure = 0
+    for start, size in plan.tiles:
+        sl = (slice(None),) + tuple(slice(s - b, s - b + n) for s, b, n in zip(start, mi.box_start, size))
+        unsure = float(1 - first[sl][0].min()) > thr
+        n_unsure += unsure
+        np.testing.assert_allclose(casc[sl], (plain if unsure else first)[sl], atol=1e-6)
+        if not unsure:
+            assert np.all(agreement[sl[1:]] == 1)
+    assert stats["member_tiles"] == [len(plan.tiles), n_unsure, n_unsure]
+    assert 0 < n_unsure < len(plan.tiles)  # the test data exercises both branches
+
+
+def test_air_only_volume_computes_nothing(dummies):
+    vol = volume_from_array(np.full((10, 40, 40), -1000, np.float32), spacing_mm=(2.0, 2.0, 5.0))
+    seg = segment(vol, dummies, class_names=NAMES, threads=1)
+    assert seg.info["tiles_computed"] == 0
+    assert np.all(seg.labels == 0) and np.all(seg.probabilities[0] == 1)
+
+
+def test_skip_rules_keep_the_tissue(dummies, head):
+    mi = preprocess(head, tile_vox=60)
+    every = plan_tiles(mi, 60, skip="none")
+    tissue = plan_tiles(mi, 60, skip="tissue")
+    deep = plan_tiles(mi, 60, skip="intracranial")
+    assert deep.estimated_gmac <= tissue.estimated_gmac < every.estimated_gmac
+    for plan, mask in ((tissue, mi.tissue), (deep, mi.deep)):
+        covered = np.zeros(mi.array.shape, bool)
+        for start, size in plan.tiles:
+            covered[tuple(slice(s - b, s - b + n) for s, b, n in zip(start, mi.box_start, size))] = True
+        assert not np.any(mask & ~covered)  # every kept voxel lies in a computed brick
+
+
+def test_bad_arguments(dummies, head, tmp_path):
+    with pytest.raises(ModelError):
+        Ensemble([tmp_path / "missing.onnx"], class_names=NAMES)
+    with pytest.raises(ModelError):
+        Ensemble([], class_names=NAMES)
+    with pytest.raises(ModelError):
+        Ensemble(dummies, class_names=NAMES[:3], threads=1).segment(head, fast=True)
+    with pytest.raises(InvalidInputError):
+        Ensemble(dummies, class_names=NAMES, threads=1).segment(head, tile_vox=20)
+
+
+def test_softmax_and_cost_model():
+    x = np.random.default_rng(0).normal(size=(5, 3, 4, 2)).astype(np.float32) * 30
+    p = softmax(x)
+    np.testing.assert_allclose(p.sum(0), 1, atol=1e-6)
+    assert member_gmac((60, 60, 60)) / 60**3 < member_gmac((30, 30, 30)) / 30**3
+
+
+# -- real members --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_members(tmp_path_factory):
+    weights = blast_ct_weights()
+    from models.onnx_build import convert_member
+
+    d = tmp_path_factory.mktemp("onnx")
+    return [
+        convert_member(weights / "saved_models_v1" / f"model_{k}.pt", d / f"model_{k}.onnx") for k in (1, 2)
+    ], weights
+
+
+def _lesion_roi():
+    """A small ROI (1 mm grid 11 x 13 x 28) of the project phantom, across a 10 mL IPH."""
+    from imaging.phantom import PhantomSpec, phantom_volume
+
+    vol = phantom_volume(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=10, matrix=128,
+                                     pixel_spacing_mm=1.5, partial_volume_samples=1))
+    labels = vol.header["phantom_labels"]
+    z, y, x = (int(np.median(a)) for a in np.nonzero(labels == 1))
+    roi = sitk.RegionOfInterest(vol.image, (19, 9, 3), (x - 9, y - 4, z - 1))
+    return vol.with_image(roi)
+
+
+@pytest.mark.slow
+def test_real_member_tiled_untiled_and_reference_agree(real_members):
+    """Tiles of 15 (two of them), one untiled window, and blast-ct's own network
+    module with its own 110^3 -> 30^3 patch grid give the same probabilities."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("blast_ct")
+    from blast_ct.models.deepmedic import DeepMedic
+    from blast_ct.nifti.datasets import FullImageToOverlappingPatchesNiftiDataset
+    from blast_ct.nifti.patch_samplers import PatchSampler
+    from blast_ct.nifti.rescale import reorient_image, rescale
+    from blast_ct.nifti.savers import reconstruct_image
+    from blast_ct.nifti.transformation import IntensityWindowNormalization
+
+    members, weights = real_members
+    roi = _lesion_roi()
+    ens = Ensemble(members[:1], class_names=NAMES, threads=2)
+    mi = preprocess(roi, tile_vox=30, crop_to_head=False)
+    assert max(mi.grid_size) <= 29  # one reference patch covers it
+    p15, _, st = ens.predict_box(mi, [0], tile_vox=15, skip="none")
+    assert st["tiles_computed"] >= 2
+    p30, _, st = ens.predict_box(mi, [0], tile_vox=30, skip="none")
+    assert st["tiles_computed"] == 1
+    np.testing.assert_allclose(p15, p30, atol=1e-5)
+
+    # the reference: its preprocessing, its patch grid, its network class, its reassembly
+    image = rescale([1.0, 1.0, 1.0], reorient_image(roi.image, False))
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)[None]
+    arr, _, _ = IntensityWindowNormalization(-15.0, 100.0)(arr, None, np.ones(arr.shape[1:]))
+    config = json.loads((weights / "config.json").read_text())
+    net = DeepMedic(1, 5, **config["model"]["DeepMedic"])
+    net.load_state_dict(torch.load(weights / "saved_models_v1" / "model_1.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    centres = FullImageToOverlappingPatchesNiftiDataset.get_center_points(arr.shape[1:], (30, 30, 30))
+    sampler = PatchSampler((110,) * 3, (30,) * 3)
+    with torch.no_grad():
+        patches = [
+            torch.softmax(net(torch.from_numpy(np.ascontiguousarray(sampler.get_image_patch(arr, c)[None])))[0], 1)[0].numpy()
+            for c in centres
+        ]
+    ref = reconstruct_image(patches, arr.shape[1:], centres, (30, 30, 30)).transpose(3, 0, 1, 2)
+    np.testing.assert_allclose(p15, ref, atol=1e-4)
+    ours, theirs = p15.argmax(0), ref.argmax(0)
+    for c in np.unique(theirs):
+        dice = 2 * np.sum((ours == c) & (theirs == c)) / (np.sum(ours == c) + np.sum(theirs == c))
+        assert dice >= 0.99
+
+
+@pytest.mark.slow
+def test_real_int8_close_to_fp32(real_members, tmp_path):
+    """The int8 copy of member 1 agrees with fp32 on a small window (labels mostly equal)."""
+    from models.runtime import quantize_member
+
+    members, _ = real_members
+    q = quantize_member(members[0], tmp_path / "m1.int8.onnx", n_calibration=1)
+    roi = _lesion_roi()
+    mi = preprocess(roi, tile_vox=30, crop_to_head=False)
+    window = extract_window(mi, mi.region_start, (30, 30, 30))
+    fp32 = Ensemble(members[:1], class_names=NAMES, threads=2).predict(0, window)
+    int8 = Ensemble([q], class_names=NAMES, threads=2).predict(0, window)
+    assert np.mean(fp32.argmax(0) == int8.argmax(0)) > 0.97
+    assert np.abs(fp32 - int8).mean() < 0.05
