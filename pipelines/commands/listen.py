@@ -29,8 +29,13 @@ import click
 @click.option("--once", is_flag=True, help="With --orthanc: process the changes so far, then exit.")
 def command(config_path: Path, show_status: bool, orthanc_url: str | None, once: bool) -> None:
     """Run the DICOM listener (or the Orthanc poller) from a config file."""
+    import logging
+
     from pipelines.listener import Listener, load_config
 
+    ctx = click.get_current_context()
+    if not (ctx.obj and ctx.obj.get("debug")):
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
     config = load_config(config_path)
     if show_status:
         from pipelines.spool import status_from_file
