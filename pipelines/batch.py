@@ -344,6 +344,9 @@ def _run_dask(jobs: list[StudyJob], args: tuple, scheduler: str, workers: int, d
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError as exc:
         raise InvalidInputError("--scheduler needs dask.distributed; pip install 'ictus[distributed]'") from exc
+    # workers may run elsewhere: give them absolute paths (shared file system assumed)
+    jobs = [StudyJob(j.study_id, str(Path(j.path).resolve())) for j in jobs]
+    args = (str(Path(args[0]).resolve()), *args[1:])
     cluster = None
     if scheduler == "local":
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
