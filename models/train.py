@@ -67,6 +67,7 @@ class TrainConfig:
     foreground_fraction: float = 0.5
     seed: int = 0
     threads: int | None = None
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; None: CUDA when torch sees one, else CPU
     resume: str | None = None  # a checkpoint (.pt) to fine-tune from
     training_data: str = ""  # free text for the card (what the data is, where from, licence)
 
@@ -198,6 +199,13 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
 
 
 # -- validation --------------------------------------------------------------------------
+def pick_device(name: str | None = None) -> torch.device:
+    """``name``, or CUDA when torch sees a GPU, else the CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def validate(network: torch.nn.Module, cases: Sequence[PreparedCase], config: TrainConfig) -> dict[str, float]:
     """Mean Dice per foreground class (MONAI DiceMetric, empty reference and prediction
     count as 1) on whole boxes, by sliding-window inference."""
@@ -208,13 +216,14 @@ def validate(network: torch.nn.Module, cases: Sequence[PreparedCase], config: Tr
     n_classes = len(config.class_names)
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
     network.eval()
+    device = next(network.parameters()).device
     with torch.no_grad():
         for case in cases:
-            x = torch.from_numpy(case.image)[None, None]
+            x = torch.from_numpy(case.image)[None, None].to(device)
             logits = sliding_window_inference(  # non-overlapping windows: batch norm makes them agree
                 x, (2 * config.patch_vox,) * 3, 1, network, overlap=0.0, padding_mode="constant", cval=-1.0
             )
-            pred = one_hot(logits.argmax(1, keepdim=True), n_classes)
+            pred = one_hot(logits.argmax(1, keepdim=True).cpu(), n_classes)
             ref = one_hot(torch.from_numpy(case.labels.astype(np.int64))[None, None], n_classes)
             metric(pred, ref)
     values = metric.aggregate().cpu().numpy()  # [cases, C-1]
@@ -276,6 +285,9 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
     if config.resume:
         resumed, _, _ = load_checkpoint(config.resume)
         network.load_state_dict(resumed.state_dict())
+    device = pick_device(config.device)
+    network = network.to(device)
+    log.info("training on %s", device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
@@ -286,8 +298,8 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
         network.train()
         batch = [sample_patch(train_cases[int(rng.integers(len(train_cases)))], config.patch_vox, rng,
                               config.foreground_fraction) for _ in range(config.batch_size)]
-        x = torch.from_numpy(np.stack([b[0] for b in batch])[:, None])
-        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)[:, None])
+        x = torch.from_numpy(np.stack([b[0] for b in batch])[:, None]).to(device)
+        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)[:, None]).to(device)
         optimiser.zero_grad()
         loss = loss_fn(network(x), y)
         loss.backward()

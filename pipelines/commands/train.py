@@ -49,6 +49,7 @@ def _triple(text: str) -> tuple[float, float, float]:
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Fine-tune from this checkpoint.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads.")
+@click.option("--device", default=None, help="torch device, e.g. cuda or cpu (default: CUDA when available).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--training-data", default="", help="Free-text description of the data for the model card.")
 @click.option("--export/--no-export", default=True, show_default=True,
@@ -56,7 +57,7 @@ def _triple(text: str) -> tuple[float, float, float]:
 @click.option("--model-id", default="ictus-segresnet", show_default=True)
 def command(data_dir: Path, out_dir: Path, iterations: int, validate_every: int, patch_vox: int, batch_size: int,
             learning_rate: float, init_filters: int, levels: int, spacing_mm: str, window_hu: str,
-            binary_label: int | None, resume: Path | None, threads: int | None, seed: int, training_data: str,
+            binary_label: int | None, resume: Path | None, threads: int | None, device: str | None, seed: int, training_data: str,
             export: bool, model_id: str) -> None:
     """Train a MONAI SegResNet on DATA_DIR (ct_scans/ + masks/ NIfTI, the CT-ICH layout)."""
     _require_train_extra()
@@ -69,7 +70,7 @@ def command(data_dir: Path, out_dir: Path, iterations: int, validate_every: int,
         data_dir=str(data_dir), out_dir=str(out_dir), spacing_mm=_triple(spacing_mm), window_hu=(lo_hi[0], lo_hi[1]),
         binary_label=binary_label, patch_vox=patch_vox, batch_size=batch_size, iterations=iterations,
         learning_rate=learning_rate, validate_every=validate_every, init_filters=init_filters,
-        blocks_down=(1, 2, 2, 4, 4, 4)[:levels], blocks_up=(1,) * (levels - 1), seed=seed, threads=threads,
+        blocks_down=(1, 2, 2, 4, 4, 4)[:levels], blocks_up=(1,) * (levels - 1), seed=seed, threads=threads, device=device,
         resume=str(resume) if resume else None, training_data=training_data,
     )
 
