@@ -24,9 +24,12 @@ How it computes (see ``models/preprocess.py`` for the input side):
   probability (1 - p_background) above 0.05. Elsewhere the result is member 1's
   (and ``agreement`` is 1). ``cascade_threshold=None`` runs every member on
   every tile (the plain ensemble).
-- **Precision.** ``precision="fp32"`` runs the ONNX files as given;
-  ``"int8"`` runs static int8 (QDQ, per-channel weights) copies, made once by
-  :func:`quantize_member` and cached next to the model (or in the user cache).
+- **Precision.** ``precision="fp32"`` (default) runs the ONNX files as given;
+  ``"int8"`` runs static int8 copies in which only the full-resolution
+  pathway's layers 2-8 and the 1x1x1 head are quantised (QDQ, per-channel
+  weights; :func:`int8_nodes`), made once by :func:`quantize_member` and cached
+  next to the model (or in the user cache). Measured on member 1: 3.2x less CPU
+  per tile, 99.5% of the labels of a lesion window unchanged.
 - **Back to the original grid.** Probabilities are resampled linearly per
   class (background 1 outside the computed box), labels are the argmax of the
   resampled probabilities (the reference resamples its 1 mm label map by
@@ -431,20 +434,27 @@ def quantized_path(onnx_path: Path) -> Path:
     return cache / f"{onnx_path.stem}.{digest}.int8.onnx"
 
 
-def calibration_windows(n: int = 4, size_vox: int = 110, seed: int = 0) -> Iterator[np.ndarray]:
-    """Deterministic normalised calibration windows cut from a synthetic head
-    (scalp, skull, brain, ventricles, a haemorrhage and air), so that the int8
-    activation ranges cover what a head CT produces."""
-    hu = synthetic_head_hu(shape_vox=(150, 190, 160), seed=seed)
-    rng = np.random.default_rng(seed)
+def calibration_windows(n: int = 2, size_vox: int = 110, seed: int = 0) -> Iterator[np.ndarray]:
+    """Deterministic normalised calibration windows cut from :func:`synthetic_head_hu`
+    (1 mm): first one centred on its haemorrhage (blood, brain, skull, scalp and
+    air in one window), then the head centre, the vertex and the side, so that
+    the int8 activation ranges cover what a head CT produces."""
+    shape = (150, 190, 160)
+    hu = synthetic_head_hu(shape_vox=shape, seed=seed)
     lo, hi = -15.0, 100.0
-    norm = np.clip(hu, lo, hi)
-    norm = ((2.0 * norm - lo - hi) / (hi - lo)).astype(np.float32)
-    for _ in range(n):
-        z, y, x = (int(rng.integers(0, max(1, s - size_vox + 1))) for s in norm.shape)
-        win = norm[z : z + size_vox, y : y + size_vox, x : x + size_vox]
-        pad = [(0, size_vox - s) for s in win.shape]
-        yield np.pad(win, pad, mode="edge")[None, None]
+    norm = ((2.0 * np.clip(hu, lo, hi) - lo - hi) / (hi - lo)).astype(np.float32)
+    centre = [s // 2 for s in shape]
+    centres = [
+        (centre[0] + 10, centre[1] + 10, centre[2] - 35),
+        tuple(centre),
+        (centre[0] + 60, centre[1], centre[2]),
+        (centre[0], centre[1], centre[2] + 60),
+    ]
+    half = size_vox // 2
+    padded = np.pad(norm, half, mode="edge")
+    for c in centres[: max(1, n)]:
+        win = padded[c[0] : c[0] + size_vox, c[1] : c[1] + size_vox, c[2] : c[2] + size_vox]
+        yield np.ascontiguousarray(win)[None, None]
 
 
 def synthetic_head_hu(
@@ -482,9 +492,30 @@ def synthetic_head_hu(
     return hu
 
 
-def quantize_member(onnx_path: Path, out_path: Path | None = None, *, n_calibration: int = 4) -> Path:
-    """Write a static int8 (QDQ, per-channel int8 weights, uint8 activations, MinMax
-    calibration on :func:`calibration_windows`) copy of one member."""
+def int8_nodes(model) -> list[str]:
+    """The convolutions worth quantising: the full-resolution pathway's 3x3x3 layers
+    2..8 (most of the compute) and the 1x1x1 head. The first layer (one input
+    channel) and the x3/x5 pathways stay fp32: quantising every Conv flipped ~20%
+    of the labels of a lesion window, this selection ~0.5%. Node names come from
+    the state-dict keys (``path(1, 1, 1)2.path.N...``, ``fully_connected.N...``);
+    without them every Conv with more than one input channel is chosen."""
+    from onnx import numpy_helper
+
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    chosen = [
+        n.name for n in convs
+        if ("(1, 1, 1)" in n.name and ".path.1." not in n.name) or n.name.startswith("fully_connected")
+    ]
+    if chosen:
+        return chosen
+    inits = {t.name: t for t in model.graph.initializer}
+    return [n.name for n in convs if n.input[1] in inits and numpy_helper.to_array(inits[n.input[1]]).shape[1] > 1]
+
+
+def quantize_member(onnx_path: Path, out_path: Path | None = None, *, n_calibration: int = 2) -> Path:
+    """Write a static int8 copy of one member: QDQ, per-channel int8 weights, uint8
+    activations, MinMax calibration on :func:`calibration_windows`, only the
+    convolutions of :func:`int8_nodes` quantised."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -512,6 +543,7 @@ def quantize_member(onnx_path: Path, out_path: Path | None = None, *, n_calibrat
         quantize_static(
             str(pre), str(partial), _Reader(name), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=["Conv"], nodes_to_quantize=int8_nodes(onnx.load(str(pre))),
         )
         os.replace(partial, out_path) if _same_fs(partial, out_path) else out_path.write_bytes(partial.read_bytes())
     return out_path

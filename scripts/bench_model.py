@@ -1,0 +1,312 @@
+"""Benchmark of the model runtime (issue 3, "Speed and memory"), not a test.
+
+Inputs: the project phantom (512x512x40 at 0.45x0.45x5 mm, 30 mL IPH), written
+as DICOM, and the real GE head in ``$ICTUS_SHARED_DIR/data/dicom``. Each timed
+run is study folder -> label map (``build_volume`` + ``Ensemble.segment``), in
+a fresh child process so that its peak RSS is its own; the median of
+``--runs`` runs is reported, with the process CPU time (the load on a shared
+machine inflates wall time, not CPU time).
+
+Optional parts:
+- ``--peer``: the reference ``blast-ct`` CLI (one member, torch) on the same
+  volume as NIfTI, once, offline (symlinked V1 weights under
+  ``$BLAST_CT_CACHE_DIR``); reports its wall time, peak RSS and our ratio.
+- ``--agreement``: every shortcut against the plain 12-member fp32 ensemble on
+  the 1 mm model grid (Dice per class, total blood volume). Heavy: 12 members
+  over every soft-tissue tile of both inputs.
+- ``--reference``: member 1, ours vs blast-ct's own network module and patch
+  grid on the whole preprocessed phantom (label Dice per class).
+
+Usage: ``nice .venv/bin/python scripts/bench_model.py --runs 3 [--peer] [--agreement] [--reference]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NAMES = ("background", "IPH", "EAH", "oedema", "IVH")
+BLOOD = (1, 2, 4)
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("ICTUS_SHARED_DIR", ROOT.parent / "shared")).resolve()
+
+
+def members_dir(work: Path) -> list[Path]:
+    """The 12 members as ONNX (converted into ``work`` with models.onnx_build)."""
+    from models.onnx_build import convert_member
+
+    weights = shared_dir() / "models" / "blast-ct" / "saved_models_v1"
+    out = []
+    for k in range(1, 13):
+        onnx_path = work / "onnx" / f"model_{k}.onnx"
+        if not onnx_path.exists():
+            convert_member(weights / f"model_{k}.pt", onnx_path)
+        out.append(onnx_path)
+    return out
+
+
+def study_dirs(work: Path) -> dict[str, Path]:
+    from imaging.phantom import PhantomSpec, write_phantom
+
+    phantom = work / "phantom-iph30"
+    if not phantom.exists():
+        write_phantom(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=30, n_slices=40), phantom)
+    out = {"phantom_512x512x40": phantom / "series-002-axial"}
+    ge = shared_dir() / "data" / "dicom" / "ge-head-tilt-variable-spacing"
+    if ge.exists():
+        out["ge_head"] = ge
+    return out
+
+
+def load_volume(study: Path):
+    from imaging.build import build_volume
+
+    return build_volume(sorted(p for p in study.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", "")))
+
+
+# -- one timed run, in a child process ------------------------------------------------
+def child(args: argparse.Namespace) -> None:
+    from models.runtime import Ensemble
+
+    members = [Path(p) for p in args.members.split(",")]
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    volume = load_volume(Path(args.study))
+    ens = Ensemble(members, class_names=NAMES, threads=args.threads, precision=args.precision)
+    seg = ens.segment(volume, fast=args.mode == "fast", **json.loads(args.options))
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    blood_ml = float(np.isin(seg.labels, BLOOD).sum() * volume.voxel_volume_ml)
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_gb": rss_gb, "blood_ml": blood_ml,
+                      "info": {k: v for k, v in seg.info.items()}}, default=str))
+
+
+def timed(study: Path, members: list[Path], mode: str, precision: str, threads: int, runs: int, options: dict) -> dict:
+    results = []
+    for _ in range(runs):
+        cmd = [sys.executable, __file__, "--child", "--study", str(study), "--members", ",".join(map(str, members)),
+               "--mode", mode, "--precision", precision, "--threads", str(threads), "--options", json.dumps(options)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = lambda key: statistics.median(r[key] for r in results)  # noqa: E731
+    return {"mode": mode, "precision": precision, "options": options, "runs": runs,
+            "wall_s_median": round(med("wall_s"), 2), "cpu_s_median": round(med("cpu_s"), 2),
+            "peak_rss_gb_max": round(max(r["peak_rss_gb"] for r in results), 2),
+            "blood_ml": round(results[-1]["blood_ml"], 2), "info": results[-1]["info"]}
+
+
+# -- the peer: blast-ct CLI -------------------------------------------------------------
+def run_peer(volume, work: Path) -> dict:
+    import SimpleITK as sitk
+
+    cache = work / "blast_ct_cache"
+    (cache / "saved_models").mkdir(parents=True, exist_ok=True)
+    weights = shared_dir() / "models" / "blast-ct" / "saved_models_v1"
+    for k in range(1, 16):  # the CLI resolves 1..15 at start-up; 13..15 only need to exist
+        link = cache / "saved_models" / f"model_{k}.torch_model"
+        if not link.exists():
+            link.symlink_to(weights / f"model_{min(k, 12)}.pt")
+    nii = work / "peer_input.nii.gz"
+    sitk.WriteImage(volume.image, str(nii))
+    out = work / "peer_output.nii.gz"
+    env = dict(os.environ, BLAST_CT_CACHE_DIR=str(cache))
+    exe = Path(sys.executable).with_name("blast-ct")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run([str(exe), "--input", str(nii), "--output", str(out), "--device", "cpu"], env=env, check=True,
+                   capture_output=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out))).astype(np.uint8)
+    return {"wall_s": round(wall, 1), "cpu_s": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 1),
+            "peak_rss_gb_children_max": round(after.ru_maxrss / 1024**2, 2),
+            "blood_ml": round(float(np.isin(labels, BLOOD).sum() * volume.voxel_volume_ml), 2), "labels": labels}
+
+
+# -- agreement of the shortcuts with the plain ensemble ------------------------------------
+def dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    s = int(a.sum()) + int(b.sum())
+    return None if s == 0 else round(2.0 * float((a & b).sum()) / s, 4)
+
+
+def compare(labels: np.ndarray, ref: np.ndarray) -> dict:
+    out = {NAMES[c]: {"dice": dice(labels == c, ref == c), "ml": round(float((labels == c).sum()) / 1000, 2),
+                      "ref_ml": round(float((ref == c).sum()) / 1000, 2)} for c in range(1, 5)}
+    blood, ref_blood = float(np.isin(labels, BLOOD).sum()) / 1000, float(np.isin(ref, BLOOD).sum()) / 1000
+    out["blood_ml"], out["ref_blood_ml"] = round(blood, 2), round(ref_blood, 2)
+    out["blood_diff_pct"] = None if ref_blood == 0 else round(100 * (blood - ref_blood) / ref_blood, 2)
+    present = [out[NAMES[c]]["dice"] for c in range(1, 5) if out[NAMES[c]]["ref_ml"] > 0]
+    out["meets_issue_3"] = bool(all(d is not None and d >= 0.98 for d in present)
+                                and (out["blood_diff_pct"] is None or abs(out["blood_diff_pct"]) <= 2))
+    return out
+
+
+def agreement(volume, members: list[Path], threads: int, thresholds=(0.02, 0.05, 0.1)) -> dict:
+    """Every member (fp32 and int8) on every soft-tissue tile once; the variants are
+    then assembled from those per-member maps (tiled results do not depend on the
+    tiling, so masking and per-tile selection reproduce each variant exactly)."""
+    from models.preprocess import preprocess
+    from models.runtime import Ensemble, _tile_slices, plan_tiles
+
+    mi = preprocess(volume, tile_vox=90)
+    tile = 60
+    plan_t = plan_tiles(mi, tile, skip="tissue")
+    plan_i = plan_tiles(mi, tile, skip="intracranial")
+    result: dict = {"tiles": {"tissue": len(plan_t.tiles), "intracranial": len(plan_i.tiles)}}
+    per: dict[str, list[np.ndarray]] = {}
+    means: dict[str, np.ndarray] = {}
+    for precision in ("fp32", "int8"):
+        ens = Ensemble(members, class_names=NAMES, threads=threads, precision=precision)
+        acc = np.zeros((len(NAMES),) + mi.array.shape, np.float32)
+        per[precision] = []
+        t0 = time.perf_counter()
+        for k in range(len(members)):
+            p, _, _ = ens.predict_box(mi, [k], tile_vox=tile, skip="tissue")
+            acc += p
+            per[precision].append(p.astype(np.float16))
+        result[f"all_members_{precision}_s"] = round(time.perf_counter() - t0, 1)
+        means[precision] = acc / len(members)
+    plain = means["fp32"].argmax(0)
+
+    mask_i = np.zeros(mi.array.shape, bool)
+    for start, size in plan_i.tiles:
+        mask_i[_tile_slices(mi, start, size)[1]] = True
+
+    def cascade(precision: str, thr: float) -> tuple[np.ndarray, int]:
+        lab = np.zeros(mi.array.shape, np.int64)
+        n = 0
+        for start, size in plan_i.tiles:
+            sl = _tile_slices(mi, start, size)[1]
+            p1 = per[precision][0][(slice(None),) + sl].astype(np.float32)
+            if float(1 - p1[0].min()) > thr:
+                n += 1
+                lab[sl] = means[precision][(slice(None),) + sl].argmax(0)
+            else:
+                lab[sl] = p1.argmax(0)
+        return lab, n
+
+    v = result["vs_plain_12_fp32"] = {}
+    v["member1_fp32"] = compare(per["fp32"][0].argmax(0), plain)
+    v["member1_int8"] = compare(per["int8"][0].argmax(0), plain)
+    v["ensemble_int8"] = compare(means["int8"].argmax(0), plain)
+    v["ensemble_fp32_intracranial"] = compare(np.where(mask_i, plain, 0), plain)
+    for thr in thresholds:
+        for precision in ("fp32", "int8"):
+            lab, n = cascade(precision, thr)
+            v[f"cascade{thr}_{precision}_intracranial"] = dict(compare(lab, plain), cascade_tiles=[n, len(plan_i.tiles)])
+    return result
+
+
+def reference_check(volume, member1: Path, threads: int) -> dict:
+    """Member 1: ours (tiled, every head-box tile) vs blast-ct's network module and patch grid."""
+    import torch
+    from blast_ct.models.deepmedic import DeepMedic
+    from blast_ct.nifti.datasets import FullImageToOverlappingPatchesNiftiDataset
+    from blast_ct.nifti.patch_samplers import PatchSampler
+    from blast_ct.nifti.savers import reconstruct_image
+
+    from models.preprocess import preprocess
+    from models.runtime import Ensemble
+
+    torch.set_num_threads(threads)
+    mi = preprocess(volume, crop_to_head=False)
+    ens = Ensemble([member1], class_names=NAMES, threads=threads)
+    t0 = time.perf_counter()
+    ours, _, _ = ens.predict_box(mi, [0], tile_vox=90, skip="none")
+    ours_s = time.perf_counter() - t0
+    weights = shared_dir() / "models" / "blast-ct"
+    config = json.loads((weights / "config.json").read_text())
+    net = DeepMedic(1, 5, **config["model"]["DeepMedic"])
+    net.load_state_dict(torch.load(weights / "saved_models_v1" / "model_1.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    arr = mi.array[None]
+    centres = FullImageToOverlappingPatchesNiftiDataset.get_center_points(arr.shape[1:], (30, 30, 30))
+    sampler = PatchSampler((110,) * 3, (30,) * 3)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        patches = [torch.softmax(net(torch.from_numpy(np.ascontiguousarray(sampler.get_image_patch(arr, c)[None])))[0], 1)[0]
+                   .numpy().astype(np.float16) for c in centres]
+    ref_s = time.perf_counter() - t0
+    ref = reconstruct_image(patches, arr.shape[1:], centres, (30, 30, 30)).argmax(-1)
+    return {"ours_s": round(ours_s, 1), "reference_s": round(ref_s, 1),
+            "differing_voxels": int((ours.argmax(0) != ref).sum()), "compare": compare(ours.argmax(0), ref)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="int8", choices=("fp32", "int8"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ictus-bench-model")
+    ap.add_argument("--only", default="", help="comma-separated input names (default all)")
+    ap.add_argument("--modes", default="fast,full")
+    ap.add_argument("--peer", action="store_true")
+    ap.add_argument("--agreement", action="store_true")
+    ap.add_argument("--reference", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--study", help=argparse.SUPPRESS)
+    ap.add_argument("--members", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--options", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    members = members_dir(args.work)
+    if args.precision == "int8":
+        from models.runtime import quantize_member, quantized_path
+
+        for m in members:
+            if not quantized_path(m).exists():
+                quantize_member(m)
+    report: dict = {"cpu_count": os.cpu_count(), "threads": args.threads, "load_avg_start": os.getloadavg()}
+    studies = study_dirs(args.work)
+    if args.only:
+        studies = {k: v for k, v in studies.items() if k in args.only.split(",")}
+    for name, study in studies.items():
+        r = report.setdefault(name, {})
+        for mode in args.modes.split(","):
+            use = members[:1] if mode == "fast" else members
+            r[mode] = timed(study, use, mode, args.precision, args.threads, args.runs, {})
+            print(name, mode, json.dumps(r[mode], default=str), flush=True)
+        if args.peer:
+            volume = load_volume(study)
+            peer = run_peer(volume, args.work)
+            peer.pop("labels")
+            r["peer_blast_ct_cli_one_member"] = peer
+            for mode in ("fast", "full"):
+                if mode in r:
+                    r[f"ratio_peer_over_{mode}"] = round(peer["wall_s"] / r[mode]["wall_s_median"], 1)
+            print(name, "peer", peer, flush=True)
+        if args.agreement:
+            r["agreement"] = agreement(load_volume(study), members, args.threads)
+            print(name, "agreement", json.dumps(r["agreement"]), flush=True)
+        if args.reference and name.startswith("phantom"):
+            r["reference_member1"] = reference_check(load_volume(study), members[0], args.threads)
+            print(name, "reference", r["reference_member1"], flush=True)
+    report["load_avg_end"] = os.getloadavg()
+    text = json.dumps(report, indent=1, default=str)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
