@@ -335,13 +335,14 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path) -> Path
     ax.plot(its, [h["loss"] for h in history], lw=1, label="training loss (Dice + CE)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
+    handles = ax.get_lines()
     val = [(h["iteration"], h["val_dice"]["mean"]) for h in history if "val_dice" in h]
     if val:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*val), "o-", color="tab:orange", label="validation Dice")
+        handles += ax2.plot(*zip(*val), "o-", color="tab:orange", label="validation Dice (mean over classes)")
         ax2.set_ylabel("validation Dice")
         ax2.set_ylim(0, 1)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
