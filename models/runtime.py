@@ -35,6 +35,11 @@ How it computes (see ``models/preprocess.py`` for the input side):
   resampled probabilities (the reference resamples its 1 mm label map by
   nearest neighbour instead; both agree except on boundary voxels), agreement by
   nearest neighbour.
+- **Denormals.** Weights below float32's smallest normal value are set to zero
+  when a session is created (:func:`flush_denormals`): same output, ~5x faster
+  on x86. (onnxruntime's ``set_denormal_as_zero`` would gain ~10% more but sets
+  flush-to-zero on the calling thread, changing numpy's arithmetic for the
+  rest of the process, so it is not used.)
 - **Providers.** CUDA when onnxruntime offers it, else CPU; threads via
   ``threads`` (onnxruntime's ``intra_op_num_threads``).
 """
@@ -181,7 +186,7 @@ class Ensemble:
                 quantize_member(self.member_paths[index], path)
             try:
                 self._sessions[index] = self._ort.InferenceSession(
-                    str(path), self._options, providers=self.providers
+                    load_without_denormals(path), self._options, providers=self.providers
                 )
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise ModelError(f"cannot load model {path.name} ({exc}); re-run `ictus models verify`") from exc
@@ -421,6 +426,38 @@ def extract_window(model_input: ModelInput, start: Sequence[int], size: Sequence
     return np.ascontiguousarray(window, dtype=np.float32)
 
 
+# -- denormals ------------------------------------------------------------------
+def flush_denormals(model) -> int:
+    """Set the float32 initializers below the smallest normal float (denormals) to
+    zero, in place; returns how many values changed.
+
+    The V1 weights hold thousands of denormal values (dead channels). x86 CPUs
+    compute with denormals up to ~100x slower: flushing them made a member 5x
+    faster on CPU with an identical output (their contributions are < 1e-38)."""
+    from onnx import numpy_helper
+
+    tiny = np.finfo(np.float32).tiny
+    changed = 0
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type != 1:  # FLOAT
+            continue
+        array = numpy_helper.to_array(tensor)
+        denormal = (array != 0) & (np.abs(array) < tiny)
+        if denormal.any():
+            changed += int(denormal.sum())
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.where(denormal, 0, array).astype(np.float32), tensor.name))
+    return changed
+
+
+def load_without_denormals(path: Path) -> bytes:
+    """The serialized ONNX model at ``path`` with :func:`flush_denormals` applied."""
+    import onnx
+
+    model = onnx.load(str(path))
+    flush_denormals(model)
+    return model.SerializeToString()
+
+
 # -- int8 ------------------------------------------------------------------------
 def quantized_path(onnx_path: Path) -> Path:
     """Where the static-int8 copy of ``onnx_path`` is cached: next to it when that
@@ -539,6 +576,9 @@ def quantize_member(onnx_path: Path, out_path: Path | None = None, *, n_calibrat
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        model = onnx.load(str(pre))
+        flush_denormals(model)
+        onnx.save(model, str(pre))
         partial = Path(tmp) / "q.onnx"
         quantize_static(
             str(pre), str(partial), _Reader(name), quant_format=QuantFormat.QDQ,

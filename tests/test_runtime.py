@@ -275,3 +275,16 @@ def test_real_int8_close_to_fp32(real_members, tmp_path):
     int8 = Ensemble([q], class_names=NAMES, threads=2).predict(0, window)
     assert np.mean(fp32.argmax(0) == int8.argmax(0)) > 0.98
     assert np.abs(fp32 - int8).mean() < 0.01
+
+
+def test_flush_denormals(tmp_path):
+    import onnx
+
+    from models.runtime import flush_denormals
+
+    path = _dummy_member(tmp_path / "d.onnx", [1e-40, 1.0, 0.0, -1e-39, 0.0], [0.0] * 5)
+    model = onnx.load(str(path))
+    assert flush_denormals(model) == 2
+    w = [t for t in model.graph.initializer if t.name == "w"][0]
+    assert list(onnx.numpy_helper.to_array(w).ravel()) == [0.0, 1.0, 0.0, 0.0, 0.0]
+    assert flush_denormals(model) == 0
