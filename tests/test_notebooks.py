@@ -53,7 +53,7 @@ def test_evaluate_runs(tiny: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ICTUS_EVAL_DIR", str(tmp_path))
     nb = _run("evaluate.ipynb")
     text = _text(nb)
-    assert "5 cases, " in text and "ICH " in text
+    assert "4 cases, " in text and "ICH " in text
     for name in ("cases.csv", "summary.json", "roc.png", "bland_altman.png"):
         assert (tmp_path / "evaluation" / name).is_file(), name
     images = [o for o in _outputs(nb, "display_data") if "image/png" in o.get("data", {})]

@@ -113,7 +113,7 @@ def test_cli_train_and_export(tiny: Path, tmp_path: Path, cli_runner) -> None:
     writes checkpoints, a loss curve and a card."""
     data = tiny.parent.parent.parent / "nifti"
     code, stdout, stderr = cli_runner(
-        "train", data, "--out", tmp_path / "run", "--iterations", "2", "--validate-every", "2", "--patch-vox", "16",
+        "train", data, "--out", tmp_path / "run", "--iterations", "2", "--validate-every", "2", "--patch-vox", "32",
         "--batch-size", "1", "--threads", "2",
         "--resume", tiny.parent.parent / "best.pt", "--training-data", "phantoms",
     )
