@@ -43,7 +43,7 @@ import logging
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -563,5 +563,5 @@ def _json_safe(value: Any) -> Any:
 __all__ = [
     "CasePrediction", "EvaluationResult", "bland_altman", "case_segmentation_metrics", "detection_metrics",
     "evaluate_cases", "evaluate_dataset", "predictive_values", "prediction_from_result", "roc_auc_with_ci",
-    "segmentation_metrics", "summarise", "wilson_interval", "write_evaluation", "asdict",
+    "segmentation_metrics", "summarise", "wilson_interval", "write_evaluation",
 ]

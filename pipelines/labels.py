@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from imaging.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -398,10 +400,9 @@ def read_nifti_volume(path: str | Path):
     return Volume(image=image, source_paths=(str(path),), header={"source_format": "nifti"})
 
 
-def load_mask_on_grid(mask_path: str | Path, reference) -> "np.ndarray":
+def load_mask_on_grid(mask_path: str | Path, reference) -> np.ndarray:
     """A NIfTI label map resampled by nearest neighbour onto ``reference`` (a SimpleITK
     image or a Volume), as uint8 [z, y, x]. The same grid is passed through unchanged."""
-    import numpy as np
     import SimpleITK as sitk
 
     image_ref = getattr(reference, "image", reference)
