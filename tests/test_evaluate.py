@@ -169,3 +169,15 @@ def test_cli_evaluate_with_a_tiny_trained_model(tmp_path_factory, cli_runner) ->
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cases"] == 4 and "ICH" in summary["segmentation"]
     assert (out / "roc.png").is_file() and (out / "bland_altman.png").is_file()
+
+
+def test_api_and_evaluate_import_no_torch_or_monai() -> None:
+    """MONAI (and torch) are loaded only when segmentation metrics are computed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.api, pipelines.evaluate, pipelines.commands.evaluate; "
+            "assert not {'torch', 'monai', 'matplotlib'} & set(sys.modules), sorted({'torch', 'monai', 'matplotlib'} & set(sys.modules))")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]
