@@ -181,3 +181,28 @@ def test_api_and_evaluate_import_no_torch_or_monai() -> None:
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+def test_rsna_layout_study_is_triaged_from_its_files(tmp_path_factory, tmp_path: Path) -> None:
+    """RSNA slices (all studies in one folder) are regrouped per study and triaged."""
+    pytest.importorskip("monai")
+    import pydicom
+
+    from pipelines.labels import read_rsna_labels
+    from research_support import tiny_model
+
+    base = tmp_path_factory.getbasetemp() / "tiny-segresnet"
+    card = tiny_model(base)
+    series = base / "phantoms" / "p00" / "series-002-axial"
+    sops = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sorted(series.iterdir())]
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "Label"])
+        for i, sop in enumerate(sops):
+            for sub in ("any", "intraparenchymal", "subdural"):
+                w.writerow([f"{sop}_{sub}", int(sub != "subdural" and i == len(sops) // 2)])
+    cases = read_rsna_labels(tmp_path / "labels.csv", series)
+    assert len(cases) == 1 and cases[0].findings["IPH"] is True and cases[0].findings["SDH"] is False
+    result = evaluate_dataset(cases, None, model=str(card), threads=2, n_bootstrap=10)
+    (row,) = result.rows
+    assert row["reported"] and row["ref_ICH"] is True and row["score_ICH"] is not None
