@@ -177,8 +177,9 @@ def test_cli_batch_with_the_real_model(phantom_study, tmp_path, cli_runner):
     shutil.copytree(phantom_study, studies / "good")
     expected_codes = _bad_studies(studies, phantom_study)
     out = tmp_path / "out"
+    # one onnxruntime thread: spinning intra-op threads on a busy 2-core machine are several times slower
     code, stdout, _err = cli_runner("batch", studies, "--out", out, "--fast", "--models-dir", models,
-                                    "--workers", "1", "--no-progress")
+                                    "--workers", "1", "--threads", "1", "--no-progress")
     assert code == 0
     assert "1 ok" in stdout and "2 failed" in stdout
     rows = {r["study_id"]: r for r in map(json.loads, (out / "summary.jsonl").read_text().splitlines())}

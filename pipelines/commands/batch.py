@@ -34,7 +34,7 @@ from pipelines.triage import ALL_OUTPUTS, TriageOptions
 @click.option("--model", default="blast-ct", show_default=True, help="Model card id, or a path to a card.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None, envvar="ICTUS_MODELS_DIR",
               help="Where model weights live (default: $ICTUS_MODELS_DIR, then the user cache).")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads per worker.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads per worker (default: cores / workers).")
 @click.option("--outputs", default=",".join(ALL_OUTPUTS), show_default=True, help="Outputs to write.")
 @click.option("--lang", type=click.Choice(["en", "ru", "kk"]), default="en", show_default=True)
 @click.option("--engine", default=None, hidden=True, help="module:callable making the engine (tests, load runs).")
@@ -46,6 +46,10 @@ def command(sources: tuple[Path, ...], out_dir: Path, workers: int, scheduler: s
     """Triage every study of SOURCES into OUT."""
     from pipelines.batch import discover, run_batch
 
+    if threads is None:  # workers x onnxruntime threads should not exceed the cores (spinning threads thrash)
+        import os
+
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     options = TriageOptions(model=model, models_dir=str(models_dir) if models_dir else None, fast=fast,
                             threads=threads, outputs=parse_outputs(outputs), lang=lang)
     jobs = discover(sources)
