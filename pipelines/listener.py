@@ -191,6 +191,9 @@ class Listener:
     """The storage SCP, its triage workers, the sender and the status endpoint."""
 
     def __init__(self, config: ListenerConfig, engine_factory: EngineFactory | None = None) -> None:
+        if config.triage.threads is None:  # workers x onnxruntime threads within the cores
+            threads = max(1, (os.cpu_count() or 1) // config.workers)
+            config = dataclasses.replace(config, triage=dataclasses.replace(config.triage, threads=threads))
         self.config = config
         self.engine_factory = engine_factory or load_engine_factory(config.engine)
         self.spool = Spool(config.spool_dir)
