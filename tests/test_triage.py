@@ -108,22 +108,35 @@ def test_plastic_skull_is_indeterminate_without_running_the_model(fast_models_di
 # -- the command line -------------------------------------------------------------
 
 
-def test_cli_triage_json_and_fail_on(cli_runner, fast_models_dir, ich_study, tmp_path):
-    code, out, err = cli_runner("triage", ich_study, "--out", tmp_path / "o", "--fast", "--models-dir",
-                                fast_models_dir, "--outputs", "json", "--json", "--fail-on", "critical")
-    assert code == 10, err
-    doc = json.loads(out)
-    assert doc["priority"] == "critical"
+def test_cli_triage_summary(cli_runner, fast_models_dir, tmp_path):
+    study = shared_dicom("philips-head-phantom-tilted")  # no brain: the model does not run
+    code, out, err = cli_runner("triage", study, "--out", tmp_path / "o", "--fast", "--models-dir",
+                                fast_models_dir, "--outputs", "json")
+    assert code == 0, err
+    assert "priority: indeterminate" in out
+    assert "no_brain_found" in out
+    assert "not a diagnostic device" in out
     assert (tmp_path / "o" / "findings.json").is_file()
 
 
-def test_cli_triage_summary(cli_runner, fast_models_dir, ich_study, tmp_path):
-    code, out, err = cli_runner("triage", ich_study, "--out", tmp_path / "o", "--fast", "--models-dir",
-                                fast_models_dir, "--outputs", "json")
+def test_cli_triage_json_rules_and_fail_on(cli_runner, fast_models_dir, tmp_path):
+    """--rules changes the policy, --json prints the findings, --fail-on sets exit 10."""
+    study = shared_dicom("philips-head-phantom-tilted")
+    rules = {
+        "schema": "ictus-priority-rules/1", "default": "routine",
+        "rules": [{"priority": "critical", "any": [
+            {"field": "brain.found", "op": "==", "value": False, "reason": "no brain (test policy)"}]}],
+    }
+    rules_path = tmp_path / "rules.json"
+    rules_path.write_text(json.dumps(rules))
+    args = ("triage", study, "--out", tmp_path / "o", "--fast", "--models-dir", fast_models_dir,
+            "--outputs", "json", "--rules", rules_path, "--json")
+    code, out, err = cli_runner(*args, "--fail-on", "critical")
+    assert code == 10, err
+    doc = json.loads(out)
+    assert doc["priority"] == "critical" and doc["priority_reasons"] == ["no brain (test policy)"]
+    code, out, err = cli_runner(*args)
     assert code == 0, err
-    assert "priority: critical" in out
-    assert "haemorrhage: yes" in out
-    assert "not a diagnostic device" in out
 
 
 def test_cli_triage_without_weights_says_what_to_run(cli_runner, ich_study, tmp_path):
