@@ -22,7 +22,7 @@ $(VENV)/.runtime: setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(PIP) install -q $(FIND_LINKS) -e '.[dev,train,distributed]'
+	$(PIP) install -q $(FIND_LINKS) -e '.[dev,train,distributed,research]'
 	touch $@
 
 install: $(VENV)/.runtime
