@@ -115,7 +115,9 @@ def model_provenance(card: Any = None, segmentation: Any = None) -> list[dict[st
     if card is None and segmentation is None:
         return []
     get = (lambda k, d=None: card.get(k, d)) if isinstance(card, Mapping) else (lambda k, d=None: getattr(card, k, d))
-    used = tuple(getattr(segmentation, "members_used", ()) or ())
+    # The runtime names members by their ONNX files ("model_1.onnx"); cards by name ("model_1").
+    used = tuple(Path(str(u)).stem if str(u).endswith(".onnx") else str(u)
+                 for u in (getattr(segmentation, "members_used", ()) or ()))
     members = []
     for m in get("members", ()) or ():
         name = m.get("name") if isinstance(m, Mapping) else getattr(m, "name", "")

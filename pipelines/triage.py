@@ -142,15 +142,6 @@ class TriageEngine:
             )
         return self._ensemble
 
-    def model_provenance(self) -> dict[str, Any]:
-        """Card id, version and the sha256 of every member that ran."""
-        members = self._members or []
-        return {
-            "id": self.card.id,
-            "version": self.card.version,
-            "members": [{"name": m.name, "sha256": m.source_sha256} for m in members],
-        }
-
     # -- the pipeline -------------------------------------------------------
     def run(self, path: str | Path, out_dir: str | Path | None = None) -> TriageResult:
         """Triage the study at ``path``; write outputs into ``out_dir`` when given."""
@@ -221,7 +212,6 @@ class TriageEngine:
                 card_info=self.card,
                 timings_s=timer.timings_s,
                 rules=rules,
-                extra_provenance={"model": self.model_provenance()} if segmentation is not None else None,
             )
         doc = findings_to_dict(findings)
         result = TriageResult(
@@ -233,7 +223,7 @@ class TriageEngine:
 
             t0 = time.perf_counter()
             written = write_outputs(result, out_dir, outputs=opts.outputs, lang=opts.lang)
-            doc["timings_s"]["outputs"] = round(time.perf_counter() - t0, 3)
+            log.info("outputs written in %.2f s", time.perf_counter() - t0)  # after findings.json: not in it
             import dataclasses
 
             result = dataclasses.replace(result, outputs=written)

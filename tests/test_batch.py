@@ -185,7 +185,7 @@ def test_cli_batch_with_the_real_model(phantom_study, tmp_path, cli_runner):
     rows = {r["study_id"]: r for r in map(json.loads, (out / "summary.jsonl").read_text().splitlines())}
     findings = json.loads((out / "good" / "findings.json").read_text())
     assert rows["good"]["priority"] == findings["priority"]
-    assert findings["provenance"]["model"]["members"], "the real model ran"
+    assert findings["provenance"]["models"][0]["members"], "the real model ran"
     truth = json.loads((phantom_study / "ground_truth.json").read_text())
     assert findings["ich"]["present"] is True
     assert findings["ich"]["total_volume_ml"] == pytest.approx(truth["ich_total_volume_ml"]["on_grid_ml"], rel=0.6)

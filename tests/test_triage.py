@@ -63,8 +63,8 @@ def test_findings_json_is_written_and_valid(ich_result):
     assert doc == json.loads(json.dumps(ich_result.findings))
     for stage in ("scan", "select", "volume", "brain", "segment", "midline", "measure"):
         assert stage in doc["timings_s"]
-    assert doc["provenance"]["model"]["members"][0]["name"] == "model_1"
-    assert len(doc["provenance"]["model"]["members"][0]["sha256"]) == 64
+    assert doc["provenance"]["models"][0]["members"][0]["name"] == "model_1"
+    assert len(doc["provenance"]["models"][0]["members"][0]["sha256"]) == 64
     text = path.read_text()
     assert "PHANTOM" not in text  # no patient name or ID in the JSON
 
