@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from imaging.errors import InvalidInputError, OutputError
+from pipelines.writers.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class Spool:
             except BaseException:
                 Path(tmp_name).unlink(missing_ok=True)
                 raise
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except OSError as exc:
             raise OutputError(f"cannot write into the spool {self.root} ({exc.strerror}); check free space") from exc
         self._record_instance(study_uid, series_uid, sop_uid, dest, calling_aet)
@@ -400,16 +401,3 @@ def _read_uids(path: Path) -> tuple[str, str | None, str] | None:
             check_uid(ds.SOPInstanceUID, "SOPInstanceUID")
     except Exception:  # noqa: BLE001 - any unreadable file is set aside, not fatal
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -22,7 +22,7 @@ from imaging.errors import OutputError
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Flush a folder's entries to disk where the platform allows it."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -70,7 +70,7 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 
@@ -159,5 +159,5 @@ def commit(staged: str | os.PathLike, dest: str | os.PathLike) -> Path:
             os.replace(src, dst)
     except OSError as exc:
         raise OutputError(f"cannot move {src.name} into {dst.parent} ({exc.strerror}); check the output folder") from exc
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     return dst
