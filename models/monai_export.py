@@ -20,7 +20,6 @@ checks the file against the card before every use.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -35,6 +34,7 @@ import torch
 from onnx import helper
 
 from imaging.errors import ModelError
+from models.weights import file_sha256
 from models.train import TrainConfig, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,6 @@ def export_onnx(network: torch.nn.Module, config: TrainConfig, onnx_path: str | 
     tmp.write_bytes(model.SerializeToString())
     os.replace(tmp, path)
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _class_entries(class_names: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -195,7 +187,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, *, model_id: str =
     onnx_path = export_onnx(network, config, out / f"{MEMBER}.onnx",
                             metadata={"ictus.model_id": model_id, "ictus.model_version": version,
                                       "ictus.class_names": json.dumps(list(config.class_names))})
-    sha = _sha256(onnx_path)
+    sha = file_sha256(onnx_path)
     size = onnx_path.stat().st_size
     metrics = {"validation_dice": extra.get("val_dice", {}), "iteration": extra.get("iteration")}
     card = build_card(config, model_id=model_id, version=version, member_file=onnx_path.name, size_bytes=size,

@@ -18,7 +18,6 @@ the input shape with the reference's integer arithmetic, so every valid size
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -312,12 +311,10 @@ def build_model(state: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] 
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file (the same digest the weights registry checks)."""
+    from models.weights import file_sha256
+
+    return file_sha256(Path(path))
 
 
 def convert_member(pt_path: str | Path, onnx_path: str | Path, *, metadata: Mapping[str, str] | None = None) -> Path:
