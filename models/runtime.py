@@ -19,11 +19,14 @@ How it computes (see ``models/preprocess.py`` for the input side):
   background with probability 1. Air and pure bone are not worth computing.
 - **Ensemble.** Mean of the members' softmax, labels = argmax.
   ``fast=True`` runs member 1 only. The default cascade
-  (``cascade_threshold=0.05``): member 1 runs on every computed tile; members
-  2..N run on a tile only where member 1 gives some voxel of it a foreground
-  probability (1 - p_background) above 0.05. Elsewhere the result is member 1's
-  (and ``agreement`` is 1). ``cascade_threshold=None`` runs every member on
-  every tile (the plain ensemble).
+  (``cascade_threshold=0.05``): member 1 runs on every computed tile; in each
+  tile, members 2..N run only on the 15-voxel-aligned sub-brick that holds every
+  voxel where member 1's foreground probability (1 - p_background) is above
+  0.05 (:func:`unsure_brick`), and the mean softmax of all members is used
+  there. Elsewhere the result is member 1's (and ``agreement`` is 1). Since the
+  tiled result does not depend on the tiling, the sub-brick's ensemble equals
+  the plain ensemble on those voxels. ``cascade_threshold=None`` runs every
+  member on every tile (the plain ensemble).
 - **Precision.** ``precision="fp32"`` (default) runs the ONNX files as given;
   ``"int8"`` runs static int8 copies in which only the full-resolution
   pathway's layers 2-8 and the 1x1x1 head are quantised (QDQ, per-channel
@@ -286,21 +289,28 @@ class Ensemble:
         probs[0] = 1.0
         agreement = np.ones(shape, dtype=np.float16)
         member_tiles = [0] * len(indices)
+        cascade_voxels = 0
         for start, size in plan.tiles:
             window = extract_window(model_input, start, size)
             out_sl, box_sl = _tile_slices(model_input, start, size)
             first = self.predict(indices[0], window)[(slice(None),) + out_sl]
             member_tiles[0] += 1
-            run_rest = len(indices) > 1 and (
-                cascade_threshold is None or float(1.0 - first[0].min()) > cascade_threshold
-            )
-            if not run_rest:
-                probs[(slice(None),) + box_sl] = first
+            probs[(slice(None),) + box_sl] = first
+            if len(indices) == 1:
                 continue
-            total = first.copy()
-            votes = [first.argmax(axis=0).astype(np.uint8)]
+            if cascade_threshold is None:
+                sub = (tuple(start), tuple(size))
+            else:
+                sub = unsure_brick(first[0], cascade_threshold, start)
+                if sub is None:
+                    continue
+            sub_window = extract_window(model_input, *sub)
+            sub_out, sub_box = _tile_slices(model_input, *sub)
+            inner = tuple(slice(b.start - t.start, b.stop - t.start) for b, t in zip(sub_box, box_sl))
+            total = first[(slice(None),) + inner].copy()
+            votes = [total.argmax(axis=0).astype(np.uint8)]
             for k, index in enumerate(indices[1:], start=1):
-                p = self.predict(index, window)[(slice(None),) + out_sl]
+                p = self.predict(index, sub_window)[(slice(None),) + sub_out]
                 total += p
                 votes.append(p.argmax(axis=0).astype(np.uint8))
                 member_tiles[k] += 1
@@ -309,8 +319,9 @@ class Ensemble:
             agree = np.zeros(label.shape, dtype=np.float32)
             for v in votes:
                 agree += v == label
-            probs[(slice(None),) + box_sl] = total
-            agreement[box_sl] = (agree / len(votes)).astype(np.float16)
+            probs[(slice(None),) + sub_box] = total
+            agreement[sub_box] = (agree / len(votes)).astype(np.float16)
+            cascade_voxels += int(label.size)
         stats = {
             "tile_vox": plan.tile_vox,
             "tiles_candidate": plan.n_candidates,
@@ -318,6 +329,7 @@ class Ensemble:
             "output_voxels_per_member": plan.output_voxels,
             "estimated_gmac_per_member": round(plan.estimated_gmac, 1),
             "member_tiles": member_tiles,
+            "ensemble_voxels": cascade_voxels,
             "cascade_threshold": cascade_threshold,
         }
         return probs, agreement, stats
@@ -350,8 +362,9 @@ def describe_method(
         ens = f"mean softmax of {n_members} members on every computed tile"
     else:
         ens = (
-            f"cascade: member 1 on every computed tile, members 2-{n_members} only on tiles where "
-            f"member 1 gives a foreground probability > {cascade_threshold:g} (mean softmax there)"
+            f"cascade: member 1 on every computed tile, members 2-{n_members} only on the 15-voxel-aligned "
+            f"box of each tile's voxels where member 1 gives a foreground probability > {cascade_threshold:g} "
+            "(mean softmax there)"
         )
     if skip in ("tissue", "intracranial"):
         what = "soft tissue (HU strictly inside the window)"
@@ -407,6 +420,29 @@ def choose_tile_vox(model_input: ModelInput, skip: str = DEFAULT_SKIP, candidate
     """The plan with the fewest estimated multiply-accumulates among ``candidates``."""
     plans = [plan_tiles(model_input, t, skip=skip) for t in candidates]
     return min(plans, key=lambda p: p.estimated_gmac)
+
+
+def unsure_brick(
+    p_background: np.ndarray, threshold: float, start: Sequence[int]
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The 15-voxel-aligned sub-brick (full-grid start, size) of a tile that holds
+    every voxel where member 1's foreground probability ``1 - p_background``
+    exceeds ``threshold``; None when there is no such voxel. ``p_background`` is
+    member 1's background probability on the tile's output (cut at the region end),
+    ``start`` the tile's full-grid start (a multiple of 15)."""
+    unsure = (1.0 - p_background) > threshold
+    if not unsure.any():
+        return None
+    lo, hi = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(unsure.any(axis=other))
+        lo.append(int(hit[0]) // PHASE_VOX * PHASE_VOX)
+        hi.append(-(-(int(hit[-1]) + 1) // PHASE_VOX) * PHASE_VOX)
+    return (
+        tuple(int(s) + a for s, a in zip(start, lo)),  # type: ignore[return-value]
+        tuple(b - a for a, b in zip(lo, hi)),
+    )
 
 
 def _tile_slices(model_input: ModelInput, start: Sequence[int], size: Sequence[int]):

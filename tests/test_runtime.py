@@ -137,16 +137,27 @@ def test_cascade_runs_later_members_only_where_member_one_is_unsure(dummies, hea
     thr = 0.2
     casc, agreement, stats = ens.predict_box(mi, [0, 1, 2], tile_vox=30, cascade_threshold=thr)
     plan = plan_tiles(mi, 30)
-    n_unsure = 0
+    n_unsure = n_partial = 0
     for start, size in plan.tiles:
-        sl = (slice(None),) + tuple(slice(s - b, s - b + n) for s, b, n in zip(start, mi.box_start, size))
-        unsure = float(1 - first[sl][0].min()) > thr
-        n_unsure += unsure
-        np.testing.assert_allclose(casc[sl], (plain if unsure else first)[sl], atol=1e-6)
-        if not unsure:
-            assert np.all(agreement[sl[1:]] == 1)
+        sl = tuple(slice(s - b, s - b + n) for s, b, n in zip(start, mi.box_start, size))
+        unsure = (1 - first[0][sl]) > thr
+        # inside the tile, the ensemble is used on the 15-aligned box of the unsure voxels
+        expected_region = np.zeros(unsure.shape, bool)
+        if unsure.any():
+            n_unsure += 1
+            idx = np.nonzero(unsure)
+            lo = [int(i.min()) // 15 * 15 for i in idx]
+            hi = [-(-(int(i.max()) + 1) // 15) * 15 for i in idx]
+            expected_region[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+            n_partial += not expected_region.all()
+        for c in range(len(NAMES)):
+            want = np.where(expected_region, plain[c][sl], first[c][sl])
+            np.testing.assert_allclose(casc[c][sl], want, atol=1e-6)
+        assert np.all(agreement[sl][~expected_region] == 1)
     assert stats["member_tiles"] == [len(plan.tiles), n_unsure, n_unsure]
     assert 0 < n_unsure < len(plan.tiles)  # the test data exercises both branches
+    assert n_partial > 0  # and at least one tile where only part of it went to members 2-3
+    assert stats["ensemble_voxels"] < stats["output_voxels_per_member"]
 
 
 def test_air_only_volume_computes_nothing(dummies):
