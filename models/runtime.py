@@ -19,10 +19,10 @@ How it computes (see ``models/preprocess.py`` for the input side):
   background with probability 1. Air and pure bone are not worth computing.
 - **Ensemble.** Mean of the members' softmax, labels = argmax.
   ``fast=True`` runs member 1 only. The default cascade
-  (``cascade_threshold=0.05``): member 1 runs on every computed tile; in each
+  (``cascade_threshold=0.3``): member 1 runs on every computed tile; in each
   tile, members 2..N run only on the 15-voxel-aligned sub-brick that holds every
   voxel where member 1's foreground probability (1 - p_background) is above
-  0.05 (:func:`unsure_brick`), and the mean softmax of all members is used
+  0.3 (:func:`unsure_brick`), and the mean softmax of all members is used
   there. Elsewhere the result is member 1's (and ``agreement`` is 1). Since the
   tiled result does not depend on the tiling, the sub-brick's ensemble equals
   the plain ensemble on those voxels. ``cascade_threshold=None`` runs every
@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 CONTEXT_VOX = 40  # network context per side: input 5k+80 -> output 5k
 PHASE_VOX = 15  # tiles start on multiples of this (x3 and x5 sub-sampling phase)
-DEFAULT_CASCADE_THRESHOLD = 0.05
+DEFAULT_CASCADE_THRESHOLD = 0.3  # largest threshold that met the agreement criteria on all inputs (scripts/bench_model.py --agreement)
 SKIP_RULES = ("intracranial", "tissue", "none")
 DEFAULT_SKIP = "intracranial"
 

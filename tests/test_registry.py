@@ -191,3 +191,17 @@ def test_registry_and_weights_import_no_torch_or_onnxruntime():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_card_records_the_runtime_default_it_measured(card):
+    """The card's measured shortcut is the one the runtime uses, and every input met the criteria."""
+    from models.runtime import DEFAULT_CASCADE_THRESHOLD
+
+    runtime = card.raw["runtime"]
+    assert runtime["cascade_threshold"] == DEFAULT_CASCADE_THRESHOLD
+    inputs = runtime["agreement"]["inputs"]
+    assert any("real" in row["input"] for row in inputs) and any("phantom" in row["input"] for row in inputs)
+    for row in inputs:
+        default = row[f"default_cascade_{DEFAULT_CASCADE_THRESHOLD:g}"]
+        assert default["meets_criteria"], row["input"]
+        assert all(d >= 0.98 for d in default["dice"].values())

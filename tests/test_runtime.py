@@ -299,3 +299,16 @@ def test_flush_denormals(tmp_path):
     w = [t for t in model.graph.initializer if t.name == "w"][0]
     assert list(onnx.numpy_helper.to_array(w).ravel()) == [0.0, 1.0, 0.0, 0.0, 0.0]
     assert flush_denormals(model) == 0
+
+
+def test_unsure_brick_is_the_aligned_box_of_the_unsure_voxels():
+    from models.runtime import unsure_brick
+
+    p_bg = np.ones((45, 45, 30), np.float32)
+    assert unsure_brick(p_bg, 0.05, (15, 30, 45)) is None
+    p_bg[16, 3, 29] = 0.9  # foreground 0.1: unsure at 0.05, not at 0.2
+    p_bg[20, 14, 20] = 0.5
+    assert unsure_brick(p_bg, 0.05, (15, 30, 45)) == ((30, 30, 60), (15, 15, 15))
+    assert unsure_brick(p_bg, 0.2, (15, 30, 45)) == ((30, 30, 60), (15, 15, 15))
+    p_bg[44, 0, 0] = 0.0
+    assert unsure_brick(p_bg, 0.2, (15, 30, 45)) == ((30, 30, 45), (30, 15, 30))
