@@ -312,3 +312,15 @@ def test_unsure_brick_is_the_aligned_box_of_the_unsure_voxels():
     assert unsure_brick(p_bg, 0.2, (15, 30, 45)) == ((30, 30, 60), (15, 15, 15))
     p_bg[44, 0, 0] = 0.0
     assert unsure_brick(p_bg, 0.2, (15, 30, 45)) == ((30, 30, 45), (30, 15, 30))
+
+
+def test_cuda_provider_is_chosen_when_onnxruntime_offers_it(monkeypatch):
+    import onnxruntime as ort
+
+    from models.runtime import available_providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert available_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert available_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert available_providers() == ["CPUExecutionProvider"]
