@@ -401,18 +401,9 @@ def plan_tiles(model_input: ModelInput, tile_vox: int, *, skip: str = DEFAULT_SK
                     tiles.append((start, full))
                     continue
                 _, box_sl = _tile_slices(model_input, start, full)
-                block = mask[box_sl]
-                if not block.any():
-                    continue
-                lo, hi = [], []
-                for axis in range(3):
-                    other = tuple(a for a in range(3) if a != axis)
-                    hit = np.flatnonzero(block.any(axis=other))
-                    lo.append(int(hit[0]) // PHASE_VOX * PHASE_VOX)
-                    hi.append(-(-(int(hit[-1]) + 1) // PHASE_VOX) * PHASE_VOX)
-                tiles.append(
-                    (tuple(s + a for s, a in zip(start, lo)), tuple(b - a for a, b in zip(lo, hi)))  # type: ignore[misc]
-                )
+                brick = aligned_box(mask[box_sl], start)
+                if brick is not None:
+                    tiles.append(brick)
     return TilingPlan(tile_vox=tile_vox, tiles=tuple(tiles), n_candidates=n)  # type: ignore[arg-type]
 
 
@@ -420,6 +411,26 @@ def choose_tile_vox(model_input: ModelInput, skip: str = DEFAULT_SKIP, candidate
     """The plan with the fewest estimated multiply-accumulates among ``candidates``."""
     plans = [plan_tiles(model_input, t, skip=skip) for t in candidates]
     return min(plans, key=lambda p: p.estimated_gmac)
+
+
+def aligned_box(
+    mask: np.ndarray, start: Sequence[int]
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The 15-voxel-aligned box (full-grid start, size) around the true voxels of
+    ``mask``, a block whose first voxel sits at full-grid ``start`` (a multiple of
+    15); None when ``mask`` has no true voxel."""
+    if not mask.any():
+        return None
+    lo, hi = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        lo.append(int(hit[0]) // PHASE_VOX * PHASE_VOX)
+        hi.append(-(-(int(hit[-1]) + 1) // PHASE_VOX) * PHASE_VOX)
+    return (
+        tuple(int(s) + a for s, a in zip(start, lo)),  # type: ignore[return-value]
+        tuple(b - a for a, b in zip(lo, hi)),
+    )
 
 
 def unsure_brick(
@@ -430,19 +441,7 @@ def unsure_brick(
     exceeds ``threshold``; None when there is no such voxel. ``p_background`` is
     member 1's background probability on the tile's output (cut at the region end),
     ``start`` the tile's full-grid start (a multiple of 15)."""
-    unsure = (1.0 - p_background) > threshold
-    if not unsure.any():
-        return None
-    lo, hi = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(unsure.any(axis=other))
-        lo.append(int(hit[0]) // PHASE_VOX * PHASE_VOX)
-        hi.append(-(-(int(hit[-1]) + 1) // PHASE_VOX) * PHASE_VOX)
-    return (
-        tuple(int(s) + a for s, a in zip(start, lo)),  # type: ignore[return-value]
-        tuple(b - a for a, b in zip(lo, hi)),
-    )
+    return aligned_box((1.0 - p_background) > threshold, start)
 
 
 def _tile_slices(model_input: ModelInput, start: Sequence[int], size: Sequence[int]):
