@@ -304,7 +304,7 @@ class Ensemble:
                 sub = unsure_brick(first[0], cascade_threshold, start)
                 if sub is None:
                     continue
-            sub_window = extract_window(model_input, *sub)
+            sub_window = window if sub == (tuple(start), tuple(size)) else extract_window(model_input, *sub)
             sub_out, sub_box = _tile_slices(model_input, *sub)
             inner = tuple(slice(b.start - t.start, b.stop - t.start) for b, t in zip(sub_box, box_sl))
             total = first[(slice(None),) + inner].copy()

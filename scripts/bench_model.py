@@ -176,7 +176,7 @@ def agreement(volume, members: list[Path], threads: int, thresholds=(0.02, 0.05,
     variant). Member 1 also runs on every head-box tile (``skip="none"``), which
     checks the tissue rule itself, and in int8."""
     from models.preprocess import preprocess
-    from models.runtime import Ensemble, _tile_slices, choose_tile_vox, plan_tiles, unsure_brick
+    from models.runtime import Ensemble, _tile_slices, choose_tile_vox, unsure_brick
 
     mi = preprocess(volume, tile_vox=90)
     shape = mi.array.shape
@@ -205,7 +205,7 @@ def agreement(volume, members: list[Path], threads: int, thresholds=(0.02, 0.05,
         lab = np.zeros(shape, np.int64)
         n_vox = 0
         for start, size in plan_i.tiles:
-            out_sl, sl = _tile_slices(mi, start, size)
+            sl = _tile_slices(mi, start, size)[1]
             lab[sl] = first[(slice(None),) + sl].argmax(0)
             if n_members == 1:
                 continue
