@@ -33,12 +33,10 @@ and 0 below 25 %; volume = A x B x C / 2.
 """
 from __future__ import annotations
 
-import csv
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,7 +52,6 @@ DEFAULT_MIN_LESION_ML = 0.5
 #: Fraction of a lesion's voxels on one side of the ideal midline to call it one-sided.
 HEMISPHERE_FRACTION = 0.9
 
-ATLAS_FILES = ("atlas_template_space.nii.gz", "ct_template_mask.nii.gz", "atlas_labels.csv")
 _FULL = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -68,6 +65,7 @@ class Lesion:
     centroid_lps_mm: tuple[float, float, float]
     hemisphere: str  # "left" | "right" | "bilateral" | "unknown"
     region: str  # atlas region name or "region unavailable"
+    compartment: str = "unknown"  # "supratentorial" | "infratentorial" | "unknown"
     mean_probability: float | None = None  # mean probability of this class inside the lesion
     mean_agreement: float | None = None
 
@@ -122,103 +120,15 @@ class Measurements:
     kept_labels: np.ndarray = field(repr=False, default=None)  # label map without discarded components
 
 
-# -- atlas ---------------------------------------------------------------------------------
+# -- anatomy look-ups ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AtlasRegistration:
-    """An affine map from subject LPS points to the BLAST-CT template space, with the atlas."""
+class RegionLookup(Protocol):
+    """What the measurements need from a registered anatomy (:class:`imaging.anatomy.Anatomy`)."""
 
-    transform: sitk.Transform
-    atlas: sitk.Image
-    names: Mapping[int, str]
-    dice: float
+    def region_of(self, points_lps: np.ndarray) -> str: ...
 
-    def region_of(self, points_lps: np.ndarray) -> str:
-        """The most frequent atlas region among subject points (N, 3), or "region unavailable"."""
-        arr = sitk.GetArrayViewFromImage(self.atlas)
-        size = np.array(self.atlas.GetSize())
-        values = []
-        for p in np.asarray(points_lps, dtype=float):
-            q = self.transform.TransformPoint(tuple(float(v) for v in p))
-            idx = self.atlas.TransformPhysicalPointToIndex(q)
-            if all(0 <= i < s for i, s in zip(idx, size)):
-                values.append(int(round(float(arr[idx[2], idx[1], idx[0]]))))
-        values = [v for v in values if v > 0]
-        if not values:
-            return "region unavailable"
-        label = int(np.bincount(values).argmax())
-        return self.names.get(label, "region unavailable")
-
-
-def resolve_atlas_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """The BLAST-CT localisation folder: ``explicit``, ``$ICTUS_ATLAS_DIR``, or
-    ``$ICTUS_SHARED_DIR/models/blast-ct/localisation_files``; None if none holds the files."""
-    candidates = [explicit, os.environ.get("ICTUS_ATLAS_DIR")]
-    shared = os.environ.get("ICTUS_SHARED_DIR")
-    if shared:
-        candidates.append(Path(shared) / "models" / "blast-ct" / "localisation_files")
-    for c in candidates:
-        if c and all((Path(c) / f).is_file() for f in ATLAS_FILES):
-            return Path(c)
-    return None
-
-
-def register_atlas(
-    brain_mask: sitk.Image,
-    atlas_dir: str | os.PathLike[str] | None,
-    *,
-    resolution_mm: float = 3.0,
-    min_dice: float = 0.7,
-) -> tuple[AtlasRegistration | None, str]:
-    """Affine registration of the subject brain mask to the template brain mask.
-
-    The CT template itself is not shipped, so mask is matched to mask (mean
-    squares on smoothed masks, multi-resolution, SimpleITK). Returns
-    ``(registration, "ok")`` or ``(None, reason)``: files absent, registration
-    failure, or an overlap (Dice) under ``min_dice`` after registration.
-    """
-    folder = Path(atlas_dir) if atlas_dir else None
-    if folder is None or not all((folder / f).is_file() for f in ATLAS_FILES):
-        return None, "region unavailable: atlas files not found (set ICTUS_ATLAS_DIR)"
-    try:
-        atlas = sitk.ReadImage(str(folder / "atlas_template_space.nii.gz"))
-        template = sitk.ReadImage(str(folder / "ct_template_mask.nii.gz"), sitk.sitkFloat32)
-        with open(folder / "atlas_labels.csv", newline="") as fh:
-            names = {int(r["ROIIndex"]): r["ROIName"] for r in csv.DictReader(fh)}
-
-        def prep(mask: sitk.Image) -> sitk.Image:
-            m = sitk.Cast(mask > 0, sitk.sitkFloat32)
-            spacing = [resolution_mm] * 3
-            size = [max(1, int(round(sz * sp / resolution_mm))) for sz, sp in zip(m.GetSize(), m.GetSpacing())]
-            m = sitk.Resample(m, size, sitk.Transform(), sitk.sitkLinear, m.GetOrigin(), spacing, m.GetDirection(), 0.0)
-            return sitk.SmoothingRecursiveGaussian(m, resolution_mm)
-
-        fixed, moving = prep(brain_mask), prep(template)
-        init = sitk.CenteredTransformInitializer(
-            fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMeanSquares()
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0, minStep=1e-4, numberOfIterations=200, gradientMagnitudeTolerance=1e-6
-        )
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
-        reg.SetInitialTransform(init, inPlace=False)
-        transform = reg.Execute(fixed, moving)
-        warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0) > 0.5
-        f = sitk.GetArrayViewFromImage(fixed > 0.5).astype(bool)
-        w = sitk.GetArrayViewFromImage(warped).astype(bool)
-        dice = float(2.0 * (f & w).sum() / max(1, f.sum() + w.sum()))
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        log.warning("atlas registration failed: %s", exc)
-        return None, f"region unavailable: atlas registration failed ({type(exc).__name__})"
-    if dice < min_dice:
-        return None, f"region unavailable: atlas registration overlap {dice:.2f} < {min_dice:.2f}"
-    return AtlasRegistration(transform=transform, atlas=atlas, names=names, dice=dice), "ok"
+    def compartment_of(self, points_lps: np.ndarray) -> str: ...
 
 
 # -- measurements --------------------------------------------------------------------------
@@ -301,7 +211,7 @@ def measure_labels(
     agreement: np.ndarray | None = None,
     min_lesion_ml: float | Mapping[str, float] = DEFAULT_MIN_LESION_ML,
     plane: Any = None,
-    atlas: AtlasRegistration | None = None,
+    atlas: RegionLookup | None = None,
     region_status: str | None = None,
     max_region_points: int = 2000,
 ) -> Measurements:
@@ -309,7 +219,8 @@ def measure_labels(
 
     ``class_names[i]`` names label value ``i`` (0 = background). ``plane`` is an
     ideal midline (:class:`imaging.midline.MidlinePlane`) for hemispheres;
-    ``atlas`` (from :func:`register_atlas`) gives region names.
+    ``atlas`` (the registered :class:`imaging.anatomy.Anatomy`) gives region names and the
+    supratentorial/infratentorial compartment of each lesion.
     """
     image = as_image(reference)
     labels = np.asarray(labels)
@@ -351,6 +262,7 @@ def measure_labels(
             pts = _index_to_lps(image, idx)
             sample = pts if len(pts) <= max_region_points else pts[rng.choice(len(pts), max_region_points, replace=False)]
             region = atlas.region_of(sample) if atlas is not None else "region unavailable"
+            compartment = atlas.compartment_of(sample) if atlas is not None else "unknown"
             mean_p = mean_a = None
             if probabilities is not None:
                 mean_p = float(np.mean(probabilities[value][box][local], dtype=np.float64))
@@ -359,7 +271,7 @@ def measure_labels(
             lesions.append(Lesion(
                 class_name=name, volume_ml=vol, voxel_count=int(count),
                 centroid_lps_mm=tuple(float(c) for c in pts.mean(axis=0)),
-                hemisphere=_hemisphere(sample, plane), region=region,
+                hemisphere=_hemisphere(sample, plane), region=region, compartment=compartment,
                 mean_probability=mean_p, mean_agreement=mean_a,
             ))
             if name == "IPH" and vol > largest_iph_ml:

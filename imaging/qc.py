@@ -69,6 +69,9 @@ QC_FLAGS: Mapping[str, QcFlagSpec] = _table(
      "The head is not covered from skull base to vertex; findings outside the covered range are not assessed."),
     ("thick_slices", "warning", "Slices thicker than 5 mm: small haemorrhages and shifts are measured less reliably."),
     ("paediatric_patient", "warning", "Patient younger than 18 years: the model is not validated on children."),
+    ("registration_failed", "warning",
+     "The CT template could not be registered to this head with enough overlap: ASPECTS, the dense artery "
+     "sign, net water uptake and lesion regions are not assessed (indeterminate, never guessed)."),
     ("streak_or_metal_artefact", "warning",
      "Metal or heavy streak artefact near the brain: dense or dark streaks can mimic or hide blood."),
 )
@@ -109,7 +112,8 @@ class QcReport:
         return "warning" if any(f.severity == "warning" for f in self.flags) else "ok"
 
 
-def _header_age_years(header: Mapping[str, Any]) -> float | None:
+def header_age_years(header: Mapping[str, Any]) -> float | None:
+    """Patient age in years from the acquisition header, or None."""
     for key in ("PatientAgeYears", "PatientAge_years", "patient_age_years"):
         value = header.get(key)
         if value not in (None, ""):
@@ -175,7 +179,7 @@ def assess_qc(
     if thickness_mm > thick_slice_mm + 1e-6:
         raise_flag("thick_slices", f"{thickness_mm:.1f} mm > {thick_slice_mm:.1f} mm")
 
-    age = patient_age_years if patient_age_years is not None else _header_age_years(header)
+    age = patient_age_years if patient_age_years is not None else header_age_years(header)
     measured["patient_age_years"] = age
     if age is not None and age < 18:
         raise_flag("paediatric_patient", f"age {age:.0f} years")

@@ -29,10 +29,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipelines.priority import evaluate_priority
+from pipelines.stroke import (
+    AnatomyFinding,
+    DenseArteryFinding,
+    IchScoreFinding,
+    IschaemiaFinding,
+    StrokeSummary,
+    anatomy_finding,
+    dense_artery_finding,
+    ich_score_finding,
+    ischaemia_finding,
+    stroke_summary,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "findings.schema.json"
 DISCLAIMER = (
     "Ictus is a triage aid, not a diagnostic device. Findings are automated estimates that must be "
@@ -49,6 +61,7 @@ class LesionFinding:
     hemisphere: str
     region: str
     centroid_lps_mm: tuple[float, float, float]
+    compartment: str = "unknown"
     mean_probability: float | None = None
     mean_agreement: float | None = None
 
@@ -99,6 +112,11 @@ class Findings:
     min_lesion_ml: float | Mapping[str, float] | None
     provenance: Mapping[str, Any]
     timings_s: Mapping[str, float]
+    ischaemia: IschaemiaFinding | None = None
+    dense_artery: DenseArteryFinding | None = None
+    anatomy: AnatomyFinding | None = None
+    ich_score: IchScoreFinding | None = None
+    stroke_summary: StrokeSummary | None = None
     disclaimer: str = DISCLAIMER
 
 
@@ -158,7 +176,7 @@ def _class_finding(cm: Any, reported: bool) -> ClassFinding:
     lesions = tuple(
         LesionFinding(
             volume_ml=_r(l.volume_ml), hemisphere=l.hemisphere, region=l.region,
-            centroid_lps_mm=tuple(round(c, 1) for c in l.centroid_lps_mm),
+            centroid_lps_mm=tuple(round(c, 1) for c in l.centroid_lps_mm), compartment=l.compartment,
             mean_probability=_r(l.mean_probability, 3), mean_agreement=_r(l.mean_agreement, 3),
         )
         for l in cm.lesions
@@ -184,6 +202,13 @@ def build_findings(
     timings_s: Mapping[str, float] | None = None,
     rules: Mapping[str, Any] | None = None,
     extra_provenance: Mapping[str, Any] | None = None,
+    anatomy: Any = None,
+    ischaemia: Any = None,
+    dense_artery: Any = None,
+    stroke_reason: str = "not computed",
+    min_registration_dice: float | None = None,
+    age_years: float | None = None,
+    ivh_relabelled_ml: float | None = None,
 ) -> Findings:
     """Assemble the findings of one study.
 
@@ -193,7 +218,10 @@ def build_findings(
     - ``brain``, ``midline``, ``qc``: :class:`imaging.brain.BrainResult`,
       :class:`imaging.midline.MidlineResult`, :class:`imaging.qc.QcReport`;
     - ``card_info``: the model card (or a mapping with id, version, members);
-    - ``rules``: priority rules (default: ``pipelines/priority_rules.json``).
+    - ``rules``: priority rules (default: ``pipelines/priority_rules.json``);
+    - ``anatomy``, ``ischaemia``, ``dense_artery``: :class:`imaging.anatomy.Anatomy`,
+      :class:`imaging.ischaemia.IschaemiaResult`, :class:`imaging.vessels.DenseArteryResult`
+      (None when not run; ``stroke_reason`` says why).
     """
     qc_flags = tuple(getattr(qc, "flags", ()) or ())
     qc_indeterminate = bool(getattr(qc, "indeterminate", False))
@@ -261,6 +289,15 @@ def build_findings(
         flag_names.append("no_segmentation")
         details.append({"name": "no_segmentation", "severity": "indeterminate",
                         "description": "No model output was available for this study.", "detail": ""})
+    if anatomy is not None and not anatomy.registered and "registration_failed" not in flag_names:
+        from imaging.qc import QC_FLAGS
+
+        spec = QC_FLAGS["registration_failed"]
+        flag_names.append(spec.name)
+        details.append({"name": spec.name, "severity": spec.severity, "description": spec.description,
+                        "detail": f"template brain Dice {anatomy.quality_dice:.2f}"})
+        if verdict == "ok":
+            verdict = "warning"
     qc_info = {
         "flags": flag_names,
         "verdict": verdict,
@@ -271,8 +308,22 @@ def build_findings(
     location = {
         "hemisphere_reference": "ideal midline (skull symmetry plane)",
         "region_status": getattr(measurements, "region_status", "not computed"),
-        "atlas": "BLAST-CT localisation atlas (affine mask-to-mask registration; approximate)",
+        "atlas": "BLAST-CT localisation atlas through the registered CT template (affine; approximate)",
+        "ivh_by_location": {
+            "relabelled_ml": _r(ivh_relabelled_ml),
+            "method": "model blood inside the registered ventricles (dilated 2 mm) is counted as IVH",
+        },
     }
+    from imaging.anatomy import MIN_REGISTRATION_DICE
+
+    min_dice = MIN_REGISTRATION_DICE if min_registration_dice is None else min_registration_dice
+    anatomy_info = anatomy_finding(anatomy, min_dice, stroke_reason)
+    stroke_ok = not qc_indeterminate and not no_brain
+    isch = ischaemia_finding(ischaemia if stroke_ok else None, stroke_reason if stroke_ok else "QC: study indeterminate")
+    dense = dense_artery_finding(dense_artery if stroke_ok else None,
+                                 stroke_reason if stroke_ok else "QC: study indeterminate")
+    ich_score = ich_score_finding(measurements, age_years, reported)
+    summary = stroke_summary(ich.present, ich.total_volume_ml, isch, dense)
     floors = {name: cm.min_lesion_ml for name, cm in classes.items()}
     min_lesion: float | dict[str, float] | None = None
     if floors:
@@ -311,6 +362,11 @@ def build_findings(
         min_lesion_ml=min_lesion,
         provenance=provenance,
         timings_s={k: round(float(v), 3) for k, v in (timings_s or {}).items()},
+        ischaemia=isch,
+        dense_artery=dense,
+        anatomy=anatomy_info,
+        ich_score=ich_score,
+        stroke_summary=summary,
     )
     priority, reasons = evaluate_priority(findings_to_dict(draft), rules)
     return dataclasses.replace(draft, priority=priority, priority_reasons=reasons)
@@ -356,6 +412,13 @@ def summary_lines(doc: Mapping[str, Any]) -> list[str]:
     shift = doc.get("midline_shift_mm")
     lines.append("midline shift: not measured" if shift is None
                  else f"midline shift: {shift:.1f} mm ({doc.get('midline_shift_direction')})")
+    summary = doc.get("stroke_summary") or {}
+    if summary:
+        lines.append(f"early ischaemic change: {summary.get('early_ischaemic_change')}")
+        lines.append(f"hyperdense artery: {summary.get('dense_artery')}")
+        lines.append(f"tissue age: {summary.get('tissue_age')}")
+        for caution in summary.get("cautions") or []:
+            lines.append(f"caution: {caution}")
     flags = (doc.get("qc") or {}).get("flags") or []
     lines.append(f"QC: {', '.join(flags) if flags else 'no flags'}")
     return lines

@@ -134,6 +134,8 @@ def evaluate_priority(findings: Any, rules: Mapping[str, Any] | None = None) -> 
         "flags": _fmt([d.get("name") for d in qc.get("details", []) if d.get("severity") == "indeterminate"]
                       or list(qc.get("flags", []))),
         "ich_volume": _fmt((f.get("ich") or {}).get("total_volume_ml")),
+        "stroke_reason": _fmt((f.get("ischaemia") or {}).get("reason")),
+        "aspects": ", ".join(f"{side} {score}" for side, score in ((f.get("ischaemia") or {}).get("aspects") or {}).items()),
     }
     for rule in rules["rules"]:
         conditions = rule.get("any", rule.get("all"))

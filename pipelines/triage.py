@@ -23,6 +23,9 @@ from models.types import Segmentation
 log = logging.getLogger(__name__)
 
 ALL_OUTPUTS = ("json", "seg", "sr", "sc", "report")
+LOBAR_ATLAS_CARD = "blast-ct-atlas"
+#: Registered ventricles are dilated by this much before blood in them is counted as IVH.
+IVH_VENTRICLE_DILATION_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class TriageOptions:
     lang: str = "en"
     min_lesion_ml: float | None = None  # None: the default in imaging.measure
     priority_rules: str | None = None  # path to a rules file (None: pipelines/priority_rules.json)
-    atlas_dir: str | None = None  # BLAST-CT localisation files (None: $ICTUS_ATLAS_DIR or models dir)
+    stroke: bool = True  # template anatomy, ASPECTS, dense artery and NWU (needs `ictus models pull stroke-atlas`)
+    ischaemia_rules: str | None = None  # path to ischaemia rules (None: imaging/ischaemia_rules.json)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class TriageResult:
     - ``findings``: the ``findings.json`` dictionary (schema in pipelines/schemas).
     - ``choice``: every series with its score or rejection reason.
     - ``brain``, ``midline``, ``measurements``: the intermediate measurement objects.
+    - ``anatomy``, ``ischaemia``, ``dense_artery``: the registered template and the stroke analyses.
     - ``outputs``: paths written, by output kind.
     """
 
@@ -65,6 +70,9 @@ class TriageResult:
     midline: Any = None
     measurements: Any = None
     outputs: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    anatomy: Any = None  # imaging.anatomy.Anatomy (template registration), None when not run
+    ischaemia: Any = None  # imaging.ischaemia.IschaemiaResult
+    dense_artery: Any = None  # imaging.vessels.DenseArteryResult
 
     @property
     def priority(self) -> str:
@@ -142,6 +150,17 @@ class TriageEngine:
             )
         return self._ensemble
 
+    def template_atlas(self):
+        """The stroke template atlas (template, ASPECTS regions, lobar atlas), loaded once.
+
+        Raises :class:`imaging.errors.ModelError` (exit 5) when the assets are not installed."""
+        from imaging.stroke_atlas import load_template_atlas
+        from models.assets import resolve_asset_dir
+
+        stroke_dir = resolve_asset_dir("stroke-atlas", self.options.models_dir)
+        lobar_dir = resolve_asset_dir(LOBAR_ATLAS_CARD, self.options.models_dir)
+        return load_template_atlas(str(stroke_dir), str(lobar_dir))
+
     # -- the pipeline -------------------------------------------------------
     def run(self, path: str | Path, out_dir: str | Path | None = None) -> TriageResult:
         """Triage the study at ``path``; write outputs into ``out_dir`` when given."""
@@ -159,47 +178,55 @@ class TriageEngine:
         """Triage an already built HU volume (e.g. read from NIfTI by the notebook API or
         ``ictus evaluate``): the stages after ``load_volume``, exactly as :meth:`run`."""
         from imaging.brain import segment_brain
-        from imaging.measure import measure_labels, register_atlas, resolve_atlas_dir
         from imaging.midline import measure_midline_shift
-        from imaging.qc import assess_qc
-        from pipelines.findings import build_findings, findings_to_dict
+        from imaging.qc import assess_qc, header_age_years
+        from pipelines.findings import build_findings
         from pipelines.priority import load_rules
 
         opts = self.options
         timer = timer or _Timer()
         rules = load_rules(opts.priority_rules)
         self.ensemble()  # missing or corrupt weights fail here, before any analysis
+        atlas = self.template_atlas() if opts.stroke else None  # missing assets fail here too
         log.info("volume %s at %s mm, flags %s", volume.size, volume.spacing_mm, volume.qc_flags)
         with timer.stage("brain"):
             brain = segment_brain(volume)
         with timer.stage("qc"):
             qc = assess_qc(volume, brain, extra_flags=volume.qc_flags, header=volume.header)
 
-        segmentation = measurements = midline = None
+        segmentation = measurements = midline = anatomy = ischaemia = dense = None
+        stroke_reason = "stroke analysis switched off" if not opts.stroke else "not computed"
+        ivh_moved_ml: float | None = None
         run_model = brain.brain_found and not qc.indeterminate
         if run_model:
+            if atlas is not None:
+                from imaging.anatomy import register_template
+
+                with timer.stage("anatomy"):
+                    anatomy = register_template(volume, brain.brain_mask, atlas,
+                                                intracranial_mask=brain.intracranial_mask)
+                stroke_reason = "ok" if anatomy.registered else (
+                    f"registration_failed: template overlap {anatomy.quality_dice:.2f}")
             with timer.stage("segment"):
                 segmentation = self.ensemble().segment(volume, fast=opts.fast and not opts.members)
             with timer.stage("midline"):
                 midline = measure_midline_shift(volume, brain)
             with timer.stage("measure"):
-                atlas, region_status = register_atlas(brain.brain_mask, resolve_atlas_dir(opts.atlas_dir))
-                kwargs: dict[str, Any] = {}
-                if opts.min_lesion_ml is not None:
-                    kwargs["min_lesion_ml"] = opts.min_lesion_ml
-                measurements = measure_labels(
-                    segmentation.labels,
-                    volume,
-                    segmentation.class_names,
-                    probabilities=segmentation.probabilities,
-                    agreement=segmentation.agreement,
-                    plane=midline.ideal_plane if midline is not None else None,
-                    atlas=atlas,
-                    region_status=region_status,
-                    **kwargs,
-                )
+                measurements, ivh_moved_ml = self._measure(volume, segmentation, midline, anatomy)
+            if anatomy is not None and anatomy.registered:
+                plane = midline.ideal_plane if midline is not None else None
+                blood = _blood_on_grid(measurements, segmentation.class_names, volume, anatomy)
+                from imaging.ischaemia import assess_ischaemia, load_ischaemia_rules
+                from imaging.vessels import detect_dense_artery
+
+                with timer.stage("ischaemia"):
+                    ischaemia = assess_ischaemia(anatomy, plane, load_ischaemia_rules(opts.ischaemia_rules),
+                                                 exclude_mask=blood)
+                with timer.stage("vessels"):
+                    dense = detect_dense_artery(anatomy, plane, exclude_mask=blood)
         else:
             log.info("model not run: brain found=%s, qc verdict=%s", brain.brain_found, qc.verdict)
+            stroke_reason = "QC: study indeterminate"
 
         with timer.stage("findings"):
             findings = build_findings(
@@ -212,11 +239,18 @@ class TriageEngine:
                 card_info=self.card,
                 timings_s=timer.timings_s,
                 rules=rules,
+                anatomy=anatomy,
+                ischaemia=ischaemia,
+                dense_artery=dense,
+                stroke_reason=stroke_reason,
+                age_years=header_age_years(volume.header),
+                ivh_relabelled_ml=ivh_moved_ml,
             )
         doc = findings_to_dict(findings)
         result = TriageResult(
             volume=volume, segmentation=segmentation, findings=doc, choice=choice, card=self.card,
-            brain=brain, midline=midline, measurements=measurements,
+            brain=brain, midline=midline, measurements=measurements, anatomy=anatomy, ischaemia=ischaemia,
+            dense_artery=dense,
         )
         if out_dir is not None:
             from pipelines.writers import write_outputs
@@ -228,6 +262,49 @@ class TriageEngine:
 
             result = dataclasses.replace(result, outputs=written)
         return result
+
+
+    def _measure(self, volume: Volume, segmentation: Segmentation, midline: Any, anatomy: Any) -> tuple[Any, float | None]:
+        """Lesion measurements; blood inside the registered ventricles is counted as IVH first."""
+        from imaging.measure import measure_labels
+        from pipelines.stroke import relabel_ivh_by_location
+
+        labels, moved_ml = segmentation.labels, None
+        registered = anatomy is not None and anatomy.registered
+        if registered and anatomy.ventricles is not None:
+            ventricles = anatomy.mask_on(anatomy.ventricles, volume.image, dilate_mm=IVH_VENTRICLE_DILATION_MM)
+            labels, moved_ml = relabel_ivh_by_location(labels, segmentation.class_names, ventricles,
+                                                       volume.voxel_volume_ml)
+        if anatomy is None:
+            region_status = "region unavailable: stroke analysis switched off"
+        elif not registered:
+            region_status = f"region unavailable: template registration overlap {anatomy.quality_dice:.2f}"
+        else:
+            region_status = "ok"
+        kwargs: dict[str, Any] = {}
+        if self.options.min_lesion_ml is not None:
+            kwargs["min_lesion_ml"] = self.options.min_lesion_ml
+        measurements = measure_labels(
+            labels, volume, segmentation.class_names, probabilities=segmentation.probabilities,
+            agreement=segmentation.agreement, plane=midline.ideal_plane if midline is not None else None,
+            atlas=anatomy if registered else None, region_status=region_status, **kwargs,
+        )
+        return measurements, moved_ml
+
+
+def _blood_on_grid(measurements: Any, class_names: Sequence[str], volume: Volume, anatomy: Any) -> Any:
+    """The kept blood lesions (volume grid) as a bool mask on the anatomy's analysis grid."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    kept = getattr(measurements, "kept_labels", None)
+    blood_values = [class_names.index(c) for c in ("IPH", "EAH", "IVH") if c in class_names]
+    if kept is None or not blood_values or not np.isin(kept, blood_values).any():
+        return None
+    mask = sitk.GetImageFromArray(np.isin(kept, blood_values).astype(np.uint8))
+    mask.CopyInformation(volume.image)
+    out = sitk.Resample(mask, anatomy.grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(out).astype(bool)
 
 
 def candidate_files(candidate: Any) -> tuple[list[str], dict[str, list[int]] | None]:

@@ -112,11 +112,12 @@ def test_normal_phantom_is_routine():
     assert doc["qc"]["flags"] == []
 
 
-def test_small_eah_is_urgent():
+def test_small_eah_is_critical():
+    # any intracranial haemorrhage is critical in stroke triage (thrombolysis contraindicated)
     f = _findings(_phantom(haemorrhage="EAH", haemorrhage_volume_ml=10.0, slice_thickness_mm=2.5))
     doc = findings_to_dict(f)
     _validate(doc)
-    assert doc["priority"] == "urgent"
+    assert doc["priority"] == "critical"
     assert doc["ich"]["subtypes"]["EAH"]["present"]
 
 

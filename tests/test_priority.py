@@ -28,8 +28,8 @@ def _doc(*, ich=None, volume=None, ivh=False, shift=None, verdict="ok", flags=()
     "doc, expected",
     [
         (_doc(ich=False, volume=0.0, shift=0.0), "routine"),
-        (_doc(ich=True, volume=3.0, shift=1.0), "urgent"),
-        (_doc(ich=True, volume=29.9, shift=4.9), "urgent"),
+        (_doc(ich=True, volume=3.0, shift=1.0), "critical"),
+        (_doc(ich=True, volume=29.9, shift=4.9), "critical"),
         (_doc(ich=True, volume=30.0, shift=0.0), "critical"),
         (_doc(ich=False, volume=0.0, shift=5.0), "critical"),
         (_doc(ich=True, volume=2.0, ivh=True), "critical"),
@@ -46,8 +46,9 @@ def test_default_rules(doc, expected):
 
 def test_reasons_list_every_condition_that_holds():
     priority, reasons = evaluate_priority(_doc(ich=True, volume=45.0, ivh=True, shift=7.2))
-    assert priority == "critical" and len(reasons) == 3
+    assert priority == "critical" and len(reasons) == 4
     assert "45.0 mL" in reasons[0] and "7.2 mm" in reasons[1] and "intraventricular" in reasons[2]
+    assert "45.0 mL" in reasons[3]
     _, reasons = evaluate_priority(_doc(verdict="indeterminate", flags=("no_brain_found",)))
     assert "no_brain_found" in reasons[0]
 
@@ -78,7 +79,7 @@ def test_packaged_file_is_documented_and_valid():
     raw = json.loads(DEFAULT_RULES_PATH.read_text())
     assert raw["schema"] == "ictus-priority-rules/1" and len(raw["description"]) > 200
     validate_rules(raw)
-    assert [r["priority"] for r in raw["rules"]] == ["indeterminate", "critical", "urgent"]
+    assert [r["priority"] for r in raw["rules"]] == ["indeterminate", "critical", "indeterminate", "urgent"]
     assert raw["default"] == "routine" and set(PRIORITIES) == {"critical", "urgent", "routine", "indeterminate"}
 
 
@@ -115,3 +116,40 @@ def test_findings_object_is_accepted():
     vol = volume_from_array(np.zeros((2, 2, 2)))
     f = build_findings(vol, None)
     assert evaluate_priority(f) == (f.priority, f.priority_reasons)
+
+
+def _stroke(doc, *, aspects=(10, 10), dense=False, registered=True, large=False):
+    doc = copy.deepcopy(doc)
+    early = min(aspects) < 10
+    doc["anatomy"] = {"registered": registered, "quality_dice": 0.9 if registered else 0.5}
+    doc["ischaemia"] = ({"assessed": True, "reason": "ok", "aspects": {"left": aspects[0], "right": aspects[1]},
+                         "aspects_min": min(aspects), "early_change": early, "large_mca_hypodensity": large}
+                        if registered else {"assessed": False, "reason": "registration_failed: template overlap 0.50"})
+    doc["dense_artery"] = {"assessed": registered, "present": dense if registered else None}
+    return doc
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, "routine"),
+        ({"aspects": (9, 10)}, "urgent"),
+        ({"aspects": (10, 8)}, "urgent"),
+        ({"aspects": (7, 10)}, "critical"),
+        ({"dense": True}, "critical"),
+        ({"large": True}, "urgent"),
+        ({"registered": False}, "indeterminate"),
+    ],
+)
+def test_stroke_rules(kwargs, expected):
+    priority, reasons = evaluate_priority(_stroke(_doc(ich=False, volume=0.0, shift=0.0), **kwargs))
+    assert priority == expected
+    if expected == "indeterminate":
+        assert "registration_failed" in reasons[0]
+    if kwargs.get("aspects") and expected != "routine":
+        assert "ASPECTS" in reasons[0]
+
+
+def test_a_bleed_outranks_a_failed_registration():
+    doc = _stroke(_doc(ich=True, volume=4.0, shift=0.0), registered=False)
+    assert evaluate_priority(doc)[0] == "critical"

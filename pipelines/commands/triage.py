@@ -47,16 +47,23 @@ def parse_outputs(text: str) -> tuple[str, ...]:
               help="Components smaller than this are discarded as noise (default in the README).")
 @click.option("--rules", "priority_rules", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Priority rules file (default: pipelines/priority_rules.json).")
+@click.option("--ischaemia-rules", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Ischaemia (ASPECTS) rules file (default: imaging/ischaemia_rules.json).")
+@click.option("--no-stroke", is_flag=True,
+              help="Skip the template anatomy and the ischaemic findings (ASPECTS, dense artery, NWU); "
+                   "the priority then follows the haemorrhage findings alone.")
 @click.option("--fail-on", type=click.Choice(["critical", "urgent"]), default=None,
               help=f"Exit {EXIT_FAIL_ON} when the priority is at least this.")
 def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, members: str | None, model: str,
             models_dir: Path | None, threads: int | None, series_uid: str | None, outputs: str, lang: str,
-            min_lesion_ml: float | None, priority_rules: Path | None, fail_on: str | None) -> None:
+            min_lesion_ml: float | None, priority_rules: Path | None, ischaemia_rules: Path | None, no_stroke: bool,
+            fail_on: str | None) -> None:
     """Triage the head-CT study STUDY (folder, DICOMDIR or file)."""
     options = TriageOptions(
         model=model, models_dir=str(models_dir) if models_dir else None, fast=fast, members=members,
         threads=threads, series_uid=series_uid, outputs=parse_outputs(outputs), lang=lang,
         min_lesion_ml=min_lesion_ml, priority_rules=str(priority_rules) if priority_rules else None,
+        ischaemia_rules=str(ischaemia_rules) if ischaemia_rules else None, stroke=not no_stroke,
     )
     if out_dir is None:
         out_dir = Path.cwd() / f"{Path(study).resolve().name or 'study'}-ictus"
