@@ -227,6 +227,29 @@ def _run(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform, mask: s
     return reg.Execute(fixed, moving)
 
 
+def _bspline(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform, mask: sitk.Image | None) -> sitk.Transform:
+    bspline = sitk.BSplineTransformInitializer(fixed, [4, 4, 4])
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(SAMPLING_FRACTION, seed=7)
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=30)
+    reg.SetMovingInitialTransform(affine)
+    reg.SetInitialTransform(bspline, inPlace=True)
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([2.0, 0.0])
+    reg.SetSmoothingSigmasAreSpecifiedInPhysicalUnits(True)
+    try:
+        reg.Execute(fixed, moving)
+    except RuntimeError as exc:
+        log.warning("deformable step failed, affine kept: %s", exc)
+        return affine
+    return sitk.CompositeTransform([affine, bspline])
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b)))
 
@@ -269,8 +292,14 @@ def register_template(
     min_dice: float = MIN_REGISTRATION_DICE,
     min_ncc: float = MIN_REGISTRATION_NCC,
     grid: sitk.Image | None = None,
+    deformable: bool = False,
 ) -> Anatomy:
-    """Register the template to the patient and warp the label maps onto the analysis grid."""
+    """Register the template to the patient and warp the label maps onto the analysis grid.
+
+    ``deformable`` adds a B-spline step (mesh 4, Mattes MI, L-BFGS-B) after the affine one.
+    Measured on the real GE head: intensity correlation 0.81 -> 0.89, brain Dice unchanged
+    (0.92), but 13 s more on the 2-core machine (loaded), far over the 5 s budget of the
+    anatomy stage, so it is off by default; the inverse (for vessel courses) stays affine."""
     t0 = time.perf_counter()
     grid = grid if grid is not None else analysis_grid(volume_or_image)
     brain_lps = to_lps(sitk.Cast(brain_mask, sitk.sitkUInt8))
@@ -304,6 +333,8 @@ def register_template(
         inverse = transform.GetInverse()
     except RuntimeError:
         inverse = None
+    if deformable:
+        transform = _bspline(fixed, moving, transform, sample_mask)
 
     def warp(label: sitk.Image | None) -> np.ndarray | None:
         if label is None:
