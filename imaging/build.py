@@ -191,8 +191,12 @@ def _worker_count(workers: int | None, n_items: int) -> int:
 
 
 def _read_dataset(path: str) -> Dataset:
+    from imaging.dicom_io import notify_header
+
     try:
-        return pydicom.dcmread(path)
+        ds = pydicom.dcmread(path)
+        notify_header(ds)  # the pipeline's PHI guard learns the identifying values (never logged here)
+        return ds
     except FileNotFoundError as exc:
         raise InvalidInputError(f"file {path} does not exist; rescan the study folder") from exc
     except Exception as exc:  # pydicom raises many kinds on broken files

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pydicom
@@ -371,6 +371,33 @@ def _pixel_module_partial(ds: Dataset) -> bool:
     return any(present) and not all(present)
 
 
+#: Callables given every header this module reads (the pipeline's PHI guard); see add_header_observer.
+_HEADER_OBSERVERS: list[Callable[[Dataset], None]] = []
+
+
+def add_header_observer(observer: Callable[[Dataset], None]) -> None:
+    """Call ``observer(ds)`` with every header read by :func:`scan` (any thread; it must be quick
+    and must not raise). The pipeline layer uses it to learn the patient-identifying values of the
+    study in hand (:mod:`pipelines.phi`), so that imaging never logs or keeps them itself."""
+    if observer not in _HEADER_OBSERVERS:
+        _HEADER_OBSERVERS.append(observer)
+
+
+def remove_header_observer(observer: Callable[[Dataset], None]) -> None:
+    """Undo :func:`add_header_observer`."""
+    if observer in _HEADER_OBSERVERS:
+        _HEADER_OBSERVERS.remove(observer)
+
+
+def notify_header(ds: Dataset) -> None:
+    """Hand ``ds`` to every header observer (also called by the volume builder)."""
+    for observer in tuple(_HEADER_OBSERVERS):
+        try:
+            observer(ds)
+        except Exception:  # noqa: BLE001 - an observer never stops the reader
+            log.debug("header observer failed", exc_info=False)
+
+
 def read_header(path: str) -> tuple[str, InstanceHeader | None]:
     """Read one file's header. Returns (kind, header): kind is "dicom",
     "non_dicom", "unreadable" or "index" (a DICOMDIR); never raises for bad files."""
@@ -386,6 +413,7 @@ def read_header(path: str) -> tuple[str, InstanceHeader | None]:
                 return _NON_DICOM, None
             fp.seek(0)
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+            notify_header(ds)
             meta = getattr(ds, "file_meta", None)
             transfer_syntax = _text(meta, "TransferSyntaxUID") if meta is not None else ""
             media_class = _text(meta, "MediaStorageSOPClassUID") if meta is not None else ""

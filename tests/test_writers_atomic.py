@@ -76,31 +76,52 @@ def test_commit_swaps_a_whole_folder(tmp_path):
     assert _entries(tmp_path) == ["keyimages"]
 
 
-def test_outputs_are_all_or_nothing(small_result, tmp_path, monkeypatch):
+def test_outputs_fail_one_by_one_and_findings_json_says_which(small_result, tmp_path, monkeypatch):
+    """A crashing PDF renderer costs report.pdf only: report.html and findings.json are still written,
+    findings.json names the failure, and the old report.pdf is not left next to the new findings."""
+    import json
+
     out = tmp_path / "out"
     written = write_outputs(small_result, out, outputs=("json", "report"))
     assert set(written) == {"json", "report"}
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-
+    assert (out / "report.pdf").exists() or "report.pdf" in (written.status["report"].reason or "")
     changed = dataclasses.replace(small_result, findings={**small_result.findings, "priority": "routine"})
 
     def boom(*args, **kwargs):
         raise RuntimeError("renderer crashed")
 
     monkeypatch.setattr(report, "render_pdf", boom)
-    with pytest.raises(RuntimeError, match="renderer crashed"):
-        write_outputs(changed, out, outputs=("json", "report"))
-    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert after == before  # findings.json was built first but never moved in
-    assert _entries(out) == sorted(before)  # no staging folder left behind
+    written = write_outputs(changed, out, outputs=("json", "report"))
+    doc = json.loads((out / "findings.json").read_text())
+    assert doc["priority"] == "routine"
+    assert doc["outputs"]["report"] == {"status": "written", "files": ["report.html"],
+                                        "reason": "report.pdf not written (RuntimeError: renderer crashed)"}
+    assert doc["outputs"]["seg"] == {"status": "skipped", "reason": "not requested"}
+    assert doc["outputs"]["json"] == {"status": "written", "files": ["findings.json"]}
+    assert not (out / "report.pdf").exists()  # this run's findings never sit next to an old PDF
+    assert _entries(out) == ["findings.json", "report.html"]  # no staging folder or temp file left behind
 
 
-def test_missing_source_files_fail_before_anything_is_written(small_result, tmp_path):
+def test_missing_source_files_fail_the_dicom_outputs_only(small_result, tmp_path):
+    import json
+
     gone = dataclasses.replace(small_result.volume, source_paths=(str(tmp_path / "nope.dcm"),))
     result = dataclasses.replace(small_result, volume=gone)
-    with pytest.raises(OutputError, match="cannot be read again"):
-        write_outputs(result, tmp_path / "out")
-    assert _entries(tmp_path / "out") == []
+    written = write_outputs(result, tmp_path / "out")
+    assert set(written) == {"json", "report"}
+    assert set(written.failed) == {"seg", "sr", "sc"}
+    doc = json.loads((tmp_path / "out" / "findings.json").read_text())
+    for kind in ("seg", "sr", "sc"):
+        assert doc["outputs"][kind]["status"] == "failed"
+        assert "cannot be read again" in doc["outputs"][kind]["reason"]
+    assert not (tmp_path / "out" / "seg.dcm").exists()
+
+
+def test_unwritable_findings_json_is_an_output_error(small_result, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(OutputError):
+        write_outputs(small_result, out, outputs=("json", "report"), fail={"json": OSError(28, "No space left on device")})
+    assert (out / "report.html").exists() and not (out / "findings.json").exists()
 
 
 def test_report_without_sources_or_midline(small_result, tmp_path):

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -167,6 +167,59 @@ def complete_type2(ds: Dataset) -> Dataset:
         # Type 1C when the identity was removed; some anonymisers leave it empty
         ds.DeidentificationMethod = "not stated in the source series"
     return ds
+
+
+#: QC flag set when the source series had no Frame of Reference UID and the writers derived one.
+FRAME_OF_REFERENCE_DERIVED = "frame_of_reference_derived"
+_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; generate_uid hashes the entropy below it
+_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def derived_frame_of_reference_uid(series_uid: str) -> str:
+    """A new Frame of Reference UID for a series that has none: the same for every run on that series."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(_UID_ROOT, entropy_srcs=["ictus-frame-of-reference", str(series_uid)])
+
+
+def complete_type1(sources: Sequence[Dataset]) -> list[str]:
+    """Fill in (in memory) the Type 1 attributes the DICOM writers need where the standard lets us derive them.
+
+    - Frame of Reference UID (Type 1 in the CT image's Frame of Reference
+      module; anonymisers drop it): every source slice of one series shares
+      its patient coordinate system (Image Position/Orientation), so a *new*
+      UID is created for it, derived from the Series Instance UID (stable
+      between runs); when some slices carry a UID, theirs is used for the
+      rest. Returns the QC flag :data:`FRAME_OF_REFERENCE_DERIVED`.
+    - SOP Class UID from the file meta information; Modality ``CT`` for CT
+      Image Storage.
+
+    Study/Series/SOP Instance UIDs are never invented (the outputs must join
+    the source study): a writer that needs a missing one fails with the
+    reason, and the other outputs are still written. Returns the flags to record.
+    """
+    flags: list[str] = []
+    if not sources:
+        return flags
+    present = [str(ds.get("FrameOfReferenceUID", "") or "").strip() for ds in sources]
+    if not all(present):
+        known = [uid for uid in present if uid]
+        series_uid = str(sources[0].get("SeriesInstanceUID", "") or "")
+        uid = known[0] if known else derived_frame_of_reference_uid(series_uid or str(sources[0].get("StudyInstanceUID", "")))
+        for ds in sources:
+            if not str(ds.get("FrameOfReferenceUID", "") or "").strip():
+                ds.FrameOfReferenceUID = uid
+                if "PositionReferenceIndicator" not in ds:
+                    ds.add_new("PositionReferenceIndicator", "LO", None)  # Type 2: empty when unknown
+        flags.append(FRAME_OF_REFERENCE_DERIVED)
+        log.info("source series has no Frame of Reference UID; derived one for the outputs (%s)", uid)
+    for ds in sources:
+        meta = getattr(ds, "file_meta", None)
+        if not ds.get("SOPClassUID") and meta is not None and meta.get("MediaStorageSOPClassUID"):
+            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        if not ds.get("Modality") and str(ds.get("SOPClassUID", "")) == _CT_IMAGE_STORAGE:
+            ds.Modality = "CT"
+    return flags
 
 
 def read_source_datasets(volume: Volume) -> list[Dataset]:
