@@ -158,3 +158,125 @@ def with_pipeline_findings(result: TriageResult) -> TriageResult:
     findings = build_findings(result.volume, seg, measurements=measurements, midline=result.midline,
                               card_info=result.card, timings_s={"segment": 9.8})
     return dataclasses.replace(result, segmentation=seg, findings=findings_to_dict(findings))
+
+
+# -- stroke fixtures: fake anatomy / ischaemia / dense-artery objects with the attributes the writers read --
+
+ASPECTS_ORDER = ("C", "LN", "InCa", "IC", "M1", "M2", "M3", "M4", "M5", "M6")
+
+
+def fake_aspects_labels(grid: sitk.Image, midline_x_mm: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Geometric stand-ins for the 20 ASPECTS regions on ``grid`` ([z, y, x], 1-10 left, 11-20 right)
+    and lps coordinates relative to the midline and the grid centre (lateral, ap, dz in mm)."""
+    nx, ny, nz = grid.GetSize()
+    zz, yy, xx = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    ijk = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3).astype(float)
+    direction = np.array(grid.GetDirection()).reshape(3, 3)
+    lps = np.asarray(grid.GetOrigin()) + (ijk * np.asarray(grid.GetSpacing())) @ direction.T
+    centre = np.asarray(grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in grid.GetSize()]))
+    x = (lps[:, 0] - midline_x_mm).reshape(nz, ny, nx)
+    ap = (lps[:, 1] - centre[1]).reshape(nz, ny, nx)
+    dz = (lps[:, 2] - centre[2]).reshape(nz, ny, nx)
+    lat = np.abs(x)
+    gang = (dz > -10) & (dz < 6)
+    supra = (dz > 14) & (dz < 36)
+    rules = {
+        "C": gang & (lat >= 6) & (lat < 14) & (ap >= -22) & (ap < -6),
+        "InCa": gang & (lat >= 8) & (lat < 16) & (ap >= -6) & (ap < 10),
+        "LN": gang & (lat >= 16) & (lat < 28) & (ap >= -12) & (ap < 12),
+        "IC": gang & (lat >= 28) & (lat < 34) & (ap >= -15) & (ap < 15),
+        "M1": gang & (lat >= 30) & (lat < 60) & (ap < -15),
+        "M2": gang & (lat >= 34) & (lat < 60) & (ap >= -15) & (ap < 15),
+        "M3": gang & (lat >= 30) & (lat < 60) & (ap >= 15) & (ap < 45),
+        "M4": supra & (lat >= 18) & (lat < 58) & (ap < -15) & (ap > -50),
+        "M5": supra & (lat >= 18) & (lat < 58) & (ap >= -15) & (ap < 15),
+        "M6": supra & (lat >= 18) & (lat < 58) & (ap >= 15) & (ap < 45),
+    }
+    labels = np.zeros((nz, ny, nx), np.uint8)
+    for n, code in enumerate(ASPECTS_ORDER):
+        region = rules[code] & (labels == 0)
+        labels[region & (x > 0)] = n + 1  # LPS x grows to the patient's left
+        labels[region & (x < 0)] = n + 11
+    return labels, {"x": x, "ap": ap, "dz": dz}
+
+
+def with_stroke(result: TriageResult, *, registered: bool = True, affected: dict[str, tuple[str, ...]] | None = None,
+                dense: bool = True) -> TriageResult:
+    """The result with a fake registered anatomy (geometric ASPECTS regions on an LPS grid of the
+    volume), an ischaemia result (``affected`` regions hypodense) and a left M1 dense artery, and
+    the stroke blocks of findings.json made by pipelines.stroke from them."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from pipelines import stroke
+
+    affected = {"left": ("LN", "M2"), "right": ()} if affected is None else affected
+    grid = sitk.Cast(sitk.DICOMOrient(result.volume.image, "LPS"), sitk.sitkFloat32)
+    plane = result.midline.ideal_plane if result.midline is not None else None
+    midline_x = float(plane.a_mm) if plane is not None else float(
+        grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in grid.GetSize()])[0])
+    labels, rel = fake_aspects_labels(grid, midline_x)
+    anatomy = SimpleNamespace(grid=grid, aspects=labels, registered=registered, quality_dice=0.91 if registered else 0.42)
+    if not registered:
+        findings = dict(result.findings)
+        isch = stroke.ischaemia_finding(None, "registration_failed: template overlap 0.42")
+        art = stroke.dense_artery_finding(None, "registration_failed: template overlap 0.42")
+        findings.update(_stroke_blocks(result, anatomy, isch, art))
+        return dataclasses.replace(result, anatomy=anatomy, ischaemia=None, dense_artery=None, findings=findings)
+    rows = []
+    affected_mask = np.zeros_like(labels)
+    for side in ("left", "right"):
+        for n, code in enumerate(ASPECTS_ORDER):
+            label = n + (1 if side == "left" else 11)
+            hit = code in affected.get(side, ())
+            if hit:
+                affected_mask[labels == label] = label
+            mean = 30.5 - (3.1 if hit else 0.2 * (n % 3))
+            mirror = 30.4
+            rows.append(SimpleNamespace(
+                code=code, side=side, name=f"{code} region", voxel_count=int((labels == label).sum()),
+                mean_hu=mean, mirror_mean_hu=mirror, difference_hu=mean - mirror, ratio=mean / mirror,
+                nwu_percent=(1 - mean / mirror) * 100 if hit else None, noise_se_hu=0.4,
+                z_score=(mirror - mean) / 0.4, affected=hit, chronic=False, reason="ok"))
+    aspects = {side: 10 - len(affected.get(side, ())) for side in ("left", "right")}
+    isch_obj = SimpleNamespace(
+        assessed=True, reason="ok", regions=tuple(rows), aspects=aspects,
+        affected_side=next((s for s in ("left", "right") if affected.get(s)), None),
+        affected_regions={s: tuple(affected.get(s, ())) for s in ("left", "right")}, score_reliable=True,
+        reliability_note="", nwu_percent=10.2 if any(affected.values()) else None,
+        onset_within_4_5h_likely=True if any(affected.values()) else None, nwu_cutoff_percent=11.5,
+        nwu_source="Broocks G et al., Radiology 2019 (NWU 11.5% ~ 4.5 h)", hypodensity=(),
+        large_mca_hypodensity=False, chronic=(), noise_hu=3.0, affected_mask=affected_mask)
+    artery = np.zeros_like(labels, dtype=bool)
+    if dense:
+        artery = (rel["x"] > 8) & (rel["x"] < 32) & (np.abs(rel["ap"] + 2) < 2.5) & (np.abs(rel["dz"] + 14) < 3)
+    vessel_rows = (
+        SimpleNamespace(name="M1", side="left", peak_hu=62.0, mean_hu=55.3, contralateral_mean_hu=40.1,
+                        ratio=1.38, length_mm=14.0, dense=dense, reason="ok"),
+        SimpleNamespace(name="M1", side="right", peak_hu=44.0, mean_hu=40.1, contralateral_mean_hu=55.3,
+                        ratio=0.73, length_mm=0.0, dense=False, reason="ok"),
+    )
+    dense_obj = SimpleNamespace(present=dense, side="left" if dense else None, mask=artery, segments=vessel_rows,
+                                reason="ok")
+    isch = stroke.ischaemia_finding(isch_obj, "ok")
+    art = stroke.dense_artery_finding(dense_obj, "ok")
+    findings = dict(result.findings)
+    findings.update(_stroke_blocks(result, anatomy, isch, art))
+    return dataclasses.replace(result, anatomy=anatomy, ischaemia=isch_obj, dense_artery=dense_obj, findings=findings)
+
+
+def _stroke_blocks(result: TriageResult, anatomy: Any, isch: Any, art: Any) -> dict[str, Any]:
+    """The findings.json stroke keys from the typed records (as pipelines.findings makes them)."""
+    from pipelines import stroke
+    from pipelines.findings import _plain
+
+    ich = result.findings.get("ich") or {}
+    summary = stroke.stroke_summary(ich.get("present"), ich.get("total_volume_ml"), isch, art)
+    ich_score = stroke.IchScoreFinding(volume_ge_30_ml=bool((ich.get("total_volume_ml") or 0) >= 30),
+                                       ivh_present=False, infratentorial_origin=False, age_ge_80=None,
+                                       imaging_points=int((ich.get("total_volume_ml") or 0) >= 30))
+    return {
+        "ischaemia": _plain(isch), "dense_artery": _plain(art),
+        "anatomy": _plain(stroke.anatomy_finding(anatomy, 0.7)), "ich_score": _plain(ich_score),
+        "stroke_summary": _plain(summary),
+    }
