@@ -13,6 +13,21 @@ Content (observer: the device, i.e. Ictus with the model from the card):
 - a "Qualitative Evaluations" container (TID 1500 row 12) with the priority,
   the midline direction, the QC flags and the triage-aid statement as text.
 
+Stroke section (codes in ``stroke_codes.json``; algorithm "Ictus stroke template analysis"):
+
+- an ASPECTS group: ASPECTS per side (NUM, ``{score}``, finding site brain with
+  laterality), net water uptake (``%``), the affected side (laterality);
+- one group per ASPECTS region (all 20): mean HU and mirror-region mean HU
+  (``[hnsf'U]``), difference (HU), ratio (``{ratio}``), NWU (``%``), early
+  ischaemic change present/absent; an affected region that is in the SEG is a
+  TID 1411 group referencing its segment;
+- a hyperdense-artery group: present/absent, and for the dense segment peak and
+  mean HU, ratio to the contralateral artery and length (``mm``), referencing
+  the SEG's artery segment;
+- a template-registration group (Dice overlap) and, as text, the NWU onset
+  estimate, the four stroke answers, the ICH-score points and "not assessed"
+  with the reason when the anatomy was not registered.
+
 Concepts with no standard code use the private scheme ``99ICTUS`` (declared
 in the Coding Scheme Identification Sequence). Text is English: the SR is for
 machines and PACS; people read the localised report.
@@ -29,6 +44,7 @@ from pydicom.uid import generate_uid
 
 from imaging.errors import OutputError
 from pipelines.writers import common
+from pipelines.writers import stroke as stroke_out
 from pipelines.writers.seg import SegmentInfo
 
 log = logging.getLogger(__name__)
@@ -106,7 +122,7 @@ def build_sr(
         )
     )
     source_series_uid = str(source_datasets[0].SeriesInstanceUID) if source_datasets else result.volume.series_instance_uid
-    by_label = {s.label_value: s for s in segments}
+    by_label = {s.label_value: s for s in segments if s.kind == "lesion"}
     groups: list[Any] = []
     for cls in classes:
         volume_ml = _class_volume_ml(findings, cls.name)
@@ -187,6 +203,9 @@ def build_sr(
             )
         )
 
+    stroke_groups, stroke_texts = _stroke_content(findings, seg, segments, source_series_uid)
+    groups.extend(stroke_groups)
+
     report = hd.sr.MeasurementReport(
         observation_context=observer,
         procedure_reported=_HEAD_CT,
@@ -205,6 +224,8 @@ def build_sr(
     flags = list((findings.get("qc") or {}).get("flags") or [])
     for flag in flags or [messages["qc_none"]]:
         container.ContentSequence.append(_text(_QC_FLAG, str(flag)))
+    for item in stroke_texts:
+        container.ContentSequence.append(item)
     container.ContentSequence.append(_text(codes.DCM.Comment, messages["disclaimer"]))
     report[0].ContentSequence.append(container)
 
@@ -234,3 +255,146 @@ def build_sr(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise OutputError(f"DICOM SR could not be built ({exc}); report this with the study") from exc
+
+
+# -- stroke -------------------------------------------------------------------------------------
+
+_SIDES = ("left", "right")
+
+
+def _num(name: Any, value: Any, unit: str, algorithm: Any, **kwargs: Any) -> hd.sr.Measurement | None:
+    """A NUM measurement, or None when the value is missing."""
+    if value is None:
+        return None
+    return hd.sr.Measurement(name=name, value=float(value), unit=stroke_out.unit(unit), algorithm_id=algorithm,
+                             **kwargs)
+
+
+def _sites(codes_: Sequence[Any], side: str | None) -> list[hd.sr.FindingSite]:
+    lat = stroke_out.laterality(side)
+    return [hd.sr.FindingSite(anatomic_location=c, laterality=lat) for c in codes_]
+
+
+def _present(flag: bool) -> Any:
+    return codes.SCT.Present if flag else codes.SCT.Absent
+
+
+def stroke_algorithm_id() -> hd.sr.AlgorithmIdentification:
+    """The algorithm of the template-based stroke measurements."""
+    return hd.sr.AlgorithmIdentification(name="Ictus stroke template analysis", version=common.ictus_version())
+
+
+def _stroke_content(findings: Mapping[str, Any], seg: Dataset | None, segments: Sequence[SegmentInfo],
+                    source_series_uid: str) -> tuple[list[Any], list[hd.sr.TextContentItem]]:
+    """Measurement groups and text items of the stroke findings (see the module docstring)."""
+    isch = findings.get("ischaemia") or {}
+    dense = findings.get("dense_artery") or {}
+    anatomy = findings.get("anatomy") or {}
+    summary = findings.get("stroke_summary") or {}
+    if not (isch or dense or anatomy or summary):
+        return [], []  # a findings record from before the stroke analysis
+    c = stroke_out.sr_concept
+    table = stroke_out.load_codes()["segment"]
+    algorithm = stroke_out_algorithm = stroke_algorithm_id()
+    by_key = {(s.kind, s.key): s for s in segments if s.kind != "lesion"}
+    groups: list[Any] = []
+    texts: list[hd.sr.TextContentItem] = []
+
+    def referenced(kind: str, key: str) -> hd.sr.ReferencedSegment | None:
+        info = by_key.get((kind, key))
+        if seg is None or info is None:
+            return None
+        return hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+                                       segment_number=info.segment_number,
+                                       source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid))
+
+    def group(tracking: str, ref: hd.sr.ReferencedSegment | None, **kwargs: Any) -> Any:
+        args = dict(tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=tracking[:64]),
+                    algorithm_id=stroke_out_algorithm, **kwargs)
+        if ref is not None:
+            return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(referenced_segment=ref, **args)
+        return hd.sr.MeasurementsAndQualitativeEvaluations(**args)
+
+    if isch.get("assessed"):
+        measurements = [
+            _num(c("aspects"), (isch.get("aspects") or {}).get(side), "score", algorithm,
+                 finding_sites=_sites([c("brain")], side))
+            for side in _SIDES
+        ]
+        measurements.append(_num(c("nwu"), isch.get("nwu_percent"), "percent", algorithm))
+        evaluations = []
+        if isch.get("affected_side") in _SIDES:
+            evaluations.append(hd.sr.QualitativeEvaluation(c("laterality"), stroke_out.laterality(isch["affected_side"])))
+        evaluations.append(hd.sr.QualitativeEvaluation(c("early_change"), _present(bool(isch.get("early_change")))))
+        groups.append(group("ASPECTS (ictus)", None, finding_type=stroke_out.coded(table["ischaemia_type"]),
+                            measurements=[m for m in measurements if m is not None],
+                            qualitative_evaluations=evaluations))
+        for row in isch.get("regions") or []:
+            code, side = str(row["code"]), str(row["side"])
+            mean = c("attenuation")
+            ms = [
+                _num(mean, row.get("mean_hu"), "hu", algorithm, derivation=c("mean")),
+                _num(c("mirror_mean"), row.get("mirror_mean_hu"), "hu", algorithm),
+                _num(c("difference"), row.get("difference_hu"), "hu", algorithm),
+                _num(c("ratio"), row.get("ratio"), "ratio", algorithm),
+                _num(c("nwu"), row.get("nwu_percent"), "percent", algorithm),
+            ]
+            evals = [hd.sr.QualitativeEvaluation(c("early_change"), _present(bool(row.get("affected"))))]
+            if row.get("chronic"):
+                evals.append(hd.sr.QualitativeEvaluation(c("chronic"), codes.SCT.Present))
+            groups.append(group(
+                f"ASPECTS {code} {side} (ictus)", referenced("aspects", f"{code}_{side}"),
+                finding_type=stroke_out.coded(table["ischaemia_type"]),
+                finding_sites=_sites(stroke_out.region_codes(code), side),
+                measurements=[m for m in ms if m is not None] or None, qualitative_evaluations=evals))
+        if isch.get("nwu_percent") is not None:
+            within = ("likely within 4.5 h of onset" if isch.get("onset_within_4_5h_likely")
+                      else "possibly older than 4.5 h")
+            texts.append(_text(c("onset"), (
+                f"estimate: net water uptake {float(isch['nwu_percent']):.1f}% ({within}; cut-off "
+                f"{isch.get('nwu_cutoff_percent')}%); source: {isch.get('nwu_source') or '-'}. "
+                f"{isch.get('nwu_note') or ''}").strip()))
+        if isch.get("score_reliable") is False and isch.get("reliability_note"):
+            texts.append(_text(c("aspects"), f"score unreliable: {isch['reliability_note']}"))
+    else:
+        texts.append(_text(c("aspects"), f"not assessed ({isch.get('reason') or 'not computed'})"))
+
+    if dense.get("assessed"):
+        present = bool(dense.get("present"))
+        side, segment = dense.get("side"), dense.get("segment")
+        row = next((r for r in dense.get("segments") or [] if r.get("dense") and r.get("name") == segment
+                    and r.get("side") == side), None)
+        ms = []
+        if row is not None:
+            ms = [
+                _num(c("attenuation"), row.get("peak_hu"), "hu", algorithm, derivation=c("maximum")),
+                _num(c("attenuation"), row.get("mean_hu"), "hu", algorithm, derivation=c("mean")),
+                _num(c("contralateral_ratio"), row.get("ratio"), "ratio", algorithm),
+                _num(c("length"), row.get("length_mm"), "mm", algorithm),
+            ]
+        groups.append(group(
+            "Hyperdense artery (ictus)", referenced("dense_artery", f"{segment}_{side}") if present else None,
+            finding_type=stroke_out.coded(table["dense_artery_type"]),
+            finding_sites=_sites([stroke_out.vessel_code(segment)], side) if present else None,
+            measurements=[m for m in ms if m is not None] or None,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(c("dense_artery"), _present(present))]))
+    else:
+        texts.append(_text(c("dense_artery"), f"not assessed ({dense.get('reason') or 'not computed'})"))
+
+    if anatomy.get("quality_dice") is not None:
+        groups.append(group("Template registration (ictus)", None, measurements=[
+            _num(c("registration_dice"), anatomy["quality_dice"], "unity", algorithm)]))
+    if anatomy:
+        state = {True: "registered", False: "failed", None: "not run"}[anatomy.get("registered")]
+        texts.append(_text(c("registration"), (
+            f"{state}; overlap {anatomy.get('quality_dice')} (minimum {anatomy.get('min_quality_dice')}); "
+            f"{anatomy.get('method') or ''}; {anatomy.get('reason') or ''}").strip("; ")))
+    for key in ("blood", "early_ischaemic_change", "dense_artery", "tissue_age"):
+        if summary.get(key):
+            texts.append(_text(c("stroke_answer"), f"{key.replace('_', ' ')}: {summary[key]}"))
+    for caution in summary.get("cautions") or []:
+        texts.append(_text(c("stroke_answer"), f"caution: {caution}"))
+    ich_score = findings.get("ich_score") or {}
+    if ich_score.get("imaging_points") is not None:
+        texts.append(_text(c("ich_score"), f"{ich_score['imaging_points']} points ({ich_score.get('note') or ''})"))
+    return groups, texts
