@@ -10,7 +10,10 @@
   ``segmentation`` (per-class ``probabilities`` float16 [C, z, y, x] and
   ``labels`` on the volume's grid), the ``findings`` dictionary, ``qc_flags``
   and ``provenance``. Nothing here prints or exits; errors are
-  :class:`imaging.errors.IctusError` subclasses.
+  :class:`imaging.errors.IctusError` subclasses. Runs inside
+  :func:`pipelines.phi.phi_guard` (no patient identifier in logs, warnings
+  or error messages). ``result.outputs`` lists what was written;
+  ``result.outputs.failed`` what was not, with the reason.
 - :func:`triage_volume`: the same stages on a Volume you already have (NIfTI).
 - :func:`load_volume_and_mask`: a NIfTI or DICOM volume and a NIfTI mask on its grid.
 - :func:`plot_montage`, :func:`plot_midline`, :func:`plot_roc`,
@@ -27,7 +30,22 @@ from imaging.volume import Volume
 from pipelines.evaluate import EvaluationResult, evaluate_dataset, summarise
 from pipelines.labels import LabelledCase, load_volume_and_mask, read_dataset, read_nifti_volume
 from pipelines.plots import plot_bland_altman, plot_midline, plot_montage, plot_roc
-from pipelines.triage import TriageEngine, TriageOptions, TriageResult, triage
+from pipelines import phi
+from pipelines import triage as _triage_module
+from pipelines.triage import TriageEngine, TriageOptions, TriageResult
+
+
+def triage(path: str | Path, out_dir: str | Path | None = None, **options: Any) -> TriageResult:
+    """Triage one study, exactly as :func:`pipelines.triage.triage` (``options`` are the fields of
+    :class:`TriageOptions`), inside :func:`pipelines.phi.phi_guard`: Python warnings go through
+    logging and the study's patient name, IDs, birth date, accession number and institution are
+    redacted from every log record, warning and error message (the DICOM outputs keep them)."""
+    with phi.phi_guard():
+        try:
+            return _triage_module.triage(path, out_dir, **options)
+        except Exception as exc:
+            exc.args = tuple(phi.redact(a) if isinstance(a, str) else a for a in exc.args)
+            raise
 
 
 def triage_volume(volume: Volume | str | Path, out_dir: str | Path | None = None, **options: Any) -> TriageResult:
@@ -35,7 +53,8 @@ def triage_volume(volume: Volume | str | Path, out_dir: str | Path | None = None
     reading DICOM. ``options`` are the fields of :class:`TriageOptions`."""
     if not isinstance(volume, Volume):
         volume = read_nifti_volume(volume)
-    return TriageEngine(TriageOptions(**options)).run_volume(volume, out_dir)
+    with phi.phi_guard():
+        return TriageEngine(TriageOptions(**options)).run_volume(volume, out_dir)
 
 
 __all__ = [

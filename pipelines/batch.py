@@ -5,7 +5,8 @@ triages each with :class:`pipelines.triage.TriageEngine` (the same function as
 ``ictus triage``; one engine, i.e. one loaded model, per worker) into
 ``out_dir/<study_id>/``, and writes ``out_dir/summary.csv`` and
 ``summary.jsonl`` (one row per study: status, exit code, error, priority,
-volumes, midline shift, QC, seconds).
+volumes, midline shift, QC, seconds, and ``outputs_failed``: the outputs that
+could not be written, with the reason; the study is still ``ok``).
 
 - **Isolation:** a study that fails is a row with its error and exit code
   (3 no eligible series, 4 invalid input, 5 model, 6 output, 1 internal); the
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from imaging.errors import IctusError, InvalidInputError
+from pipelines.phi import phi_guard, redact
 from pipelines.triage import TriageOptions
 from pipelines.writers.atomic import write_text
 
@@ -52,7 +54,7 @@ SUMMARY_JSONL = "summary.jsonl"
 CSV_FIELDS = (
     "study_id", "status", "exit_code", "error", "priority", "ich_present", "ich_total_volume_ml", "iph_volume_ml",
     "eah_volume_ml", "ivh_volume_ml", "oedema_volume_ml", "midline_shift_mm", "qc_verdict", "qc_flags",
-    "seconds", "worker", "input_sha256", "path", "out_dir",
+    "seconds", "worker", "input_sha256", "path", "out_dir", "outputs_failed",
 )
 
 
@@ -224,18 +226,23 @@ def run_study(job: StudyJob, out_root: str | os.PathLike, engine: Any, *, resume
             row.update(record.get("row") or {})
             row.update(status="skipped", seconds=round(time.perf_counter() - t0, 3), worker=row["worker"])
             return row
-    try:
-        result = engine.run(job.path, out_dir)
-        row.update(summary_row(dict(result.findings)))
-        row.update(status="ok", exit_code=0, error="")
-        outputs = {k: list(v) for k, v in result.outputs.items()}
-    except IctusError as exc:
-        row.update(status="failed", exit_code=exc.exit_code, error=str(exc))
-        outputs = {}
-    except Exception as exc:  # noqa: BLE001 - per-study isolation: the batch goes on
-        log.exception("study %s failed with an internal error", job.study_id)
-        row.update(status="failed", exit_code=1, error=f"internal error {type(exc).__name__}: {exc}")
-        outputs = {}
+    with phi_guard():  # this study's identifying values are redacted from logs and from its row
+        try:
+            result = engine.run(job.path, out_dir)
+            row.update(summary_row(dict(result.findings)))
+            failed = dict(getattr(result.outputs, "failed", None) or {})
+            row.update(status="ok", exit_code=0, error="",
+                       outputs_failed="; ".join(f"{k}: {redact(v)}" for k, v in failed.items()))
+            outputs = {k: list(v) for k, v in result.outputs.items()}
+            for kind, reason in failed.items():
+                log.warning("study %s: output %s not written: %s", job.study_id, kind, reason)
+        except IctusError as exc:
+            row.update(status="failed", exit_code=exc.exit_code, error=redact(exc))
+            outputs = {}
+        except Exception as exc:  # noqa: BLE001 - per-study isolation: the batch goes on
+            log.exception("study %s failed with an internal error", job.study_id)
+            row.update(status="failed", exit_code=1, error=f"internal error {type(exc).__name__}: {redact(exc)}")
+            outputs = {}
     row["seconds"] = round(time.perf_counter() - t0, 3)
     try:
         keep = {k: v for k, v in row.items() if k not in ("worker",)}

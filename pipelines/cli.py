@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from imaging.errors import IctusError
+from pipelines import phi
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -47,7 +48,7 @@ class IctusGroup(click.Group):
         except IctusError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"ictus: error: {exc}", err=True)
+            click.echo(f"ictus: error: {phi.redact(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("ictus: interrupted", err=True)
@@ -56,7 +57,7 @@ class IctusGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(
-                f"ictus: internal error: {type(exc).__name__}: {exc} "
+                f"ictus: internal error: {type(exc).__name__}: {phi.redact(exc)} "
                 "(run again with --debug for a traceback and report it)",
                 err=True,
             )
@@ -77,6 +78,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     if not debug:
         # pydicom and SimpleITK warn loudly on odd-but-readable files; QC flags carry what matters.
         logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # Warnings go through logging, and the identifying values of every study read in this
+    # command are redacted from logs, warnings and error lines (pipelines.phi).
+    ctx.with_resource(phi.phi_guard())
 
 
 for _name in COMMAND_MODULES:

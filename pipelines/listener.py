@@ -12,7 +12,10 @@ SEG, SR, key images (and the report as Encapsulated PDF) get stable UIDs and
 go to the destination AE by C-STORE, retried with exponential back-off.
 
 Logs are ``key=value`` lines with UIDs, AE titles and counts, never patient
-names or IDs. ``/health`` and ``/metrics`` on ``127.0.0.1:status_port`` (or
+names or IDs: the identifying values of every received instance are held by
+:mod:`pipelines.phi` from C-STORE until the study is triaged and redacted from
+every log record and stored error. Only the outputs that were written are
+sent; one that failed is logged (``event=output_not_written``). ``/health`` and ``/metrics`` on ``127.0.0.1:status_port`` (or
 ``ictus listen --status``) report the queue.
 
 Configuration (TOML)::
@@ -56,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from imaging.errors import IctusError, InvalidInputError
+from pipelines import phi
 from pipelines.sender import (Destination, DeliveryError, backoff_delay_s, encapsulate_pdf, result_files,
                               send_files, stabilise_uids, stored)
 from pipelines.spool import Spool
@@ -309,6 +313,7 @@ class Listener:
             ds = event.dataset
             study_uid, series_uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
             sop_uid = str(event.request.AffectedSOPInstanceUID)
+            phi.remember(("study", study_uid), ds)  # redacted from every log line until the study is triaged
             self.spool.store_instance(data, study_uid, series_uid or None, sop_uid, calling)
         except InvalidInputError as exc:
             self._count("instances_refused")
@@ -351,19 +356,26 @@ class Listener:
         t0 = time.perf_counter()
         out_dir = self.spool.result_dir(study_uid) / f"r{round_}"
         log.info(kv(event="triage_started", study=study_uid, round=round_))
-        try:
-            result = engine.run(self.spool.study_dir(study_uid), out_dir)
-            results = prepare_results(result.outputs, study_uid, out_dir, self.config.send_report)
-            priority = str(result.findings.get("priority"))
-        except IctusError as exc:
-            self.spool.fail_triage(study_uid, round_, str(exc), exc.exit_code)
-            log.warning(kv(event="triage_failed", study=study_uid, exit_code=exc.exit_code,
-                           error=type(exc).__name__))
-            return
-        except Exception as exc:  # noqa: BLE001 - one bad study must not stop the listener
-            self.spool.fail_triage(study_uid, round_, f"internal error {type(exc).__name__}: {exc}", 1)
-            log.exception(kv(event="triage_failed", study=study_uid, exit_code=1, error=type(exc).__name__))
-            return
+        with phi.phi_guard(key=("study", study_uid)):
+            try:
+                result = engine.run(self.spool.study_dir(study_uid), out_dir)
+                # only what was written is sent; a failed output is logged (and listed in findings.json)
+                for kind, reason in (getattr(result.outputs, "failed", None) or {}).items():
+                    log.warning(kv(event="output_not_written", study=study_uid, output=kind)
+                                + f" reason={phi.redact(reason)!r}")
+                results = prepare_results(result.outputs, study_uid, out_dir, self.config.send_report)
+                priority = str(result.findings.get("priority"))
+            except IctusError as exc:
+                self.spool.fail_triage(study_uid, round_, phi.redact(exc), exc.exit_code)
+                log.warning(kv(event="triage_failed", study=study_uid, exit_code=exc.exit_code,
+                               error=type(exc).__name__))
+                return
+            except Exception as exc:  # noqa: BLE001 - one bad study must not stop the listener
+                self.spool.fail_triage(study_uid, round_, f"internal error {type(exc).__name__}: {phi.redact(exc)}", 1)
+                log.exception(kv(event="triage_failed", study=study_uid, exit_code=1, error=type(exc).__name__))
+                return
+            finally:
+                phi.forget(("study", study_uid))
         if self.config.destination is None:
             results = []  # nothing to send: outputs stay in the spool
         recorded = self.spool.finish_triage(study_uid, round_, results, priority)

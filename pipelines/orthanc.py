@@ -166,8 +166,15 @@ class OrthancPoller:
             from pipelines.listener import prepare_results
 
             out = tmp / "out"
+            from pipelines.phi import phi_guard, redact
+
             try:
-                result = self.engine.run(src, out)
+                with phi_guard():  # the study's identifying values are redacted from logs and the state file
+                    try:
+                        result = self.engine.run(src, out)
+                    except IctusError as exc:
+                        exc.args = (redact(exc),)
+                        raise
             except IctusError as exc:
                 self.state["studies"][study_uid] = {"source_hash": source_hash, "status": "failed",
                                                     "exit_code": exc.exit_code, "error": str(exc)}

@@ -251,6 +251,23 @@ class PhiFilter(logging.Filter):
         return True
 
 
+class _PersonNameWarningOnce(logging.Filter):
+    """Lets highdicom's single-component person-name warning through once per process (it comes
+    once per DICOM object written, and says nothing a radiologist can act on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen = False
+        self._pattern = re.compile(PERSON_NAME_WARNING)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern.search(record.getMessage()):
+            if self._seen:
+                return False
+            self._seen = True
+        return True
+
+
 def install() -> None:
     """Route warnings into logging and redact every log record made from now on (idempotent).
 
@@ -264,6 +281,7 @@ def install() -> None:
         logging.captureWarnings(True)
         if not _installed:
             warnings.filterwarnings("once", message=PERSON_NAME_WARNING, category=UserWarning)
+            logging.getLogger("py.warnings").addFilter(_PersonNameWarningOnce())
             from imaging.dicom_io import add_header_observer
 
             add_header_observer(observe_dataset)

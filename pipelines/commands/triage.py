@@ -4,7 +4,10 @@ Runs ingest, series selection, the default model, measurements and findings
 (:func:`pipelines.triage.triage`), writes the outputs into ``DIR`` and prints a
 short summary. Exit code 0 whatever the findings are (the priority is in the
 JSON); ``--fail-on critical`` (or ``urgent``) exits 10 when the priority is at
-least that, for scripts.
+least that, for scripts. Each output is written on its own: one that fails
+(e.g. a SEG the source series cannot support) is listed in findings.json's
+``outputs`` block and named in one ``ictus: warning:`` line on stderr; the exit
+code stays 0 (6 only when findings.json itself cannot be written).
 """
 from __future__ import annotations
 
@@ -27,6 +30,18 @@ def parse_outputs(text: str) -> tuple[str, ...]:
     if unknown or not wanted:
         raise click.BadParameter(f"unknown output {', '.join(unknown) or '(none)'}; choose from {','.join(ALL_OUTPUTS)}")
     return wanted
+
+
+def warn_failed_outputs(outputs: object) -> None:
+    """One line on stderr per output that was not (fully) written: ``ictus: warning: seg not written: REASON``.
+
+    A failed optional output does not change the exit code (findings.json lists it too)."""
+    from pipelines import phi
+
+    for kind, reason in (getattr(outputs, "failed", None) or {}).items():
+        click.echo(f"ictus: warning: {kind} not written: {phi.redact(reason)}", err=True)
+    for kind, reason in (getattr(outputs, "warnings", None) or {}).items():
+        click.echo(f"ictus: warning: {kind}: {phi.redact(reason)}", err=True)
 
 
 @click.command("triage")
@@ -68,8 +83,10 @@ def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, member
     if out_dir is None:
         out_dir = Path.cwd() / f"{Path(study).resolve().name or 'study'}-ictus"
     result = TriageEngine(options).run(study, out_dir)
+    from pipelines.writers import findings_with_outputs
+
     if as_json:
-        click.echo(json.dumps(result.findings, indent=2))
+        click.echo(json.dumps(findings_with_outputs(result.findings, result.outputs, out_dir), indent=2))
     else:
         from pipelines.findings import summary_lines
 
@@ -79,6 +96,7 @@ def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, member
             if paths:
                 click.echo(f"{kind}: {paths[0] if len(paths) == 1 else f'{len(paths)} files in {Path(paths[0]).parent}'}")
         click.echo(DISCLAIMER)
+    warn_failed_outputs(result.outputs)
     if fail_on and PRIORITY_ORDER.index(result.priority) >= PRIORITY_ORDER.index(fail_on) \
             and result.priority != "indeterminate":
         click.get_current_context().exit(EXIT_FAIL_ON)
