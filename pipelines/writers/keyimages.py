@@ -9,6 +9,14 @@ not for diagnosis") and a legend from the message catalogue.
 :func:`build_sc_datasets` wraps them as DICOM Secondary Capture (highdicom)
 in the source study, marked as derived triage output. Images are shown in
 radiological convention (patient left on the image right, anterior up).
+
+When the template anatomy is registered, two more images show the ASPECTS
+levels (:func:`render_aspects_images`): the axial slice of the analysis grid
+with the most voxels of the ganglionic, then of the supraganglionic regions,
+in a stroke window, every region outlined and labelled with its code, the
+affected ones filled, the score burned in ("ASPECTS L 7 / R 10") and the
+hyperdense artery marked (projected from its own level when it is not on the
+slice). Their ``slice_index`` counts slices of the anatomy's analysis grid.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ from scipy import ndimage
 
 from imaging.errors import OutputError
 from pipelines.writers import common
+from pipelines.writers import stroke as stroke_out
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,12 @@ _ALPHA = 0.4
 _BANNER_RGB = (170, 0, 0)
 _IDEAL_RGB = (0, 230, 255)
 _SHIFT_RGB = (255, 255, 0)
+STROKE_WINDOW_HU = (15.0, 55.0)  # stroke window (level 35, width 40): early ischaemic change shows best
+_REGION_RGB = (0, 200, 255)
+_ASPECTS_ALPHA = 0.45
+#: ASPECTS region codes of each level (imaging.stroke_atlas GANGLIONIC_CODES / SUPRAGANGLIONIC_CODES).
+ASPECTS_LEVELS = (("ganglionic", ("C", "LN", "InCa", "IC", "M1", "M2", "M3")),
+                  ("supraganglionic", ("M4", "M5", "M6")))
 
 
 @dataclass(frozen=True)
@@ -266,6 +281,117 @@ def render_key_images(result: Any, lang: str = "en", *, max_lesion_slices: int =
         drawn_shift = shift_mm if (kind == "midline" or (midline_k is not None and k == midline_k)) else None
         img = _decorate(img, messages, caption, present, classes, drawn_shift, result, plane is not None)
         out.append(KeyImage(np.asarray(img, dtype=np.uint8), kind, int(k), int(hu.shape[0]), caption))
+    if stroke_out.registered(result):
+        out.extend(render_aspects_images(result, lang))
+    return out
+
+
+def aspects_level_slices(aspects_zyx: np.ndarray) -> list[tuple[str, int]]:
+    """(level, k): the slice with the most voxels of each level's regions (both sides); levels absent are left out."""
+    out = []
+    for level, region_codes in ASPECTS_LEVELS:
+        values = [stroke_out.aspects_label(c, side) for c in region_codes for side in stroke_out.SIDES]
+        counts = np.isin(aspects_zyx, values).sum(axis=(1, 2))
+        if counts.max() > 0:
+            out.append((level, int(np.argmax(counts))))
+    return out
+
+
+def render_aspects_images(result: Any, lang: str = "en") -> list[KeyImage]:
+    """The ganglionic and supraganglionic ASPECTS images (see the module docstring); [] unless registered."""
+    if not stroke_out.registered(result):
+        return []
+    messages = common.load_messages(lang)
+    anatomy = result.anatomy
+    grid = anatomy.grid
+    hu = sitk.GetArrayViewFromImage(grid)
+    labels = np.asarray(anatomy.aspects)
+    isch = result.findings.get("ischaemia") or {}
+    affected_regions = isch.get("affected_regions") or {} if isch.get("assessed") else {}
+    affected_values = {stroke_out.aspects_label(c, side) for side in stroke_out.SIDES
+                       for c in affected_regions.get(side) or ()}
+    artery = None
+    dense = getattr(result, "dense_artery", None)
+    dense_record = result.findings.get("dense_artery") or {}
+    if dense is not None and getattr(dense, "present", None) and getattr(dense, "mask", None) is not None:
+        artery = np.asarray(dense.mask, dtype=bool)
+        artery = artery if artery.any() else None
+    if isch.get("assessed") and isch.get("aspects"):
+        score = messages["aspects_burned"].format(left=isch["aspects"].get("left", "-"),
+                                                  right=isch["aspects"].get("right", "-"))
+    else:
+        score = messages["aspects_not_assessed_short"]
+
+    sx, sy, _ = grid.GetSpacing()
+    y0, y1, x0, x1 = _head_box(hu, (sx, sy))
+    ny, nx = y1 - y0, x1 - x0
+    width = max(MIN_WIDTH_PX, nx)
+    scale_x = width / nx
+    height = int(round(ny * scale_x * sy / sx))
+    lo, hi = STROKE_WINDOW_HU
+    size = max(11, width // 50)
+    font = _bold_font(size)
+    out: list[KeyImage] = []
+    for level, k in aspects_level_slices(labels):
+        gray = np.clip((np.asarray(hu[k, y0:y1, x0:x1], dtype=np.float32) - lo) / (hi - lo) * 255.0, 0, 255)
+        base = Image.fromarray(gray.astype(np.uint8)).resize((width, height), Image.BILINEAR).convert("RGB")
+        lab = np.asarray(Image.fromarray(np.ascontiguousarray(labels[k, y0:y1, x0:x1])).resize(
+            (width, height), Image.NEAREST))
+        rgb = np.asarray(base, dtype=np.float32).copy()
+        present = [int(v) for v in np.unique(lab) if v != 0]
+        fill = np.array(stroke_out.ISCHAEMIA_RGB, dtype=np.float32)
+        for value in present:
+            if value in affected_values:
+                region = lab == value
+                rgb[region] = (1 - _ASPECTS_ALPHA) * rgb[region] + _ASPECTS_ALPHA * fill
+        edges = np.zeros(lab.shape, dtype=bool)
+        for value in present:
+            region = lab == value
+            edges |= region & ~ndimage.binary_erosion(region, iterations=1)
+        rgb[edges] = np.array(_REGION_RGB, dtype=np.float32)
+        projected = False
+        art_px = None
+        if artery is not None:
+            art_k = artery[k]
+            if not art_k.any():
+                art_k, projected = artery.any(axis=0), True
+            art_px = np.asarray(Image.fromarray(art_k[y0:y1, x0:x1].astype(np.uint8) * 255).resize(
+                (width, height), Image.NEAREST)) > 0
+            colour = np.array(stroke_out.DENSE_ARTERY_RGB, dtype=np.float32)
+            art_edge = art_px & ~ndimage.binary_erosion(art_px, iterations=2)
+            rgb[art_px if not projected else art_edge] = colour
+        img = Image.fromarray(rgb.astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for value in present:
+            rows, cols = np.nonzero(lab == value)
+            code, _ = stroke_out.aspects_region(value)
+            text_w = draw.textlength(code, font=font)
+            cx, cy = float(np.mean(cols)) - text_w / 2, float(np.mean(rows)) - size / 2
+            draw.text((cx, cy), code, font=font, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
+        if art_px is not None and art_px.any():
+            rows, cols = np.nonzero(art_px)
+            r = max(12.0, 0.6 * float(max(np.ptp(rows), np.ptp(cols))))
+            cy, cx = float(np.mean(rows)), float(np.mean(cols))
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=stroke_out.DENSE_ARTERY_RGB,
+                         width=max(2, width // 256))
+        big = _bold_font(max(14, width // 28))
+        draw.text((8, 6), score, font=big, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
+        for text, x in ((messages["side_letter_right"], 8), (messages["side_letter_left"], width - 8 - size)):
+            draw.text((x, height / 2), text, font=big, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
+        caption = messages[f"key_image_aspects_{level}"].format(slice=k + 1, slices=hu.shape[0])
+        lines: list[tuple[tuple[int, int, int] | None, str]] = [(None, caption), (None, score),
+                                                               (_REGION_RGB, messages["legend_aspects_region"])]
+        if affected_values:
+            lines.append((stroke_out.ISCHAEMIA_RGB, messages["legend_aspects_affected"]))
+        if artery is not None:
+            side = dense_record.get("side") or getattr(dense, "side", None)
+            text = messages["legend_dense_artery"].format(
+                side=messages.get(f"hemisphere_{side}", str(side or "")), segment=dense_record.get("segment") or "")
+            if projected:
+                text += " " + messages["legend_projected"]
+            lines.append((stroke_out.DENSE_ARTERY_RGB, text))
+        framed = _frame(img, messages, lines)
+        out.append(KeyImage(np.asarray(framed, dtype=np.uint8), f"aspects_{level}", int(k), int(hu.shape[0]), caption))
     return out
 
 
@@ -273,11 +399,6 @@ def _decorate(img: Image.Image, messages: Any, caption: str, present: Sequence[c
               classes: Sequence[common.LesionClass], shift_mm: float | None, result: Any,
               has_midline: bool) -> Image.Image:
     """Add the banner on top and the legend below the image."""
-    width, height = img.size
-    size = max(12, width // 40)
-    font, bold = _font(size), _bold_font(size)
-    line_h = int(size * 1.5)
-    banner_h = line_h + 8
     legend: list[tuple[tuple[int, int, int] | None, str]] = []
     for cls in present:
         index = [c.value for c in classes].index(cls.value)
@@ -291,7 +412,16 @@ def _decorate(img: Image.Image, messages: Any, caption: str, present: Sequence[c
             text = (f"{messages['midline_shift']}: {abs(shift_mm):.1f} {messages['unit_mm']}, "
                     f"{messages.get('direction_' + str(direction), str(direction))}")
             legend.append((_SHIFT_RGB, text))
-    lines = [(None, caption)] + legend
+    return _frame(img, messages, [(None, caption)] + legend)
+
+
+def _frame(img: Image.Image, messages: Any, lines: Sequence[tuple[tuple[int, int, int] | None, str]]) -> Image.Image:
+    """The image with the red "not for diagnosis" banner on top and legend ``lines`` below."""
+    width, height = img.size
+    size = max(12, width // 40)
+    font, bold = _font(size), _bold_font(size)
+    line_h = int(size * 1.5)
+    banner_h = line_h + 8
     bottom_h = line_h * len(lines) + 10
     canvas = Image.new("RGB", (width, banner_h + height + bottom_h), (0, 0, 0))
     canvas.paste(img, (0, banner_h))
@@ -339,7 +469,10 @@ def build_sc_datasets(images: Sequence[KeyImage], ref_dataset: Dataset) -> list[
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.BurnedInAnnotation = "YES"
         sc.BodyPartExamined = "HEAD"  # an unpaired part: no Laterality (dciodvfy checks this condition)
-        sc.DerivationDescription = "Ictus triage output: segmentation overlay and midline, not for diagnosis"
+        sc.DerivationDescription = (
+            "Ictus triage output: ASPECTS regions of the registered template, not for diagnosis"
+            if key.kind.startswith("aspects") else
+            "Ictus triage output: segmentation overlay and midline, not for diagnosis")
         sc.ImageComments = f"ictus key image: {key.kind}, slice {key.slice_index + 1} of {key.n_slices}"
         out.append(sc)
     return out
