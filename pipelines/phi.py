@@ -278,7 +278,10 @@ def install() -> None:
     with _INSTALL_LOCK:
         if not getattr(logging.getLogRecordFactory(), "__ictus_phi__", False):
             logging.setLogRecordFactory(_wrap_factory(logging.getLogRecordFactory()))
-        logging.captureWarnings(True)
+        if warnings.showwarning is not getattr(logging, "_showwarning", None):
+            # another tool (a test runner, a notebook) replaced showwarning since: route through logging again
+            logging.captureWarnings(False)
+            logging.captureWarnings(True)
         if not _installed:
             warnings.filterwarnings("once", message=PERSON_NAME_WARNING, category=UserWarning)
             logging.getLogger("py.warnings").addFilter(_PersonNameWarningOnce())

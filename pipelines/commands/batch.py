@@ -37,12 +37,14 @@ from pipelines.triage import ALL_OUTPUTS, TriageOptions
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads per worker (default: cores / workers).")
 @click.option("--outputs", default=",".join(ALL_OUTPUTS), show_default=True, help="Outputs to write.")
 @click.option("--lang", type=click.Choice(["en", "ru", "kk"]), default="en", show_default=True)
+@click.option("--no-stroke", is_flag=True,
+              help="Skip the template anatomy and the ischaemic findings (as `ictus triage --no-stroke`).")
 @click.option("--engine", default=None, hidden=True, help="module:callable making the engine (tests, load runs).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any study failed.")
 def command(sources: tuple[Path, ...], out_dir: Path, workers: int, scheduler: str | None, resume: bool, fast: bool,
-            model: str, models_dir: Path | None, threads: int | None, outputs: str, lang: str, engine: str | None,
-            no_progress: bool, strict: bool) -> None:
+            model: str, models_dir: Path | None, threads: int | None, outputs: str, lang: str, no_stroke: bool,
+            engine: str | None, no_progress: bool, strict: bool) -> None:
     """Triage every study of SOURCES into OUT."""
     from pipelines.batch import discover, run_batch
 
@@ -51,7 +53,7 @@ def command(sources: tuple[Path, ...], out_dir: Path, workers: int, scheduler: s
 
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     options = TriageOptions(model=model, models_dir=str(models_dir) if models_dir else None, fast=fast,
-                            threads=threads, outputs=parse_outputs(outputs), lang=lang)
+                            threads=threads, outputs=parse_outputs(outputs), lang=lang, stroke=not no_stroke)
     jobs = discover(sources)
     bar = None
     if not no_progress:
@@ -75,6 +77,8 @@ def command(sources: tuple[Path, ...], out_dir: Path, workers: int, scheduler: s
     for row in summary.rows:
         if row["status"] == "failed":
             click.echo(f"failed {row['study_id']} (exit {row['exit_code']}): {row['error']}")
+        elif row.get("outputs_failed"):
+            click.echo(f"ictus: warning: {row['study_id']}: outputs not written: {row['outputs_failed']}", err=True)
     click.echo(f"summary: {summary.csv_path} and {summary.jsonl_path}")
     if strict and summary.counts.get("failed"):
         click.get_current_context().exit(1)

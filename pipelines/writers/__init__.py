@@ -178,7 +178,7 @@ def write_outputs(
         ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
     )
     for kind, reason in written.failed.items():
-        log.warning("output %s not written: %s", kind, reason)
+        log.info("output %s not written: %s", kind, reason)  # callers report it (CLI warning, summary)
     return written
 
 
