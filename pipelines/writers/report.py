@@ -1,6 +1,9 @@
 """The human report: ``report.html`` (self-contained) and ``report.pdf`` (reportlab, no browser).
 
 Both show the summary (priority, haemorrhage yes/no, volumes, midline shift),
+the stroke section (the four stroke answers, ASPECTS per side and per region with
+the affected regions highlighted, net water uptake as an estimate with its source,
+the hyperdense artery, ICH-score components, cautions, template registration),
 the findings table, the key images, the QC flags, the provenance and the
 "triage aid, not a diagnostic device" statement, in the language of the
 message catalogue (``pipelines/locales/<lang>.json``). The HTML inlines its
@@ -43,7 +46,7 @@ h1{font-size:22px;margin:0 0 4px 0}h2{font-size:17px;border-bottom:1px solid #cc
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #bbb;padding:4px 10px;text-align:left}
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .figs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:520px}figure img{width:100%;border:1px solid #444}
-figcaption{font-size:13px;color:#333}.small{font-size:12px;color:#444}code{font-size:12px;word-break:break-all}
+figcaption{font-size:13px;color:#333}tr.affected td{background:#fff1b8;font-weight:bold}.small{font-size:12px;color:#444}code{font-size:12px;word-break:break-all}
 """
 
 
@@ -163,6 +166,205 @@ def qc_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str
     return rows
 
 
+# -- stroke section ------------------------------------------------------------------------------
+
+ASPECTS_CODES = ("C", "LN", "InCa", "IC", "M1", "M2", "M3", "M4", "M5", "M6")
+_KNOWN_CAUTIONS = {"haemorrhage present": "caution_haemorrhage", "hypodensity over one third": "caution_large_mca"}
+
+
+def _side(m: Mapping[str, str], side: Any) -> str:
+    return m.get(f"hemisphere_{side}", str(side or ""))
+
+
+def _yes_no(m: Mapping[str, str], value: Any) -> str:
+    return "\u2014" if value is None else m["yes"] if value else m["no"]
+
+
+def stroke_answers(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The four stroke questions with localised answers, built from the structured blocks
+    (the same logic as ``findings["stroke_summary"]``, whose English text is the fallback)."""
+    summary = findings.get("stroke_summary") or {}
+    ich = findings.get("ich") or {}
+    isch = findings.get("ischaemia") or {}
+    dense = findings.get("dense_artery") or {}
+    if ich.get("present") is None:
+        blood = m["not_assessed"]
+    elif ich["present"]:
+        blood = m["stroke_blood_yes"].format(volume=common.fmt_number(ich.get("total_volume_ml")))
+    else:
+        blood = m["stroke_blood_no"]
+    if not isch:
+        early = summary.get("early_ischaemic_change") or m["not_assessed"]
+        age = summary.get("tissue_age") or m["not_assessed"]
+    elif not isch.get("assessed"):
+        early = m["not_assessed_reason"].format(reason=isch.get("reason") or "")
+        age = m["not_assessed"]
+    else:
+        scores = isch.get("aspects") or {}
+        regions = "; ".join(f"{_side(m, side)}: {', '.join(codes)}"
+                            for side, codes in (isch.get("affected_regions") or {}).items() if codes)
+        if isch.get("early_change"):
+            early = m["stroke_early_yes"].format(left=scores.get("left"), right=scores.get("right"), regions=regions)
+            if isch.get("score_reliable") is False:
+                early += f"; {m['stroke_unreliable']}"
+        else:
+            early = m["stroke_early_no"].format(left=scores.get("left"), right=scores.get("right"))
+        if isch.get("chronic_lesions"):
+            early += "; " + m["stroke_old_infarcts"].format(n=len(isch["chronic_lesions"]))
+        if isch.get("nwu_percent") is None:
+            age = m["stroke_age_none"]
+        else:
+            onset = m["onset_within"] if isch.get("onset_within_4_5h_likely") else m["onset_older"]
+            age = m["stroke_age_nwu"].format(nwu=common.fmt_number(isch["nwu_percent"]), onset=onset,
+                                             cutoff=isch.get("nwu_cutoff_percent"))
+    if not dense:
+        artery = summary.get("dense_artery") or m["not_assessed"]
+    elif not dense.get("assessed"):
+        artery = m["not_assessed_reason"].format(reason=dense.get("reason") or "")
+    elif dense.get("present"):
+        artery = m["stroke_artery_yes"].format(side=_side(m, dense.get("side")), segment=dense.get("segment") or "")
+    else:
+        artery = m["stroke_artery_no"]
+    return [(m["stroke_q_blood"], blood), (m["stroke_q_early"], early), (m["stroke_q_artery"], artery),
+            (m["stroke_q_age"], age)]
+
+
+def caution_lines(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[str]:
+    """The thrombolysis cautions, translated where known (verbatim otherwise)."""
+    out = []
+    for caution in (findings.get("stroke_summary") or {}).get("cautions") or []:
+        key = next((k for prefix, k in _KNOWN_CAUTIONS.items() if str(caution).startswith(prefix)), None)
+        out.append(m[key] if key else str(caution))
+    return out
+
+
+def aspects_score_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+    """ASPECTS per side, affected side, NWU and onset estimate (or "not assessed" with the reason)."""
+    isch = findings.get("ischaemia") or {}
+    if not isch.get("assessed"):
+        return [(m["stroke_section"], m["stroke_not_assessed"].format(reason=isch.get("reason") or m["not_assessed"]))]
+    scores = isch.get("aspects") or {}
+    rows = [(m["aspects_left"], f"{scores.get('left')} / 10"), (m["aspects_right"], f"{scores.get('right')} / 10"),
+            (m["affected_side"], _side(m, isch.get("affected_side")) if isch.get("affected_side") else "\u2014")]
+    if isch.get("nwu_percent") is not None:
+        onset = m["onset_within"] if isch.get("onset_within_4_5h_likely") else m["onset_older"]
+        rows.append((m["nwu_title"], f"{common.fmt_number(isch['nwu_percent'])} %"))
+        rows.append((m["onset_estimate"], f"{onset} ({isch.get('nwu_cutoff_percent')} %)"))
+        rows.append((m["nwu_source"], str(isch.get("nwu_source") or "\u2014")))
+    if isch.get("score_reliable") is False and isch.get("reliability_note"):
+        rows.append((m["stroke_unreliable"], m["score_unreliable_note"].format(note=isch["reliability_note"])))
+    if isch.get("chronic_lesions"):
+        rows.append((m["chronic_lesions"], "; ".join(
+            f"{_side(m, c.get('side'))} {common.fmt_number(c.get('volume_ml'))} {m['unit_ml']}"
+            for c in isch["chronic_lesions"])))
+    return rows
+
+
+def aspects_region_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[bool, list[str]]]:
+    """(affected, cells) per ASPECTS region: code and name, side, mean/mirror/difference HU, ratio, NWU, affected."""
+    isch = findings.get("ischaemia") or {}
+    rows = list(isch.get("regions") or []) if isch.get("assessed") else []
+    order = {code: n for n, code in enumerate(ASPECTS_CODES)}
+    rows.sort(key=lambda r: (0 if r.get("side") == "left" else 1, order.get(r.get("code"), 99)))
+    return [(bool(r.get("affected")), [
+        f"{r.get('code')} \u2013 {m.get('region_' + str(r.get('code')), str(r.get('name') or ''))}",
+        _side(m, r.get("side")), common.fmt_number(r.get("mean_hu")), common.fmt_number(r.get("mirror_mean_hu")),
+        common.fmt_number(r.get("difference_hu")), common.fmt_number(r.get("ratio"), 3),
+        common.fmt_number(r.get("nwu_percent")), _yes_no(m, r.get("affected")),
+    ]) for r in rows]
+
+
+ASPECTS_HEADER_KEYS = ("col_region", "col_side", "col_mean_hu", "col_mirror_hu", "col_difference_hu", "col_ratio",
+                       "col_nwu", "col_affected")
+VESSEL_HEADER_KEYS = ("col_segment", "col_side", "col_peak_hu", "col_mean_hu", "col_contra_hu", "col_ratio",
+                      "col_length_mm", "col_dense")
+
+
+def vessel_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[bool, list[str]]]:
+    """(dense, cells) per searched arterial segment."""
+    dense = findings.get("dense_artery") or {}
+    return [(bool(v.get("dense")), [
+        str(v.get("name")), _side(m, v.get("side")), common.fmt_number(v.get("peak_hu")),
+        common.fmt_number(v.get("mean_hu")), common.fmt_number(v.get("contralateral_mean_hu")),
+        common.fmt_number(v.get("ratio"), 2), common.fmt_number(v.get("length_mm")), _yes_no(m, v.get("dense")),
+    ]) for v in dense.get("segments") or []] if dense.get("assessed") else []
+
+
+def ich_score_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The ICH-score components and points, with the note and the source."""
+    score = findings.get("ich_score") or {}
+    if not score:
+        return []
+    rows = [(m[key], _yes_no(m, score.get(field))) for key, field in (
+        ("ich_volume_ge_30", "volume_ge_30_ml"), ("ich_ivh", "ivh_present"),
+        ("ich_infratentorial", "infratentorial_origin"), ("ich_age_ge_80", "age_ge_80"))]
+    points = score.get("imaging_points")
+    rows.append((m["ich_points"], str(points) if points is not None else m["not_assessed"]))
+    note = m["ich_note"] if points is not None else (
+        m["ich_not_applicable"] if score.get("volume_ge_30_ml") is False else m["not_assessed"])
+    rows.append(("", note))
+    if score.get("source"):
+        rows.append((m["nwu_source"], str(score["source"])))
+    return rows
+
+
+def registration_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Template registration: status, Dice against its minimum, method."""
+    anatomy = findings.get("anatomy") or {}
+    if not anatomy:
+        return [(m["registration_status"], m["registration_not_run"])]
+    status = {True: m["registered_yes"], False: m["registered_no"]}.get(anatomy.get("registered"),
+                                                                         m["registration_not_run"])
+    rows = [(m["registration_status"], status)]
+    if anatomy.get("quality_dice") is not None:
+        rows.append((m["registration_quality"], f"{common.fmt_number(anatomy['quality_dice'], 2)} "
+                     f"({m['registration_minimum'].format(min=common.fmt_number(anatomy.get('min_quality_dice'), 2))})"))
+    rows.append((m["registration_method"], str(anatomy.get("method") or "\u2014")))
+    return rows
+
+
+def _stroke_html(f: Mapping[str, Any], m: Mapping[str, str]) -> list[str]:
+    e = html.escape
+    parts = [f"<h2>{e(m['stroke_section'])}</h2><table>",
+             f"<tr><th>{e(m['col_question'])}</th><th>{e(m['col_answer'])}</th></tr>"]
+    parts += [f"<tr><td>{e(q)}</td><td>{e(a)}</td></tr>" for q, a in stroke_answers(f, m)]
+    parts.append("</table><table>")
+    parts += [f"<tr><th>{e(a)}</th><td>{e(b)}</td></tr>" for a, b in aspects_score_rows(f, m)]
+    parts.append("</table>")
+    regions = aspects_region_rows(f, m)
+    if regions:
+        parts.append(f"<h3>{e(m['aspects_table'])}</h3><table><tr>"
+                     + "".join(f"<th>{e(m[k])}</th>" for k in ASPECTS_HEADER_KEYS) + "</tr>")
+        for affected, cells in regions:
+            cls = ' class="affected"' if affected else ""
+            parts.append(f"<tr{cls}>" + "".join(
+                f'<td{" class=num" if 2 <= i <= 6 else ""}>{e(c)}</td>' for i, c in enumerate(cells)) + "</tr>")
+        parts.append("</table>")
+        parts.append(f'<p class="small">{e(m["nwu_note"])}</p>')
+    parts.append(f"<h3>{e(m['dense_artery_title'])}</h3>")
+    parts.append(f"<p>{e(stroke_answers(f, m)[2][1])}</p>")
+    vessels = vessel_rows(f, m)
+    if vessels:
+        parts.append("<table><tr>" + "".join(f"<th>{e(m[k])}</th>" for k in VESSEL_HEADER_KEYS) + "</tr>")
+        for dense, cells in vessels:
+            cls = ' class="affected"' if dense else ""
+            parts.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+    ich_rows = ich_score_rows(f, m)
+    if ich_rows:
+        parts.append(f"<h3>{e(m['ich_score_title'])}</h3><table>")
+        parts += [f"<tr><th>{e(a)}</th><td>{e(b)}</td></tr>" for a, b in ich_rows]
+        parts.append("</table>")
+    parts.append(f"<h3>{e(m['cautions_title'])}</h3>")
+    cautions = caution_lines(f, m)
+    parts.append("<ul>" + "".join(f"<li><b>{e(c)}</b></li>" for c in cautions) + "</ul>" if cautions
+                 else f"<p>{e(m['no_cautions'])}</p>")
+    parts.append(f"<h3>{e(m['registration_title'])}</h3><table>")
+    parts += [f"<tr><th>{e(a)}</th><td>{e(b)}</td></tr>" for a, b in registration_rows(f, m)]
+    parts.append("</table>")
+    return parts
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     """PNG encoding of an RGB uint8 image."""
     buf = io.BytesIO()
@@ -224,6 +426,8 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
             parts.append(f'<tr><td>{e(cls)}</td><td class="num">{e(vol)}</td><td>{e(hemi)}</td><td>{e(region)}</td></tr>')
         parts.append("</table>")
 
+    parts += _stroke_html(f, m)
+
     parts.append(f"<h2>{e(m['key_images'])}</h2>")
     if images:
         parts.append('<div class="figs">')
@@ -282,6 +486,50 @@ def provenance_rows(result: Any, m: Mapping[str, str]) -> list[tuple[str, str]]:
     if not prov.get("models") and getattr(result, "card", None) is not None:
         rows.append((m["model"], f"{result.card.id} {result.card.version}"))
     return rows
+
+
+def _stroke_pdf(f: Mapping[str, Any], m: Mapping[str, str], para: Any, h2: Any, grid: Any, mm: float, colors: Any,
+                Table: Any, TableStyle: Any) -> list[Any]:
+    """The stroke section as reportlab flowables (affected rows highlighted)."""
+    story: list[Any] = [para(m["stroke_section"], h2)]
+    story.append(Table([[para(m["col_question"]), para(m["col_answer"])]]
+                       + [[para(q), para(a)] for q, a in stroke_answers(f, m)],
+                       colWidths=[70 * mm, 100 * mm], style=grid))
+    story.append(Table([[para(a), para(b)] for a, b in aspects_score_rows(f, m)], colWidths=[70 * mm, 100 * mm],
+                       style=grid))
+    highlight = colors.HexColor("#fff1b8")
+    regions = aspects_region_rows(f, m)
+    if regions:
+        story.append(para(m["aspects_table"], h2))
+        data = [[para(m[k]) for k in ASPECTS_HEADER_KEYS]] + [[para(c) for c in cells] for _, cells in regions]
+        style = TableStyle(list(grid.getCommands()) + [
+            ("BACKGROUND", (0, n), (-1, n), highlight) for n, (affected, _) in enumerate(regions, start=1) if affected])
+        story.append(Table(data, colWidths=[44 * mm, 16 * mm, 17 * mm, 19 * mm, 19 * mm, 17 * mm, 16 * mm, 20 * mm],
+                           style=style, repeatRows=1))
+        story.append(para(m["nwu_note"]))
+    story.append(para(m["dense_artery_title"], h2))
+    story.append(para(stroke_answers(f, m)[2][1]))
+    vessels = vessel_rows(f, m)
+    if vessels:
+        data = [[para(m[k]) for k in VESSEL_HEADER_KEYS]] + [[para(c) for c in cells] for _, cells in vessels]
+        style = TableStyle(list(grid.getCommands()) + [
+            ("BACKGROUND", (0, n), (-1, n), highlight) for n, (dense, _) in enumerate(vessels, start=1) if dense])
+        story.append(Table(data, colWidths=[22 * mm, 18 * mm, 20 * mm, 20 * mm, 26 * mm, 18 * mm, 22 * mm, 24 * mm],
+                           style=style))
+    ich_rows = ich_score_rows(f, m)
+    if ich_rows:
+        story.append(para(m["ich_score_title"], h2))
+        story.append(Table([[para(a), para(b)] for a, b in ich_rows], colWidths=[70 * mm, 100 * mm], style=grid))
+    story.append(para(m["cautions_title"], h2))
+    cautions = caution_lines(f, m)
+    for caution in cautions:
+        story.append(para(f"\u2022 {caution}"))
+    if not cautions:
+        story.append(para(m["no_cautions"]))
+    story.append(para(m["registration_title"], h2))
+    story.append(Table([[para(a), para(b)] for a, b in registration_rows(f, m)], colWidths=[70 * mm, 100 * mm],
+                       style=grid))
+    return story
 
 
 def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike, lang: str = "en") -> bool:
@@ -345,6 +593,7 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
         header = [para(m[k]) for k in ("col_finding", "col_volume_ml", "col_hemisphere", "col_region")]
         story.append(Table([header] + [[para(c) for c in row] for row in lesions],
                            colWidths=[60 * mm, 25 * mm, 35 * mm, 50 * mm], style=grid))
+    story += _stroke_pdf(f, m, para, h2, grid, mm, colors, Table, TableStyle)
     story.append(para(m["key_images"], h2))
     encoded = [jpeg_bytes(k.rgb) for k in images]
     if images:
