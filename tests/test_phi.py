@@ -204,7 +204,7 @@ def test_batch_leaks_nothing(tmp_path):
     make_study(studies / "a", NAME)
     make_study(studies / "b", SINGLE)
     out = tmp_path / "out"
-    proc = _ictus("batch", studies, "--out", out, "--workers", "0", "--no-progress",
+    proc = _ictus("batch", studies / "a", studies / "b", "--out", out, "--workers", "0", "--no-progress",
                   "--engine", "orthanc_helpers:ThresholdEngine", "--no-stroke", timeout=1200)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert leaks(proc.stdout) == [] and leaks(proc.stderr) == []
