@@ -210,6 +210,7 @@ class Listener:
         self._counter_lock = threading.Lock()
         self.state = "stopped"
         self.bound_port: int | None = None
+        self._phi_keys: set[tuple[str, str]] = set()  # studies whose identifying values pipelines.phi holds
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -255,6 +256,9 @@ class Listener:
         if self._http is not None:
             self._http.shutdown()
         self.state = "stopped"
+        for key in list(self._phi_keys):  # studies received but not triaged: their values are dropped
+            phi.forget(key)
+        self._phi_keys.clear()
         log.info(kv(event="stopped", **{k: v for k, v in self.spool.status().items()
                                        if k in ("queue_length", "processed", "failed")}))
         self.spool.close()
@@ -314,6 +318,7 @@ class Listener:
             study_uid, series_uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
             sop_uid = str(event.request.AffectedSOPInstanceUID)
             phi.remember(("study", study_uid), ds)  # redacted from every log line until the study is triaged
+            self._phi_keys.add(("study", study_uid))
             self.spool.store_instance(data, study_uid, series_uid or None, sop_uid, calling)
         except InvalidInputError as exc:
             self._count("instances_refused")
@@ -376,6 +381,7 @@ class Listener:
                 return
             finally:
                 phi.forget(("study", study_uid))
+                self._phi_keys.discard(("study", study_uid))
         if self.config.destination is None:
             results = []  # nothing to send: outputs stay in the spool
         recorded = self.spool.finish_triage(study_uid, round_, results, priority)

@@ -139,7 +139,10 @@ def test_unknown_language_or_output_is_refused_before_writing(study, tmp_path):
 
 def test_findings_json_round_trips(study):
     result, paths, _ = study
-    assert json.loads(Path(paths["en"]["json"][0]).read_text(encoding="utf-8")) == result.findings
+    written = json.loads(Path(paths["en"]["json"][0]).read_text(encoding="utf-8"))
+    outputs = written.pop("outputs")  # findings.json is written last and lists every output
+    assert written == result.findings
+    assert {k: v["status"] for k, v in outputs.items()} == dict.fromkeys(("json", "seg", "sr", "sc", "report"), "written")
     text = findings_json_text({"a": np.float32(1.5), "b": np.int64(3), "c": (1, 2), "d": np.array([1.0])})
     assert json.loads(text) == {"a": 1.5, "b": 3, "c": [1, 2], "d": [1.0]}
     with pytest.raises(OutputError, match="finite"):
