@@ -95,6 +95,7 @@ RANDOM_TRANSLATION_MM = (8.0, 8.0, 5.0)
 RANDOM_SCALE = (0.92, 1.08)
 DENSE_ARTERY_COURSE = ("M1", "M2")
 CALCIFIED_ARC_MM = ((4.0, 7.0), (12.0, 15.0))  # wall segments along the M1, from its origin
+CALCIFIED_WALL_MM = 1.2  # thickness of the calcified crescent (full density), on the upper half of the wall
 
 
 @dataclass(frozen=True)
@@ -466,10 +467,11 @@ def _paint_arteries(spec: StrokePhantomSpec, base: _Base, hu: np.ndarray) -> dic
             in_arc = np.zeros(len(pts), bool)
             for a0, a1 in CALCIFIED_ARC_MM:
                 in_arc |= (arc >= a0) & (arc <= a1)
-            wall = np.clip(1.0 - np.abs(d - (r + 0.3)) / 0.8, 0.0, 1.0) * (on_side & in_arc)
+            wall = np.clip(CALCIFIED_WALL_MM / 2.0 + 0.5 - np.abs(d - (r + CALCIFIED_WALL_MM / 2.0 - 0.2)), 0.0, 1.0) \
+                * (on_side & in_arc)
             sub[:] = sub * (1.0 - wall) + spec.calcified_wall_hu * wall
             wall_info = {"side": side, "artery": "M1", "hu": spec.calcified_wall_hu,
-                         "arc_mm": [list(a) for a in CALCIFIED_ARC_MM], "wall_mm": 0.8,
+                         "arc_mm": [list(a) for a in CALCIFIED_ARC_MM], "wall_mm": CALCIFIED_WALL_MM,
                          "counts_as_dense_artery": False}
         hu[box] = sub.reshape(hu[box].shape)
     return {
