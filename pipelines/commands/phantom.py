@@ -324,7 +324,7 @@ def _stroke_command(ctx: click.Context, given: set[str], *, out_dir: Path, slice
         raise ModelError(f"phantom: the stroke atlas in {atlas_dir} lacks {missing[0]}"
                          + (f" and {len(missing) - 1} more files" if len(missing) > 1 else "")
                          + "; give --atlas-dir DIR or run `ictus models pull stroke-atlas`")
-    lobar_dir = _asset_dir(o["lobar_atlas_dir"], "blast-ct", required=False)
+    lobar_dir = _asset_dir(o["lobar_atlas_dir"], "blast-ct-atlas", required=False)
     if lobar_dir is not None and (lobar_dir / "localisation_files").is_dir():
         lobar_dir = lobar_dir / "localisation_files"
     atlas = load_template_atlas(str(atlas_dir), str(lobar_dir) if lobar_dir is not None else None)
