@@ -12,8 +12,8 @@ ratio to the contralateral MCA > 1.2):
    anatomical variation) on the analysis grid, kept inside the brain mask (which holds the
    cisterns and the Sylvian fissure) and outside ``exclude_mask`` (haemorrhage).
 2. **Candidates.** Voxels with HU in ``[dense_min_hu, calcium_hu)``. Voxels at or above
-   ``calcium_hu`` are calcification or bone; they and a ``calcium_dilation_voxels`` dilation
-   around them (their partial-volume halo) are removed, so a calcified wall never triggers.
+   ``calcium_hu`` are calcification or bone; they and a ``calcium_margin_mm`` margin around them
+   (their partial-volume halo: 1 voxel in-plane on the ~1 mm grid) are removed, so a calcified wall never triggers.
 3. **Components** (26-connected) inside each tube are measured: length along the course
    (voxel centres projected on the polyline, plus one voxel's extent along it), peak and
    mean HU, voxel count, centroid.
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("vessel_rules.json")
 RULES_SCHEMA = "ictus-vessel-rules/1"
-_NUMBERS = ("dense_min_hu", "calcium_hu", "calcium_dilation_voxels", "min_ratio", "min_length_mm", "min_voxels",
+_NUMBERS = ("dense_min_hu", "calcium_hu", "calcium_margin_mm", "min_ratio", "min_length_mm", "min_voxels",
             "reference_voxels", "reference_margin_mm")
 
 
@@ -108,8 +108,8 @@ def validate_vessel_rules(rules: Mapping[str, Any]) -> Mapping[str, Any]:
                                 f"calcium_hu {rules['calcium_hu']}")
     if rules["min_ratio"] < 1.0:
         raise InvalidInputError(f"vessel rules: min_ratio {rules['min_ratio']} must be at least 1")
-    if int(rules["reference_voxels"]) < 1 or int(rules["calcium_dilation_voxels"]) != rules["calcium_dilation_voxels"]:
-        raise InvalidInputError("vessel rules: reference_voxels must be >= 1 and calcium_dilation_voxels a whole number")
+    if int(rules["reference_voxels"]) < 1:
+        raise InvalidInputError("vessel rules: reference_voxels must be >= 1")
     return rules
 
 
@@ -188,6 +188,14 @@ def _top_median(values: np.ndarray, n: int) -> float | None:
     return float(np.median(np.partition(values, values.size - n)[values.size - n:]))
 
 
+def calcium_margin_voxels(spacing_zyx_mm: tuple[float, ...], margin_mm: float) -> tuple[int, ...]:
+    """Dilation radius per axis [z, y, x] around calcium: ``margin_mm`` rounded to voxels. On the
+    ~1 mm analysis grid that is 1 voxel in-plane (the kernel's halo); a thick slice (4-7 mm)
+    gets none through-plane, because its partial volume with calcium above or below is inside
+    the voxel itself, and a whole slice's margin would blind the M1 above the sphenoid ridge."""
+    return tuple(int(np.floor(margin_mm / s + 0.5)) for s in spacing_zyx_mm)
+
+
 # -- the analysis -------------------------------------------------------------------------------
 
 
@@ -217,9 +225,9 @@ def detect_dense_artery(
 
     dense_min, calcium = float(rules["dense_min_hu"]), float(rules["calcium_hu"])
     calcified = hu >= calcium
-    dil = int(rules["calcium_dilation_voxels"])
-    if dil > 0:
-        calcified = ndimage.binary_dilation(calcified, structure=np.ones((3, 3, 3), bool), iterations=dil)
+    radii = calcium_margin_voxels(anatomy.spacing_mm[::-1], float(rules["calcium_margin_mm"]))
+    if any(radii):
+        calcified = ndimage.binary_dilation(calcified, structure=np.ones(tuple(2 * r + 1 for r in radii), bool))
     allowed = ~calcified
     if anatomy.brain is not None:
         allowed &= anatomy.brain
