@@ -61,3 +61,20 @@ def fast_models_dir(tmp_path_factory):
     card = get_card("blast-ct")
     pull(card, models_dir, shared, members="fast", convert=True)
     return models_dir
+
+
+@pytest.fixture(scope="session")
+def stroke_models_dir(tmp_path_factory):
+    """A models dir with the stroke-atlas and blast-ct-atlas assets pulled from shared
+    (sha256-checked copies); pass it as ``models_dir``. Skips when either is absent."""
+    from models.assets import get_asset_card, pull_asset
+
+    stroke = shared_root() / "models" / "stroke-atlas"
+    blast = shared_root() / "models" / "blast-ct"
+    if not (stroke / "template").is_dir() or not (blast / "localisation_files").is_dir():
+        pytest.skip(f"stroke atlas {stroke} or BLAST-CT localisation files {blast} are absent "
+                    "(set ICTUS_SHARED_DIR to the shared folder)")
+    models_dir = tmp_path_factory.mktemp("stroke-models")
+    pull_asset(get_asset_card("stroke-atlas"), models_dir, stroke)
+    pull_asset(get_asset_card("blast-ct-atlas"), models_dir, blast)
+    return models_dir
