@@ -34,15 +34,22 @@ sysdeps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 # The demo: a synthetic head-CT study (30 mL IPH, 6 mm midline shift) written as
-# DICOM, the BLAST-CT weights fetched (from ../shared when it is there, else from
-# the pinned upstream URLs) and verified, then the full triage.
+# DICOM, the BLAST-CT weights and the stroke-atlas and blast-ct-atlas assets fetched
+# (from ../shared when it is there, else from the pinned upstream URLs) and verified,
+# then the full triage.
 BLAST_MIRROR := $(wildcard $(SHARED)/models/blast-ct/saved_models_v1)
+STROKE_MIRROR := $(wildcard $(SHARED)/models/stroke-atlas/template)
+BLAST_ATLAS_MIRROR := $(wildcard $(SHARED)/models/blast-ct/localisation_files)
 demo: $(VENV)/.runtime
 	rm -rf $(DEMO_DIR)
 	$(ICTUS) phantom $(DEMO_DIR)/study --haemorrhage IPH --haemorrhage-volume-ml 30 --midline-shift-mm 6
 	$(ICTUS) series $(DEMO_DIR)/study
 	$(ICTUS) models verify blast-ct >/dev/null 2>&1 || \
 	  $(ICTUS) models pull blast-ct $(if $(BLAST_MIRROR),--from $(SHARED)/models/blast-ct,)
+	$(ICTUS) models verify stroke-atlas >/dev/null 2>&1 || \
+	  $(ICTUS) models pull stroke-atlas $(if $(STROKE_MIRROR),--from $(SHARED)/models/stroke-atlas,)
+	$(ICTUS) models verify blast-ct-atlas >/dev/null 2>&1 || \
+	  $(ICTUS) models pull blast-ct-atlas $(if $(BLAST_ATLAS_MIRROR),--from $(SHARED)/models/blast-ct,)
 	$(ICTUS) triage $(DEMO_DIR)/study --out $(DEMO_DIR)/out
 
 test: $(VENV)/.dev sysdeps
