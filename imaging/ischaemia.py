@@ -143,7 +143,7 @@ def validate_ischaemia_rules(rules: Mapping[str, Any]) -> Mapping[str, Any]:
     for path in ("tissue_hu", "mirror_hu", "noise_correlation_mm2", "region.min_drop_hu", "region.max_ratio", "region.min_z", "region.min_voxels",
                  "nwu.cutoff_percent", "hypodensity.min_drop_hu", "hypodensity.smoothing_mm",
                  "hypodensity.min_cluster_ml", "hypodensity.mca_fraction_caution", "hypodensity.edge_margin_mm", "chronic.csf_hu",
-                 "chronic.mirror_min_hu", "chronic.min_volume_ml", "chronic.opening_mm", "chronic.region_fraction"):
+                 "chronic.mirror_min_hu", "chronic.min_volume_ml", "chronic.min_ventricle_ratio", "chronic.opening_mm", "chronic.region_fraction"):
         _number(rules, path)
     for code, override in (rules.get("overrides") or {}).items():
         if code not in ASPECTS_CODES or not isinstance(override, Mapping):
@@ -171,6 +171,14 @@ def load_ischaemia_rules(path: str | Path | None = None) -> Mapping[str, Any]:
 def _threshold(rules: Mapping[str, Any], code: str, key: str) -> float:
     override = (rules.get("overrides") or {}).get(code) or {}
     return float(override.get(key, rules["region"][key]))
+
+
+def net_water_uptake_percent(hu: float, hu_mirror: float) -> float | None:
+    """Net water uptake (%) = (1 - HU_affected / HU_mirror) x 100 (Minnerup et al., Ann Neurol
+    2016); None when the mirror density is not positive."""
+    if not hu_mirror > 0:
+        return None
+    return (1.0 - float(hu) / float(hu_mirror)) * 100.0
 
 
 # -- geometry -----------------------------------------------------------------------------------
@@ -294,7 +302,8 @@ def _region(anatomy: "Anatomy", hu: np.ndarray, tissue: np.ndarray, excluded: np
     idx = np.argwhere(in_region & tissue)
     min_voxels = int(_threshold(rules, code, "min_voxels"))
     empty = RegionDensity(code, side, name, len(idx), None, None, None, None, None, None, None, False, chronic,
-                          "too few tissue voxels to compare")
+                          "old infarct (fluid density): not counted as acute" if chronic
+                          else "too few tissue voxels to compare")
     if len(idx) < min_voxels:
         return empty
     mirrored = anatomy.lps_to_index(mirror_points(anatomy.index_to_lps(idx), plane, anatomy))
@@ -314,7 +323,7 @@ def _region(anatomy: "Anatomy", hu: np.ndarray, tissue: np.ndarray, excluded: np
     drop = -diff
     z = drop / se if se > 0 else 0.0
     ratio = 1.0 + diff / mirror_mean if mirror_mean > 0 else None
-    nwu = -diff / mirror_mean * 100.0 if mirror_mean > 0 else None
+    nwu = net_water_uptake_percent(mirror_mean + diff, mirror_mean)
     checks = {
         "drop": drop >= _threshold(rules, code, "min_drop_hu"),
         "ratio": ratio is not None and ratio <= _threshold(rules, code, "max_ratio"),
@@ -391,6 +400,7 @@ def _chronic_lesions(anatomy: "Anatomy", hu: np.ndarray, brain: np.ndarray, plan
     mirror = _mirror_image(anatomy, hu, plane, fluid)
     fluid &= np.isfinite(mirror) & (mirror >= float(c["mirror_min_hu"]))
     comp, n = ndimage.label(fluid, structure=np.ones((3, 3, 3), bool))
+    ventricle_ml = _ventricle_ml(anatomy, hu, brain, plane, (lo, hi))
     lesions = []
     for k, box in enumerate(ndimage.find_objects(comp), start=1):
         if box is None:
@@ -400,14 +410,43 @@ def _chronic_lesions(anatomy: "Anatomy", hu: np.ndarray, brain: np.ndarray, plan
         if volume_ml < float(c["min_volume_ml"]):
             continue
         idx = np.argwhere(local) + np.array([s.start for s in box])
-        mask[tuple(idx.T)] = True
         pts = anatomy.index_to_lps(idx)
         labels = anatomy.aspects[tuple(idx.T)]
         codes = tuple(sorted({f"{ASPECTS_CODES[(v - 1) % 10]}" for v in labels[labels > 0]}))
         side = _side(pts, plane, anatomy)
+        other = "right" if side == "left" else "left"
+        if ventricle_ml[other] > 0 and ventricle_ml[side] < float(c["min_ventricle_ratio"]) * ventricle_ml[other]:
+            log.info("fluid-density cluster of %.1f mL (%s) with a compressed ipsilateral ventricle "
+                     "(%.1f vs %.1f mL): mass effect, not an old infarct", volume_ml, side, ventricle_ml[side],
+                     ventricle_ml[other])
+            continue
+        mask[tuple(idx.T)] = True
         lesions.append(ChronicLesion(side=side, volume_ml=volume_ml, mean_hu=float(hu[tuple(idx.T)].mean()),
                                      regions=codes, centroid_lps_mm=tuple(float(v) for v in pts.mean(axis=0))))
     return tuple(sorted(lesions, key=lambda les: -les.volume_ml)), mask
+
+
+def _ventricle_ml(anatomy: "Anatomy", hu: np.ndarray, brain: np.ndarray, plane: "MidlinePlane | None",
+                  csf_hu: tuple[float, float]) -> dict[str, float]:
+    """Fluid-density volume (mL) of the warped ventricles per side: tissue loss pulls the
+    ipsilateral ventricle open (ex vacuo), acute swelling compresses it."""
+    out = {"left": 0.0, "right": 0.0}
+    if anatomy.ventricles is None:
+        return out
+    idx = np.argwhere(anatomy.ventricles & brain & (hu >= csf_hu[0]) & (hu <= csf_hu[1] + 6.0))
+    if len(idx) == 0:
+        return out
+    d = _signed_distance(anatomy.index_to_lps(idx), plane, anatomy)
+    out["left"] = float(np.count_nonzero(d > 0) * anatomy.voxel_ml)
+    out["right"] = float(np.count_nonzero(d < 0) * anatomy.voxel_ml)
+    return out
+
+
+def _signed_distance(points_lps: np.ndarray, plane: "MidlinePlane | None", anatomy: "Anatomy") -> np.ndarray:
+    if plane is not None:
+        return plane.signed_distance_mm(points_lps)
+    normal, point = template_midplane(anatomy)
+    return (points_lps - point) @ normal
 
 
 def _disk(anatomy: "Anatomy", radius_mm: float) -> np.ndarray:
@@ -418,9 +457,4 @@ def _disk(anatomy: "Anatomy", radius_mm: float) -> np.ndarray:
 
 
 def _side(points_lps: np.ndarray, plane: "MidlinePlane | None", anatomy: "Anatomy") -> str:
-    if plane is not None:
-        d = plane.signed_distance_mm(points_lps)
-    else:
-        normal, point = template_midplane(anatomy)
-        d = (points_lps - point) @ normal
-    return "left" if float(np.mean(d > 0)) >= 0.5 else "right"
+    return "left" if float(np.mean(_signed_distance(points_lps, plane, anatomy) > 0)) >= 0.5 else "right"
