@@ -73,6 +73,16 @@ FLAG_TILT = "gantry_tilt_corrected"
 FLAG_VARIABLE_SPACING = "variable_spacing_resampled"
 FLAG_GAP = "gap_detected"
 FLAG_DUPLICATES = "duplicate_slices_dropped"
+FLAG_RESCALE = "rescale_derived"
+FLAG_FRAME_OF_REFERENCE = "frame_of_reference_derived"
+FLAG_THICKNESS = "slice_thickness_derived"
+FLAG_AGE_UNKNOWN = "patient_age_unknown"
+
+#: Modality rescale values beyond these cannot give Hounsfield units (fuzzed headers: 0, -1, 1e30).
+MAX_RESCALE_SLOPE = 1000.0
+MAX_ABS_RESCALE_INTERCEPT = 100000.0
+#: With no rescale anywhere in the series, stored values are taken as HU only if air is at most this.
+MAX_AIR_HU_WITHOUT_RESCALE = -900.0
 
 # Transfer syntaxes that keep every bit. Anything encapsulated and not listed is lossy.
 _LOSSLESS_TRANSFER_SYNTAXES = frozenset(
@@ -180,8 +190,8 @@ class _FrameRef:
     orientation: tuple[float, ...]
     pixel_spacing: tuple[float, float]
     slice_thickness: float | None
-    slope: float
-    intercept: float
+    slope: float | None  # None: absent from the header (resolved by _resolve_rescale)
+    intercept: float | None
 
 
 def _worker_count(workers: int | None, n_items: int) -> int:
@@ -205,18 +215,43 @@ def _read_dataset(path: str) -> Dataset:
         ) from exc
 
 
+def _get(ds: Dataset | None, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword)`` that reads a malformed value (wrong VR, bad bytes) as absent."""
+    if ds is None:
+        return default
+    try:
+        value = ds.get(keyword, default)
+    except Exception:  # noqa: BLE001 - pydicom converts raw values lazily and fails in many ways
+        return default
+    return default if value is None else value
+
+
+def _int_attr(ds: Dataset, keyword: str, default: int) -> int | None:
+    """An integer attribute; ``default`` when absent or empty, None when present but not an integer."""
+    value = _get(ds, keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _functional_item(ds: Dataset, frame_index: int, sequence: str) -> Dataset | None:
     """The item of a functional-group ``sequence`` for one frame (per-frame first, then shared)."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and frame_index < len(per_frame):
-        seq = per_frame[frame_index].get(sequence)
-        if seq:
-            return seq[0]
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        seq = shared[0].get(sequence)
-        if seq:
-            return seq[0]
+    try:
+        per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
+        if per_frame is not None and frame_index < len(per_frame):
+            seq = _get(per_frame[frame_index], sequence)
+            if seq:
+                return seq[0]
+        shared = _get(ds, "SharedFunctionalGroupsSequence")
+        if shared:
+            seq = _get(shared[0], sequence)
+            if seq:
+                return seq[0]
+    except Exception:  # noqa: BLE001 - a sequence with a wrong VR reads as absent
+        return None
     return None
 
 
@@ -242,7 +277,7 @@ def _float_or_none(value: Any) -> float | None:
 
 def _frame_refs(ds: Dataset, file_index: int, path: str, wanted: Sequence[int] | None) -> list[_FrameRef]:
     """Geometry and rescale of every wanted frame of one dataset (no pixels decoded)."""
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _int_attr(ds, "NumberOfFrames", 1) or 1
     multi = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     indices = range(n_frames) if wanted is None else [int(f) - 1 for f in wanted]
     refs = []
@@ -254,26 +289,26 @@ def _frame_refs(ds: Dataset, file_index: int, path: str, wanted: Sequence[int] |
             ori_item = _functional_item(ds, i, "PlaneOrientationSequence")
             meas_item = _functional_item(ds, i, "PixelMeasuresSequence")
             pvt_item = _functional_item(ds, i, "PixelValueTransformationSequence")
-            position = _floats(pos_item.get("ImagePositionPatient") if pos_item else None, 3)
-            orientation = _floats(ori_item.get("ImageOrientationPatient") if ori_item else None, 6)
-            spacing = _floats(meas_item.get("PixelSpacing") if meas_item else None, 2)
-            thickness = _float_or_none(meas_item.get("SliceThickness") if meas_item else None)
-            slope = _float_or_none(pvt_item.get("RescaleSlope") if pvt_item else None)
-            intercept = _float_or_none(pvt_item.get("RescaleIntercept") if pvt_item else None)
+            position = _floats(_get(pos_item, "ImagePositionPatient"), 3)
+            orientation = _floats(_get(ori_item, "ImageOrientationPatient"), 6)
+            spacing = _floats(_get(meas_item, "PixelSpacing"), 2)
+            thickness = _float_or_none(_get(meas_item, "SliceThickness"))
+            slope = _float_or_none(_get(pvt_item, "RescaleSlope"))
+            intercept = _float_or_none(_get(pvt_item, "RescaleIntercept"))
             # Fall back to top-level attributes (some converters write both).
-            position = position or _floats(ds.get("ImagePositionPatient"), 3)
-            orientation = orientation or _floats(ds.get("ImageOrientationPatient"), 6)
-            spacing = spacing or _floats(ds.get("PixelSpacing"), 2)
-            thickness = thickness if thickness is not None else _float_or_none(ds.get("SliceThickness"))
-            slope = slope if slope is not None else _float_or_none(ds.get("RescaleSlope"))
-            intercept = intercept if intercept is not None else _float_or_none(ds.get("RescaleIntercept"))
+            position = position or _floats(_get(ds, "ImagePositionPatient"), 3)
+            orientation = orientation or _floats(_get(ds, "ImageOrientationPatient"), 6)
+            spacing = spacing or _floats(_get(ds, "PixelSpacing"), 2)
+            thickness = thickness if thickness is not None else _float_or_none(_get(ds, "SliceThickness"))
+            slope = slope if slope is not None else _float_or_none(_get(ds, "RescaleSlope"))
+            intercept = intercept if intercept is not None else _float_or_none(_get(ds, "RescaleIntercept"))
         else:
-            position = _floats(ds.get("ImagePositionPatient"), 3)
-            orientation = _floats(ds.get("ImageOrientationPatient"), 6)
-            spacing = _floats(ds.get("PixelSpacing"), 2)
-            thickness = _float_or_none(ds.get("SliceThickness"))
-            slope = _float_or_none(ds.get("RescaleSlope"))
-            intercept = _float_or_none(ds.get("RescaleIntercept"))
+            position = _floats(_get(ds, "ImagePositionPatient"), 3)
+            orientation = _floats(_get(ds, "ImageOrientationPatient"), 6)
+            spacing = _floats(_get(ds, "PixelSpacing"), 2)
+            thickness = _float_or_none(_get(ds, "SliceThickness"))
+            slope = _float_or_none(_get(ds, "RescaleSlope"))
+            intercept = _float_or_none(_get(ds, "RescaleIntercept"))
         missing = [
             name
             for name, value in (
@@ -299,8 +334,8 @@ def _frame_refs(ds: Dataset, file_index: int, path: str, wanted: Sequence[int] |
                 orientation=orientation,  # type: ignore[arg-type]
                 pixel_spacing=spacing,  # type: ignore[arg-type]
                 slice_thickness=thickness,
-                slope=1.0 if slope is None else slope,
-                intercept=0.0 if intercept is None else intercept,
+                slope=slope,
+                intercept=intercept,
             )
         )
     return refs
@@ -323,10 +358,10 @@ def _orthonormal_axes(orientation: Sequence[float], where: str) -> np.ndarray:
 
 def is_lossy(ds: Dataset) -> bool:
     """Whether a dataset's pixels went through lossy compression (now or before)."""
-    if str(ds.get("LossyImageCompression", "")).strip() == "01":
+    if str(_get(ds, "LossyImageCompression", "")).strip() == "01":
         return True
     meta = getattr(ds, "file_meta", None)
-    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    ts = str(_get(meta, "TransferSyntaxUID", "")) if meta is not None else ""
     return bool(ts) and ts not in _LOSSLESS_TRANSFER_SYNTAXES
 
 
@@ -372,10 +407,13 @@ def header_summary(ds: Dataset) -> dict[str, Any]:
     """A small, non-identifying dict of acquisition attributes (no names, no IDs)."""
     out: dict[str, Any] = {}
     for keyword in _HEADER_KEYWORDS:
-        value = _find_attribute(ds, keyword)
-        if value is None or value == "":
+        try:
+            value = _find_attribute(ds, keyword)
+            if value is None or value == "":
+                continue
+            plain = _plain(value)
+        except Exception:  # noqa: BLE001 - a malformed value is left out of the summary
             continue
-        plain = _plain(value)
         if keyword in ("SliceThickness", "KVP", "XRayTubeCurrent"):
             plain = _float_or_none(value)
             if plain is None:
@@ -383,13 +421,13 @@ def header_summary(ds: Dataset) -> dict[str, Any]:
         if keyword == "ConvolutionKernel" and isinstance(plain, list):
             plain = "\\".join(str(p) for p in plain)
         out[keyword] = plain
-    age = _patient_age_years(ds.get("PatientAge"))
+    age = _patient_age_years(_get(ds, "PatientAge"))
     if age is not None:
         out["PatientAgeYears"] = age
     meta = getattr(ds, "file_meta", None)
-    if meta is not None and "TransferSyntaxUID" in meta:
-        out["TransferSyntaxUID"] = str(meta.TransferSyntaxUID)
-    out["SOPClassUID"] = str(ds.get("SOPClassUID", ""))
+    if meta is not None and _get(meta, "TransferSyntaxUID"):
+        out["TransferSyntaxUID"] = str(_get(meta, "TransferSyntaxUID"))
+    out["SOPClassUID"] = str(_get(ds, "SOPClassUID", ""))
     return out
 
 
@@ -459,11 +497,11 @@ def _hu_from_stored(stored: np.ndarray, ds: Dataset, slope: float, intercept: fl
         np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
     if intercept != 0.0:
         out += np.float32(intercept)
-    padding = ds.get("PixelPaddingValue")
+    padding = _get(ds, "PixelPaddingValue")
     if isinstance(padding, int):  # an unresolved US/SS value (bytes) is ignored
-        pad_limit = ds.get("PixelPaddingRangeLimit")
+        pad_limit = _get(ds, "PixelPaddingRangeLimit")
         pad = int(padding)
-        if ds.get("PixelRepresentation", 0) == 1 and pad > 32767 and stored.dtype.kind == "i":
+        if _get(ds, "PixelRepresentation", 0) == 1 and pad > 32767 and stored.dtype.kind == "i":
             pad -= 65536  # stored as US but the pixels are signed
         if pad_limit is not None and isinstance(pad_limit, int):
             lo, hi = sorted((pad, int(pad_limit)))
@@ -472,6 +510,82 @@ def _hu_from_stored(stored: np.ndarray, ds: Dataset, slope: float, intercept: fl
             mask = stored == pad
         out[mask] = AIR_HU
     np.maximum(out, np.float32(AIR_HU), out=out)
+
+
+def _frame_of_reference(datasets: Sequence[Dataset], used: Sequence[int]) -> str:
+    """The series' Frame of Reference UID: the one its files carry (the first found), or ""."""
+    for i in used:
+        uid = str(_get(datasets[i], "FrameOfReferenceUID", "") or "").strip()
+        if uid:
+            return uid
+    return ""
+
+
+def _check_image_header(ds: Dataset, path: str, max_dimension: int, max_voxels: int) -> tuple[int, int]:
+    """Refuse, from the header alone, a file that cannot be one CT image of a series; returns (rows, columns)."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InvalidInputError(f"file {path} has no pixel data; it is not an image, choose another series")
+    r, c = _int_attr(ds, "Rows", 0), _int_attr(ds, "Columns", 0)
+    if r is None or c is None or r <= 0 or c <= 0 or r > max_dimension or c > max_dimension:
+        shown = "x".join("?" if v is None else str(v) for v in (r, c))
+        raise InvalidInputError(
+            f"file {path} claims {shown} pixels (limit {max_dimension}); refusing to decode it, re-export the series"
+        )
+    samples = _int_attr(ds, "SamplesPerPixel", 1)
+    if samples != 1:
+        raise InvalidInputError(
+            f"file {path} has {samples if samples is not None else 'unreadable'} samples per pixel, not a CT image; "
+            "choose another series"
+        )
+    n_frames = _int_attr(ds, "NumberOfFrames", 1)
+    n_frames = 1 if n_frames == 0 else n_frames  # as pydicom reads it: an empty count is one frame
+    if n_frames is None or n_frames < 0 or n_frames * r * c > max_voxels:
+        raise InvalidInputError(
+            f"file {path} claims {n_frames if n_frames is not None else 'an unreadable number of'} frames of "
+            f"{r}x{c} pixels (limit {max_voxels} voxels); refusing to decode it"
+        )
+    return r, c
+
+
+def _resolve_rescale(refs: list[_FrameRef], paths: Sequence[str]) -> tuple[list[_FrameRef], bool, bool]:
+    """Fill in missing RescaleSlope/RescaleIntercept and refuse values that cannot give HU.
+
+    Returns (refs with both values set, whether any value was derived, whether the
+    series has no rescale at all, so that the stored values are taken as HU and must
+    be checked against air after decoding). Frames that lack the pair get the value
+    every other frame of the series agrees on; if the others disagree, the series is
+    refused.
+    """
+    from dataclasses import replace
+
+    for ref in refs:
+        where = f"file {paths[ref.file_index]}"
+        if ref.slope is not None and not 0.0 < ref.slope <= MAX_RESCALE_SLOPE:
+            raise InvalidInputError(
+                f"{where} has RescaleSlope {ref.slope:g}, which cannot give Hounsfield units; re-export the series"
+            )
+        if ref.intercept is not None and abs(ref.intercept) > MAX_ABS_RESCALE_INTERCEPT:
+            raise InvalidInputError(
+                f"{where} has RescaleIntercept {ref.intercept:g}, which cannot give Hounsfield units; re-export the series"
+            )
+    missing = [r for r in refs if r.slope is None or r.intercept is None]
+    if not missing:
+        return refs, False, False
+    known = {(r.slope, r.intercept) for r in refs if r.slope is not None and r.intercept is not None}
+    slopes = {r.slope for r in refs if r.slope is not None}
+    intercepts = {r.intercept for r in refs if r.intercept is not None}
+    if len(known) > 1 or len(slopes) > 1 or len(intercepts) > 1:
+        raise InvalidInputError(
+            f"{len(missing)} of {len(refs)} slices lack RescaleSlope/RescaleIntercept and the others disagree on "
+            "them, so their Hounsfield units are unknown; re-export the series"
+        )
+    slope = next(iter(slopes)) if slopes else 1.0
+    intercept = next(iter(intercepts)) if intercepts else 0.0
+    log.info("%d of %d slices lack the modality rescale; using slope %g, intercept %g",
+             len(missing), len(refs), slope, intercept)
+    filled = [replace(r, slope=slope if r.slope is None else r.slope,
+                      intercept=intercept if r.intercept is None else r.intercept) for r in refs]
+    return filled, True, not slopes and not intercepts
 
 
 def read_frames(
@@ -501,29 +615,25 @@ def read_frames(
     rows = cols = None
     refs: list[_FrameRef] = []
     for index, (path, ds) in enumerate(zip(paths, datasets)):
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            raise InvalidInputError(f"file {path} has no pixel data; it is not an image, choose another series")
-        r, c = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        if r <= 0 or c <= 0 or r > max_dimension or c > max_dimension:
+        try:
+            r, c = _check_image_header(ds, path, max_dimension, max_voxels)
+            if rows is None:
+                rows, cols = r, c
+            elif (r, c) != (rows, cols):
+                raise InvalidInputError(
+                    f"file {path} is {r}x{c} pixels while the series is {rows}x{cols}; "
+                    "the series mixes images, choose another"
+                )
+            wanted = None if frames is None else frames.get(path)
+            refs.extend(_frame_refs(ds, index, path, wanted))
+        except InvalidInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed header fails in many ways (fuzzed)
             raise InvalidInputError(
-                f"file {path} claims {r}x{c} pixels (limit {max_dimension}); refusing to decode it, re-export the series"
-            )
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-            raise InvalidInputError(f"file {path} is a colour image, not CT; choose another series")
-        if rows is None:
-            rows, cols = r, c
-        elif (r, c) != (rows, cols):
-            raise InvalidInputError(
-                f"file {path} is {r}x{c} pixels while the series is {rows}x{cols}; the series mixes images, choose another"
-            )
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if n_frames <= 0 or n_frames * r * c > max_voxels:
-            raise InvalidInputError(
-                f"file {path} claims {n_frames} frames of {r}x{c} pixels (over {max_voxels} voxels); refusing to decode it"
-            )
-        wanted = None if frames is None else frames.get(path)
-        refs.extend(_frame_refs(ds, index, path, wanted))
+                f"file {path} has a malformed image header ({type(exc).__name__}); remove it or re-export the series"
+            ) from exc
     assert rows is not None and cols is not None
+    refs, rescale_derived, rescale_assumed = _resolve_rescale(refs, paths)
     total = len(refs) * rows * cols
     if total > max_voxels:
         raise InvalidInputError(
@@ -559,7 +669,7 @@ def read_frames(
 
     def decode(file_index: int) -> None:
         ds = datasets[file_index]
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        n_frames = _int_attr(ds, "NumberOfFrames", 1) or 1
         try:
             pixels = native_pixels(ds, n_frames, rows, cols)
             if pixels is None:
@@ -586,6 +696,14 @@ def read_frames(
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         list(pool.map(decode, sorted(slots_by_file)))
     hu.flags.writeable = False
+    if rescale_assumed:
+        sample = hu[:, ::4, ::4]
+        air = float(np.percentile(sample, 0.5)) if sample.size else 0.0
+        if air > MAX_AIR_HU_WITHOUT_RESCALE:
+            raise InvalidInputError(
+                f"the series has no RescaleSlope/RescaleIntercept and its stored values are not Hounsfield units "
+                f"(air would be {air:.0f} HU); re-export the series with its modality rescale"
+            )
 
     used = sorted(slots_by_file)
     lossy = any(is_lossy(datasets[i]) for i in used)
@@ -593,7 +711,7 @@ def read_frames(
     header = header_summary(head)
     if lossy:
         header["LossyCompression"] = True
-    series_uids = {str(datasets[i].get("SeriesInstanceUID", "")) for i in used}
+    series_uids = {str(_get(datasets[i], "SeriesInstanceUID", "")) for i in used}
     if len(series_uids) > 1:
         log.info("building one volume from %d SeriesInstanceUIDs", len(series_uids))
     return FrameStack(
@@ -603,15 +721,15 @@ def read_frames(
         normal_positions_mm=along,
         pixel_spacing_mm=(float(first.pixel_spacing[0]), float(first.pixel_spacing[1])),
         slice_thickness_mm=tuple(r.slice_thickness for r in refs),
-        sop_instance_uids=tuple(str(datasets[r.file_index].get("SOPInstanceUID", "")) for r in refs),
+        sop_instance_uids=tuple(str(_get(datasets[r.file_index], "SOPInstanceUID", "")) for r in refs),
         frame_numbers=tuple(r.frame_number for r in refs),
         paths=tuple(paths[r.file_index] for r in refs),
         orientation=tuple(float(v) for v in first.orientation),  # type: ignore[arg-type]
-        study_instance_uid=str(head.get("StudyInstanceUID", "")),
-        series_instance_uid=str(head.get("SeriesInstanceUID", "")),
-        frame_of_reference_uid=str(head.get("FrameOfReferenceUID", "")),
+        study_instance_uid=str(_get(head, "StudyInstanceUID", "")).strip(),
+        series_instance_uid=str(_get(head, "SeriesInstanceUID", "")).strip(),
+        frame_of_reference_uid=_frame_of_reference(datasets, used),
         header=header,
-        qc_flags=(FLAG_LOSSY,) if lossy else (),
+        qc_flags=((FLAG_LOSSY,) if lossy else ()) + ((FLAG_RESCALE,) if rescale_derived else ()),
         image=image,
     )
 
@@ -832,6 +950,7 @@ def volume_from_frames(
     )
     header = dict(stack.header)
     header["SourceSliceCount"] = n
+    flags.extend(_missing_header_flags(stack, header))
     return Volume(
         image=image,
         study_instance_uid=stack.study_instance_uid,
@@ -843,6 +962,21 @@ def volume_from_frames(
         qc_flags=tuple(dict.fromkeys(flags)),
         header=header,
     )
+
+
+def _missing_header_flags(stack: FrameStack, header: Mapping[str, Any]) -> list[str]:
+    """Info flags for header facts that are absent and what is used instead (logged once each)."""
+    flags = []
+    if not stack.frame_of_reference_uid:
+        log.info("no FrameOfReferenceUID in the series: DICOM outputs get one derived from the SeriesInstanceUID")
+        flags.append(FLAG_FRAME_OF_REFERENCE)
+    if all(t is None or t <= 0 for t in stack.slice_thickness_mm):
+        log.info("no SliceThickness in the series: the slice spacing stands in for it")
+        flags.append(FLAG_THICKNESS)
+    if header.get("PatientAgeYears") is None:
+        log.info("no PatientAge in the header: the paediatric check cannot be made")
+        flags.append(FLAG_AGE_UNKNOWN)
+    return flags
 
 
 def _resample_stack(

@@ -42,6 +42,8 @@ PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _EXPLICIT_LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UT", b"UC", b"UR", b"SV", b"UV"})
 _MAX_WORKERS = 8
+#: Scan flag: some files were truncated or corrupt and were left out (slices may be missing).
+FLAG_UNREADABLE_SKIPPED = "unreadable_files_skipped"
 
 
 @dataclass(frozen=True)
@@ -571,6 +573,9 @@ def scan(path: str | os.PathLike[str], *, max_workers: int | None = None) -> Sca
     non_dicom = sum(1 for kind, _ in results if kind == _NON_DICOM)
     unreadable_paths = tuple(p for p, (kind, _) in zip(paths, results) if kind == _UNREADABLE)
     index_files = sum(1 for kind, _ in results if kind == _INDEX)
+    if any(not _is_dicomdir_name(Path(p)) for p in unreadable_paths):  # a broken index has its own flag
+        log.info("%d unreadable (truncated or corrupt) file(s) left out", len(unreadable_paths))
+        flags.append(FLAG_UNREADABLE_SKIPPED)
     result = ScanResult(
         root=str(given),
         source=source,

@@ -60,6 +60,18 @@ QC_FLAGS: Mapping[str, QcFlagSpec] = _table(
     ("stale_dicomdir", "info", "The DICOMDIR index was stale; the folder was scanned instead."),
     ("gap_detected", "warning", "A gap between slices was interpolated; findings inside it may be missed."),
     ("lossy_compression", "warning", "Pixels went through lossy compression; small or faint findings may be lost."),
+    ("unreadable_files_skipped", "warning",
+     "Some files of the study were truncated or corrupt and were left out; if they belonged to the chosen "
+     "series, its slices there are missing (a gap is flagged separately)."),
+    ("rescale_derived", "warning",
+     "Some slices lacked RescaleSlope/RescaleIntercept: the value the rest of the series agrees on was used "
+     "(or, with none anywhere, stored values that already looked like HU were taken as HU)."),
+    ("frame_of_reference_derived", "info",
+     "The source series has no Frame of Reference UID; the DICOM outputs carry a new one derived from its "
+     "Series Instance UID."),
+    ("slice_thickness_derived", "info", "SliceThickness is absent: the slice spacing stands in for it."),
+    ("patient_age_unknown", "info", "PatientAge is absent: the paediatric check (model not validated under 18) "
+     "could not be made."),
     # image and header based
     ("no_brain_found", "indeterminate", "No brain inside a skull was found (not a human head, or no head in the field)."),
     ("contrast_suspected", "indeterminate",
