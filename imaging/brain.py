@@ -25,6 +25,17 @@ images", NeuroImage 114:379-385):
 A head whose skull encloses no soft tissue (the air-filled plastic skull of
 ``philips-head-phantom-tilted``) gives ``brain_found=False`` with a reason, so
 that no findings are invented on it.
+
+**Skull-stripped input** (research data where everything outside the brain was
+set to air, -1024 HU, or to 0 HU): when no closed skull is found, the volume is
+checked for a soft-tissue region with almost no bone around it (bone under
+``max_stripped_bone_fraction`` of the tissue). The background is the value most
+voxels hold exactly (0 HU counts as outside only when it fills at least
+``stripped_background_fraction`` of the volume: no real head CT holds that many
+identical values in the brain range). Then the brain is that soft-tissue region
+(the same HU range, opening and largest component as above), the intracranial
+mask is its filled outline, the skull mask is empty, and the result says
+``skull_stripped=True`` (``brain_found=True``) so that QC can report it as what it is.
 """
 from __future__ import annotations
 
@@ -46,6 +57,8 @@ BONE_HU = 300.0
 BRAIN_RANGE_HU = (-10.0, 100.0)
 MIN_BRAIN_ML = 150.0
 MIN_BRAIN_FRACTION = 0.5
+MAX_STRIPPED_BONE_FRACTION = 0.03
+STRIPPED_BACKGROUND_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class BrainResult:
     intracranial_mask: sitk.Image
     skull_mask: sitk.Image
     head_mask: sitk.Image
+    skull_stripped: bool = False
 
     def brain_array(self) -> np.ndarray:
         """The brain mask as a bool array indexed [z, y, x] on the input grid."""
@@ -209,6 +223,58 @@ def dilate_axial(mask: np.ndarray, radius_mm: float, spacing_xy_mm: tuple[float,
 # -- the brain ---------------------------------------------------------------------------
 
 
+def _skull_stripped_brain(
+    hu: np.ndarray,
+    smooth: np.ndarray,
+    spacing_xy_mm: tuple[float, float],
+    voxel_ml: float,
+    *,
+    head_hu: float,
+    bone_hu: float,
+    brain_range_hu: tuple[float, float],
+    brain_opening_mm: float,
+    min_brain_ml: float,
+    min_brain_fraction: float,
+    max_bone_fraction: float,
+    background_fraction: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str] | None:
+    """(tissue region, brain, filled outline, reason) when ``hu`` looks skull-stripped, else None.
+
+    Skull-stripped: outside the tissue is one constant value (air, or 0 HU when that
+    value fills at least ``background_fraction`` of the volume), the tissue region holds
+    almost no bone, and most of it is brain-range soft tissue.
+    """
+    values, counts = np.unique(hu[:: max(1, hu.shape[0] // 16)], return_counts=True)
+    mode, mode_fraction = float(values[np.argmax(counts)]), float(counts.max() / counts.sum())
+    outside = hu <= head_hu
+    background = "air"
+    if mode > head_hu and mode_fraction >= background_fraction:
+        outside |= hu == np.float32(mode)
+        background = f"{mode:.0f} HU"
+    tissue = largest_component(~outside)
+    if not tissue.any():
+        return None
+    tissue_ml = float(tissue.sum() * voxel_ml)
+    bone_ml = float(((hu >= bone_hu) & tissue).sum() * voxel_ml)
+    if tissue_ml < min_brain_ml or bone_ml > max_bone_fraction * tissue_ml:
+        return None
+    lo, hi = brain_range_hu
+    soft = tissue & (smooth >= lo) & (smooth <= hi)
+    if background != "air":
+        soft &= hu != np.float32(mode)
+    soft = ndimage.binary_opening(soft, structure=disk(brain_opening_mm, spacing_xy_mm))
+    brain = largest_component(soft)
+    brain_ml = float(brain.sum() * voxel_ml)
+    if brain_ml < min_brain_ml or brain_ml < min_brain_fraction * tissue_ml:
+        return None
+    outline = fill_holes_axial(tissue)
+    reason = (
+        f"skull-stripped input: {tissue_ml:.0f} mL of tissue with no skull around it (bone {bone_ml:.1f} mL, "
+        f"background {background}); brain {brain_ml:.0f} mL"
+    )
+    return tissue, brain, outline, reason
+
+
 def segment_brain(
     volume_or_image: ImageLike,
     *,
@@ -220,6 +286,8 @@ def segment_brain(
     smoothing_mm: float = 1.0,
     min_brain_ml: float = MIN_BRAIN_ML,
     min_brain_fraction: float = MIN_BRAIN_FRACTION,
+    max_stripped_bone_fraction: float = MAX_STRIPPED_BONE_FRACTION,
+    stripped_background_fraction: float = STRIPPED_BACKGROUND_FRACTION,
 ) -> BrainResult:
     """Head, skull, intracranial and brain masks of a HU volume, and whether a brain is there.
 
@@ -268,8 +336,21 @@ def segment_brain(
         )
     else:
         found, reason = True, f"brain {brain_ml:.0f} mL in an intracranial space of {intracranial_ml:.0f} mL"
+    skull_stripped = False
+    if intracranial_ml < min_brain_ml:
+        stripped = _skull_stripped_brain(
+            hu, smooth, (sx, sy), voxel_ml, head_hu=head_hu, bone_hu=bone_hu, brain_range_hu=brain_range_hu,
+            brain_opening_mm=brain_opening_mm, min_brain_ml=min_brain_ml, min_brain_fraction=min_brain_fraction,
+            max_bone_fraction=max_stripped_bone_fraction, background_fraction=stripped_background_fraction,
+        )
+        if stripped is not None:
+            head, brain, intracranial, reason = stripped
+            skull = np.zeros_like(head)
+            found, skull_stripped = True, True
+            brain_ml, intracranial_ml = float(brain.sum() * voxel_ml), float(intracranial.sum() * voxel_ml)
     log.debug("brain mask: %s", reason)
     return BrainResult(
+        skull_stripped=skull_stripped,
         brain_found=found,
         brain_volume_ml=brain_ml,
         intracranial_volume_ml=intracranial_ml,

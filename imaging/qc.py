@@ -9,7 +9,8 @@ The flag table :data:`QC_FLAGS` is data: a name, a description and a severity:
 
 :func:`assess_qc` carries every flag raised by ingest (``Volume.qc_flags``)
 and adds the image-based ones: no brain, contrast suspected, incomplete head
-coverage, thick slices, paediatric patient, streak/metal artefact. A flag that
+coverage, thick slices, paediatric patient, streak/metal artefact, and
+skull-stripped input (indeterminate: see the table). A flag that
 is not in the table (a new ingest flag) is kept with severity ``warning``.
 """
 from __future__ import annotations
@@ -74,6 +75,10 @@ QC_FLAGS: Mapping[str, QcFlagSpec] = _table(
      "could not be made."),
     # image and header based
     ("no_brain_found", "indeterminate", "No brain inside a skull was found (not a human head, or no head in the field)."),
+    ("skull_stripped_input", "indeterminate",
+     "Skull-stripped input (research data: everything outside the brain removed): the brain mask is the "
+     "soft-tissue region, but the model, the midline and the template registration expect a whole head, and "
+     "extra-axial blood may have been stripped with the skull; the study is not triaged automatically."),
     ("contrast_suspected", "indeterminate",
      "Iodinated contrast suspected (header or dense vessels/sinuses): enhancement mimics blood; "
      "the model is validated on non-contrast CT only."),
@@ -204,6 +209,8 @@ def assess_qc(
         measured["brain_volume_ml"] = brain.brain_volume_ml
         if not brain.brain_found:
             raise_flag("no_brain_found", brain.reason)
+        elif getattr(brain, "skull_stripped", False):
+            raise_flag("skull_stripped_input", brain.reason)
         # everything below runs on a ~1 mm in-plane grid (block means); metal is counted at full resolution
         f = bin_factor((sx, sy))
         full_hu = sitk.GetArrayViewFromImage(lps)
