@@ -585,7 +585,7 @@ def _resolve_rescale(refs: list[_FrameRef], paths: Sequence[str]) -> tuple[list[
              len(missing), len(refs), slope, intercept)
     filled = [replace(r, slope=slope if r.slope is None else r.slope,
                       intercept=intercept if r.intercept is None else r.intercept) for r in refs]
-    return filled, True, not slopes and not intercepts
+    return filled, True, not slopes or not intercepts
 
 
 def read_frames(
