@@ -139,6 +139,21 @@ def test_malformed_integer_attribute_is_invalid_input_not_a_crash(tmp_path, cli_
         assert not (tmp_path / "v.nii.gz").exists()
 
 
+def test_undecodable_pixels_give_exactly_one_stderr_line(tmp_path, cli_runner):
+    """Before: the series pixel check logged a warning for the same file, so stderr had two lines."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    study = ge_copy(tmp_path, _raw("BitsStored", "US", struct.pack("<H", 17)))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "volume", str(study), "-o", str(tmp_path / "v.nii.gz")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    err = proc.stderr
+    assert proc.returncode == 4 and err.count("\n") == 1 and err.startswith("ictus: error: ") and "decoded" in err
+    assert not (tmp_path / "v.nii.gz").exists()
+
+
 @pytest.mark.parametrize("value", [b"0", b"-1", b"1e30", b"1e308"])
 def test_absurd_rescale_slope_is_refused(tmp_path, cli_runner, value):
     """Before: RescaleSlope 0 gave a constant volume and 1e30 a volume of inf, both with exit 0."""
