@@ -28,8 +28,16 @@ Method, in the spirit of Siemens Frontier ASPECTS and of Mokin et al. (Stroke 20
    territory.
 5. **Old infarcts.** CSF-like density (``csf_hu``) in parenchyma outside the ventricles whose
    mirror is tissue, opened in-plane to drop sulci, in clusters of at least ``min_volume_ml``:
-   encephalomalacia (tissue replaced by fluid, i.e. volume loss). The ASPECTS regions they
-   cover are marked chronic and are not counted as acute.
+   encephalomalacia (tissue replaced by fluid, i.e. volume loss). A cluster whose ipsilateral
+   ventricle is compressed (fluid volume under ``min_ventricle_ratio`` of the other side: mass
+   effect, i.e. swelling, not loss) is not called old. The ASPECTS regions an old infarct covers
+   (``region_fraction`` of their voxels) are marked chronic and are not counted as acute.
+
+Measured on the real GE head (``tests/test_ischaemia.py``): no region affected; a drop inserted
+into each of the 20 regions in turn is found at 4 HU in 70% of regions, at 5-6 HU in 95%, at
+7-8 HU in all, with no false region among the untouched ones (0/380; 3/380 with 3 HU of added
+correlated noise). The misses are regions already 0.6-2.9 HU denser than their mirror in this
+normal head: the threshold has to sit above normal asymmetry. About 0.5 s per head.
 """
 from __future__ import annotations
 
@@ -244,6 +252,7 @@ def assess_ischaemia(
     if not anatomy.registered:
         return IschaemiaResult(assessed=False, reason=f"registration_failed: template overlap "
                                f"{anatomy.quality_dice:.2f}, correlation {anatomy.quality_ncc:.2f}",
+                               score_reliable=False, reliability_note="not assessed: registration not trusted",
                                nwu_cutoff_percent=cutoff, rules=rules)
     hu = np.asarray(anatomy.hu(), dtype=np.float32)
     brain = anatomy.brain if anatomy.brain is not None else np.ones(hu.shape, bool)
@@ -287,7 +296,7 @@ def assess_ischaemia(
         assessed=True, reason="ok", regions=tuple(regions), aspects=aspects, affected_side=affected_side,
         affected_regions=affected, score_reliable=reliable, reliability_note=note, nwu_percent=nwu,
         onset_within_4_5h_likely=None if nwu is None else nwu < cutoff, nwu_cutoff_percent=cutoff,
-        hypodensity=hypo, large_mca_hypodensity=large, chronic=chronic, noise_hu=noise,
+        hypodensity=hypo, large_mca_hypodensity=large, chronic=chronic, noise_hu=float(noise),
         affected_mask=affected_mask, rules=rules,
     )
 
@@ -298,7 +307,8 @@ def _region(anatomy: "Anatomy", hu: np.ndarray, tissue: np.ndarray, excluded: np
     name = f"{ASPECTS_NAMES[code]} ({side})"
     in_region = anatomy.aspects == label
     total = int(np.count_nonzero(in_region))
-    chronic = total > 0 and np.count_nonzero(in_region & chronic_mask) >= float(rules["chronic"]["region_fraction"]) * total
+    chronic = bool(total > 0 and np.count_nonzero(in_region & chronic_mask)
+                   >= float(rules["chronic"]["region_fraction"]) * total)
     idx = np.argwhere(in_region & tissue)
     min_voxels = int(_threshold(rules, code, "min_voxels"))
     empty = RegionDensity(code, side, name, len(idx), None, None, None, None, None, None, None, False, chronic,
