@@ -608,7 +608,11 @@ def read_frames(
     if not paths:
         raise InvalidInputError("no DICOM files were given; point to a folder holding a CT series")
     n_workers = _worker_count(workers, len(paths))
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+    from imaging.dicom_io import _quiet_pydicom
+
+    # pydicom's UserWarnings on odd values (e.g. an invalid UI) would reach stderr as extra lines
+    # next to the one error line (found by scripts/fuzz_ingest.py); QC flags carry what matters
+    with _quiet_pydicom(), ThreadPoolExecutor(max_workers=n_workers) as pool:
         datasets = list(pool.map(_read_dataset, paths))
 
     # --- header checks, before anything is decoded ---------------------------
@@ -693,7 +697,7 @@ def read_frames(
             if keyword in ds:
                 del ds[keyword]
 
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+    with _quiet_pydicom(), ThreadPoolExecutor(max_workers=n_workers) as pool:
         list(pool.map(decode, sorted(slots_by_file)))
     hu.flags.writeable = False
     if rescale_assumed:

@@ -154,6 +154,25 @@ def test_undecodable_pixels_give_exactly_one_stderr_line(tmp_path, cli_runner):
     assert not (tmp_path / "v.nii.gz").exists()
 
 
+def test_pydicom_warnings_do_not_add_stderr_lines(tmp_path):
+    """Before: an invalid UI value (a cut transfer syntax UID) made pydicom warn while the volume was
+    read; the warning reached stderr through logging next to the error line."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    study = ge_copy(tmp_path)
+    for path in study.glob("*.dcm"):
+        data = path.read_bytes()
+        assert b"1.2.840.10008.1.2.1\x00" in data[:400]
+        path.write_bytes(data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.4.", 1))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "volume", str(study), "-o", str(tmp_path / "v.nii.gz")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode in (3, 4) and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("ictus: error: ")
+
+
 @pytest.mark.parametrize("value", [b"0", b"-1", b"1e30", b"1e308"])
 def test_absurd_rescale_slope_is_refused(tmp_path, cli_runner, value):
     """Before: RescaleSlope 0 gave a constant volume and 1e30 a volume of inf, both with exit 0."""
