@@ -102,6 +102,7 @@ class IschaemiaFinding:
     nwu_note: str = ("An estimate from tissue density: net water uptake rises with time since onset; "
                      "it does not replace the known time of onset.")
     hypodensity: tuple[TerritoryRow, ...] = ()
+    hypodense_volume_ml: float | None = None  # clearly hypodense tissue in all territories, both sides
     large_mca_hypodensity: bool | None = None
     chronic_lesions: tuple[ChronicRow, ...] = ()
     noise_hu: float | None = None
@@ -202,6 +203,7 @@ def ischaemia_finding(result: "IschaemiaResult | None", reason: str) -> Ischaemi
         nwu_source=result.nwu_source,
         hypodensity=tuple(TerritoryRow(h.territory, h.side, _r(h.volume_ml) or 0.0, _r(h.territory_volume_ml) or 0.0,
                                        _r(h.fraction, 3) or 0.0) for h in result.hypodensity),
+        hypodense_volume_ml=_r(sum(h.volume_ml for h in result.hypodensity), 1),
         large_mca_hypodensity=bool(result.large_mca_hypodensity),
         chronic_lesions=tuple(ChronicRow(c.side, _r(c.volume_ml) or 0.0, _r(c.mean_hu, 1), tuple(c.regions))
                               for c in result.chronic),
@@ -272,6 +274,9 @@ def stroke_summary(ich_present: bool | None, ich_volume_ml: float | None, isch: 
             within = "likely within 4.5 h" if isch.onset_within_4_5h_likely else "possibly older than 4.5 h"
             age = (f"net water uptake {isch.nwu_percent:.1f}% ({within}; cut-off {isch.nwu_cutoff_percent}%, "
                    f"an estimate)")
+        hypo = [h for h in isch.hypodensity if h.volume_ml >= 1.0]
+        if hypo:
+            early += "; hypodense tissue: " + ", ".join(f"{h.territory} {h.side} {h.volume_ml:.1f} mL" for h in hypo)
         if isch.chronic_lesions:
             early += f"; {len(isch.chronic_lesions)} old infarct(s) not counted as acute"
     if not dense.assessed:

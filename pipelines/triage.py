@@ -180,7 +180,7 @@ class TriageEngine:
         from imaging.brain import segment_brain
         from imaging.midline import measure_midline_shift
         from imaging.qc import assess_qc, header_age_years
-        from pipelines.findings import build_findings
+        from pipelines.findings import build_findings, findings_to_dict
         from pipelines.priority import load_rules
 
         opts = self.options
@@ -253,14 +253,15 @@ class TriageEngine:
             dense_artery=dense,
         )
         if out_dir is not None:
-            from pipelines.writers import write_outputs
+            import dataclasses
+
+            from pipelines.writers import findings_with_outputs, write_outputs
 
             t0 = time.perf_counter()
             written = write_outputs(result, out_dir, outputs=opts.outputs, lang=opts.lang)
             log.info("outputs written in %.2f s", time.perf_counter() - t0)  # after findings.json: not in it
-            import dataclasses
-
-            result = dataclasses.replace(result, outputs=written)
+            result = dataclasses.replace(result, outputs=written,
+                                         findings=findings_with_outputs(doc, written, out_dir))
         return result
 
 

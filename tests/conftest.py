@@ -60,7 +60,19 @@ def fast_models_dir(tmp_path_factory):
     models_dir = tmp_path_factory.mktemp("models")
     card = get_card("blast-ct")
     pull(card, models_dir, shared, members="fast", convert=True)
+    _pull_stroke_assets(models_dir)  # triage needs the template anatomy too
     return models_dir
+
+
+def _pull_stroke_assets(models_dir: Path) -> None:
+    """Install the stroke-atlas and blast-ct-atlas assets from shared into ``models_dir`` (when present)."""
+    from models.assets import get_asset_card, pull_asset
+
+    stroke = shared_root() / "models" / "stroke-atlas"
+    blast = shared_root() / "models" / "blast-ct"
+    if (stroke / "template").is_dir() and (blast / "localisation_files").is_dir():
+        pull_asset(get_asset_card("stroke-atlas"), models_dir, stroke)
+        pull_asset(get_asset_card("blast-ct-atlas"), models_dir, blast)
 
 
 @pytest.fixture(scope="session")
