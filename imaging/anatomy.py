@@ -275,8 +275,8 @@ def intensity_correlation(grid: sitk.Image, warped_template: sitk.Image, region:
     lo, hi = NCC_WINDOW_HU
     if np.count_nonzero(region) < 100:
         return 0.0
-    patient = sitk.GetArrayViewFromImage(sitk.SmoothingRecursiveGaussian(
-        sitk.Clamp(grid, sitk.sitkFloat32, lo, hi), 2.0))[region].astype(np.float64)
+    smooth = sitk.SmoothingRecursiveGaussian(sitk.Clamp(grid, sitk.sitkFloat32, lo, hi), 2.0)
+    patient = sitk.GetArrayFromImage(smooth)[region].astype(np.float64)  # a copy: no view of a temporary
     template = np.clip(sitk.GetArrayViewFromImage(warped_template)[region].astype(np.float64), lo, hi)
     a, b = patient - patient.mean(), template - template.mean()
     denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
