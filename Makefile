@@ -33,23 +33,26 @@ sysdeps:
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
-# The demo: a synthetic head-CT study (30 mL IPH, 6 mm midline shift) written as
-# DICOM, the BLAST-CT weights and the stroke-atlas and blast-ct-atlas assets fetched
-# (from ../shared when it is there, else from the pinned upstream URLs) and verified,
-# then the full triage.
+# The demo: the BLAST-CT weights and the stroke-atlas and blast-ct-atlas assets fetched
+# (from ../shared when it is there, else from the pinned upstream URLs) and verified; a
+# synthetic ischaemic-stroke study rendered from the CT template (left MCA early ischaemia
+# in M2, insula and lentiform nucleus, 6 HU; a hyperdense left M1 of 60 HU; 2.5 mm slices)
+# written as DICOM; then the full triage. `ictus phantom OUT --haemorrhage IPH` makes a
+# haemorrhage study instead.
 BLAST_MIRROR := $(wildcard $(SHARED)/models/blast-ct/saved_models_v1)
 STROKE_MIRROR := $(wildcard $(SHARED)/models/stroke-atlas/template)
 BLAST_ATLAS_MIRROR := $(wildcard $(SHARED)/models/blast-ct/localisation_files)
 demo: $(VENV)/.runtime
 	rm -rf $(DEMO_DIR)
-	$(ICTUS) phantom $(DEMO_DIR)/study --haemorrhage IPH --haemorrhage-volume-ml 30 --midline-shift-mm 6
-	$(ICTUS) series $(DEMO_DIR)/study
 	$(ICTUS) models verify blast-ct >/dev/null 2>&1 || \
 	  $(ICTUS) models pull blast-ct $(if $(BLAST_MIRROR),--from $(SHARED)/models/blast-ct,)
 	$(ICTUS) models verify stroke-atlas >/dev/null 2>&1 || \
 	  $(ICTUS) models pull stroke-atlas $(if $(STROKE_MIRROR),--from $(SHARED)/models/stroke-atlas,)
 	$(ICTUS) models verify blast-ct-atlas >/dev/null 2>&1 || \
 	  $(ICTUS) models pull blast-ct-atlas $(if $(BLAST_ATLAS_MIRROR),--from $(SHARED)/models/blast-ct,)
+	$(ICTUS) phantom $(DEMO_DIR)/study --stroke --ischaemia-regions M2,IC,LN --ischaemia-side left \
+	  --ischaemia-drop-hu 6 --dense-artery left --dense-artery-hu 60 --slice-thickness-mm 2.5
+	$(ICTUS) series $(DEMO_DIR)/study
 	$(ICTUS) triage $(DEMO_DIR)/study --out $(DEMO_DIR)/out
 
 test: $(VENV)/.dev sysdeps

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 t, ps, _, _ = region_hits(truth, res["ischaemia"])
                 tp, pos = tp + t, pos + ps
                 exp = truth["expected_aspects"]
-                report["aspects_within_1"].append(all(abs(res["ischaemia"].aspects[s] - exp[s]) <= 1 for s in exp))
+                if drop >= 4.0:  # the criterion: ASPECTS within 1 of the truth where a drop is >= 4 HU
+                    report["aspects_within_1"].append(all(abs(res["ischaemia"].aspects[s] - exp[s]) <= 1 for s in exp))
             report["sensitivity"][f"{thick:g}mm/{drop:g}HU"] = tp / max(1, pos)
             print(f"slices {thick:g} mm, drop {drop:g} HU: region sensitivity {tp}/{pos}", flush=True)
         print(f"slices {thick:g} mm: region specificity {report['specificity'][f'{thick:g}mm']:.3f}", flush=True)
