@@ -1682,8 +1682,8 @@ def _base_dataset(spec: PhantomSpec, uids: Mapping[str, str]) -> Any:
     ds.InstitutionName = "Synthetic"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "CT HEAD WO CONTRAST (PHANTOM)" if not spec.contrast else "CT HEAD W CONTRAST (PHANTOM)"
-    ds.PatientName = "PHANTOM^ICTUS"
-    ds.PatientID = "ICTUS-PHANTOM-" + hashlib.sha1(uids["study_instance_uid"].encode()).hexdigest()[:8].upper()
+    ds.PatientName = "PHANTOM^GEOMETRIC"
+    ds.PatientID = "PHANTOM-" + hashlib.sha1(uids["study_instance_uid"].encode()).hexdigest()[:8].upper()
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     age = int(spec.patient_age_years)

@@ -255,15 +255,26 @@ def _pull_command(card: AssetCard, models_dir: str | Path | None, origin: str) -
 
 
 # ------------------------------------------------------------------------ resolve
+def _complete(card: "AssetCard", directory: Path) -> bool:
+    return all((directory / f.path).is_file() and (directory / f.path).stat().st_size == f.size_bytes
+               for f in card.files)
+
+
 def resolve_asset_dir(card_id: str, models_dir: str | Path | None = None) -> Path:
     """The installed folder of asset ``card_id`` ("stroke-atlas", "blast-ct-atlas").
 
-    Checks that every file of the card is there with the right size (sha256 is checked
+    Looked for in ``models_dir`` (``--models-dir``), then ``$ICTUS_MODELS_DIR`` or the user
+    cache. Checks that every file of the card is there with the right size (sha256 is checked
     by ``ictus models pull`` and ``ictus models verify``). Raises ModelError (exit 5)
     naming the missing files and the ``ictus models pull`` command to run.
     """
     card = get_asset_card(card_id)
     directory, origin = asset_dir(card, models_dir)
+    if models_dir is not None and not _complete(card, directory):
+        # weights in a project folder, atlases in the usual place: fall back like a search path
+        fallback, _ = asset_dir(card, None)
+        if _complete(card, fallback):
+            return fallback
     missing: list[str] = []
     wrong: list[str] = []
     for f in card.files:

@@ -34,6 +34,25 @@ def blast_ct_weights() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache_with_stroke_assets(tmp_path_factory):
+    """Point the user cache (XDG_CACHE_HOME, inherited by subprocesses) at a session folder
+    holding the stroke-atlas and blast-ct-atlas assets from shared, so every triage in the
+    suite finds them as a user who ran `ictus models pull` would, and the real user cache
+    is never touched."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    from models.weights import user_cache_dir
+
+    _pull_stroke_assets(user_cache_dir())
+    yield cache
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture
 def cli_runner():
     """Run the ``ictus`` CLI in-process; returns (exit_code, stdout, stderr)."""

@@ -326,7 +326,7 @@ def test_dicom_reads_back_with_pydicom(written):
     assert d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
     assert d.file_meta.MediaStorageSOPInstanceUID == d.SOPInstanceUID
     assert list(d.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]
-    assert d.Modality == "CT" and str(d.PatientName) == "PHANTOM^ICTUS" and d.PatientID
+    assert d.Modality == "CT" and str(d.PatientName) == "PHANTOM^GEOMETRIC" and d.PatientID
     assert d.ConvolutionKernel == "STANDARD" and float(d.KVP) == 120
     assert float(d.SliceThickness) == 5.0 and [float(v) for v in d.PixelSpacing] == [1.8, 1.8]
     assert [float(v) for v in d.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]

@@ -82,7 +82,14 @@ def test_no_haemorrhage_phantom_is_routine(engine, tmp_path):
     f = engine.run(study).findings
     assert f["ich"]["total_volume_ml"] < 1.0, f["ich"]
     assert f["midline_shift_mm"] is None or f["midline_shift_mm"] <= 1.5
-    assert f["priority"] == "routine", f["priority_reasons"]
+    # the geometric phantom is not anatomical: the template does not register, so the
+    # ischaemic findings are not assessed and the study is indeterminate, never routine
+    assert f["priority"] == "indeterminate", f["priority_reasons"]
+    assert "registration_failed" in f["qc"]["flags"] and f["ischaemia"]["assessed"] is False
+    import dataclasses
+
+    haemorrhage_only = TriageEngine(dataclasses.replace(engine.options, stroke=False))
+    assert haemorrhage_only.run(study).findings["priority"] == "routine"
 
 
 def test_real_ge_head_no_large_ich_and_no_shift(engine):
