@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("vessel_rules.json")
 RULES_SCHEMA = "ictus-vessel-rules/1"
+#: Candidate voxels may lie this far outside the brain mask (the basal cisterns at the skull
+#: base fall outside a threshold brain mask on template phantoms: the M1 course lay 4+ mm out).
+BRAIN_MARGIN_MM = 8.0
 _NUMBERS = ("dense_min_hu", "calcium_hu", "calcium_margin_mm", "min_ratio", "min_length_mm", "min_voxels",
             "reference_voxels", "reference_margin_mm")
 
@@ -230,7 +233,10 @@ def detect_dense_artery(
         calcified = ndimage.binary_dilation(calcified, structure=np.ones(tuple(2 * r + 1 for r in radii), bool))
     allowed = ~calcified
     if anatomy.brain is not None:
-        allowed &= anatomy.brain
+        # the basal cisterns around M1 often fall just outside a threshold brain mask: allow a
+        # few mm around it, through-plane too (bone is excluded above; the search tube bounds the rest)
+        margin = [max(1, int(round(BRAIN_MARGIN_MM / s))) for s in anatomy.spacing_mm[::-1]]
+        allowed &= ndimage.binary_dilation(anatomy.brain, structure=np.ones(tuple(2 * m + 1 for m in margin), bool))
     if exclude_mask is not None:
         allowed &= ~np.asarray(exclude_mask, dtype=bool)
     candidate = allowed & (hu >= dense_min)

@@ -46,6 +46,12 @@ def test_ischaemic_phantoms_are_found_and_scored(thickness_mm, side, drop_hu):
     assert isch.onset_within_4_5h_likely is (isch.nwu_percent < isch.nwu_cutoff_percent)
 
 
+def test_dense_artery_phantom():
+    truth, res = bench_stroke.phantom_case(_template(), pose_seed=5, seed=5, slice_thickness_mm=2.5,
+                                           dense_artery_side="right", dense_artery_hu=55.0)
+    assert res["dense"].present and res["dense"].side == "right"
+
+
 def test_haematocrit_and_calcified_wall_do_not_trigger():
     _, res = bench_stroke.phantom_case(_template(), pose_seed=5, seed=5, slice_thickness_mm=2.5, haematocrit_hu=52.0,
                                        calcified_wall=True)
