@@ -109,19 +109,14 @@ def _normal_arteries(anatomy: Anatomy, value_hu: float = 40.0) -> np.ndarray:
 # -- the real GE head ----------------------------------------------------------------------------
 
 
-def test_real_head_has_no_dense_artery_and_is_fast(ge):
-    import time
-
+def test_real_head_has_no_dense_artery(ge):
     anatomy, plane = ge
     for p in (plane, None):
-        t0 = time.perf_counter()
         result = detect_dense_artery(anatomy, p)
-        elapsed = time.perf_counter() - t0
         assert result.present is False, result.reason
         assert result.side is None and not result.mask.any()
         assert [(s.name, s.side) for s in result.segments] == [(c.name, c.side) for c in VESSEL_COURSES]
         assert all(s.voxel_count < 5 for s in result.segments)  # skull-base specks, under min_voxels
-        assert elapsed < 2.0
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
