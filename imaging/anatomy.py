@@ -85,6 +85,7 @@ class Anatomy:
     infratentorial: np.ndarray | None = field(repr=False, default=None)  # bool
     territories: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)  # "MCA_left" -> bool
     brain: np.ndarray | None = field(repr=False, default=None)  # patient brain mask on the grid
+    template_brain: np.ndarray | None = field(repr=False, default=None)  # warped template brain (bool)
     method: str = "rigid+affine, Mattes MI, SimpleITK"
     elapsed_s: float = 0.0
 
@@ -365,5 +366,5 @@ def register_template(
         registered=dice >= min_dice and ncc >= min_ncc,
         aspects=aspects if aspects is not None else np.zeros(brain_grid.shape, np.uint8),
         lobar=lobar, lobar_names=dict(atlas.lobar_names), ventricles=ventricles, infratentorial=infratentorial,
-        territories=territories, brain=brain_grid, elapsed_s=elapsed,
+        territories=territories, brain=brain_grid, template_brain=warped_brain, elapsed_s=elapsed,
     )

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drops", default="1,2,3,4,5,6,8")
     p.add_argument("--thickness", default="1,5")
     p.add_argument("--dense-hu", type=float, default=55.0)
+    p.add_argument("--dense-thickness", default="1,2.5,5", help="slice thicknesses (mm) of the dense-artery phantoms")
+    p.add_argument("--dense-poses", type=int, default=None, help="dense-artery phantoms per thickness (default --poses)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     template = atlas(a.shared)
@@ -117,14 +119,23 @@ def main(argv: list[str] | None = None) -> int:
             report["sensitivity"][f"{thick:g}mm/{drop:g}HU"] = tp / max(1, pos)
             print(f"slices {thick:g} mm, drop {drop:g} HU: region sensitivity {tp}/{pos}", flush=True)
         print(f"slices {thick:g} mm: region specificity {report['specificity'][f'{thick:g}mm']:.3f}", flush=True)
-    found = 0
-    for seed in range(a.poses):
-        side = ("left", "right")[seed % 2]
-        truth, res = phantom_case(template, pose_seed=200 + seed, seed=seed, slice_thickness_mm=2.5,
-                                  dense_artery_side=side, dense_artery_hu=a.dense_hu)
-        keep(res)
-        found += bool(res["dense"].present and res["dense"].side == side)
-    report["dense_artery_found"] = f"{found}/{a.poses} at {a.dense_hu:g} HU, 2.5 mm"
+    n_dense = a.dense_poses or a.poses
+    report["dense_artery_found"], report["dense_artery_length_mm"] = {}, {}
+    for thick in (float(t) for t in a.dense_thickness.split(",")):
+        found, lengths = 0, []
+        for seed in range(n_dense):
+            side = ("left", "right")[seed % 2]
+            truth, res = phantom_case(template, pose_seed=200 + seed, seed=seed, slice_thickness_mm=thick,
+                                      dense_artery_side=side, dense_artery_hu=a.dense_hu)
+            keep(res)
+            hit = bool(res["dense"].present and res["dense"].side == side)
+            found += hit
+            if hit:
+                lengths.append(round(max(s.length_mm for s in res["dense"].segments if s.dense), 1))
+        key = f"{thick:g}mm"
+        report["dense_artery_found"][key] = f"{found}/{n_dense} at {a.dense_hu:g} HU (15 mm long)"
+        report["dense_artery_length_mm"][key] = lengths
+        print(f"slices {thick:g} mm: dense artery {found}/{n_dense}, lengths {lengths}", flush=True)
     truth, res = phantom_case(template, pose_seed=300, old_infarct_regions=("M2", "M3"), old_infarct_side="right")
     report["old_infarct"] = {"chronic_found": bool(res["ischaemia"].chronic),
                              "acute_right": list(res["ischaemia"].affected_regions["right"])}

@@ -46,10 +46,15 @@ def test_ischaemic_phantoms_are_found_and_scored(thickness_mm, side, drop_hu):
     assert isch.onset_within_4_5h_likely is (isch.nwu_percent < isch.nwu_cutoff_percent)
 
 
-def test_dense_artery_phantom():
-    truth, res = bench_stroke.phantom_case(_template(), pose_seed=5, seed=5, slice_thickness_mm=2.5,
-                                           dense_artery_side="right", dense_artery_hu=55.0)
-    assert res["dense"].present and res["dense"].side == "right"
+@pytest.mark.parametrize("side, pose_seed", [("right", 5), ("left", 8)])
+def test_dense_artery_phantom(side, pose_seed):
+    truth, res = bench_stroke.phantom_case(_template(), pose_seed=pose_seed, seed=pose_seed, slice_thickness_mm=2.5,
+                                           dense_artery_side=side, dense_artery_hu=55.0)
+    dense = res["dense"]
+    assert dense.present and dense.side == side, dense.reason
+    m1 = next(s for s in dense.segments if s.name == "M1" and s.side == side)
+    assert m1.dense and abs(m1.length_mm - truth["dense_artery"]["length_mm"]) <= 5.0, m1
+    assert not any(s.dense for s in dense.segments if s.side not in (side,)), dense.reason
 
 
 def test_haematocrit_and_calcified_wall_do_not_trigger():
