@@ -262,8 +262,8 @@ def measure_midline_shift(
     lps = to_lps(image)
     f = bin_factor(lps.GetSpacing()[:2])  # work on a ~1 mm in-plane grid (block means)
     hu = bin_axial(sitk.GetArrayViewFromImage(lps), f)
-    brain_mask = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.brain_mask)), f) >= 0.5
-    intracranial = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.intracranial_mask)), f) >= 0.5
+    brain_mask = bin_axial(sitk.GetArrayFromImage(to_lps(brain.brain_mask)), f) >= 0.5
+    intracranial = bin_axial(sitk.GetArrayFromImage(to_lps(brain.intracranial_mask)), f) >= 0.5
     sx, sy = lps.GetSpacing()[0] * f, lps.GetSpacing()[1] * f
 
     inner = erode_axial(intracranial, skull_margin_mm, (sx, sy))

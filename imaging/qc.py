@@ -215,9 +215,9 @@ def assess_qc(
         f = bin_factor((sx, sy))
         full_hu = sitk.GetArrayViewFromImage(lps)
         hu = bin_axial(full_hu, f)
-        head = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.head_mask)), f) >= 0.5
-        intracranial = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.intracranial_mask)), f) >= 0.5
-        brain_arr = bin_axial(sitk.GetArrayViewFromImage(to_lps(brain.brain_mask)), f) >= 0.5
+        head = bin_axial(sitk.GetArrayFromImage(to_lps(brain.head_mask)), f) >= 0.5
+        intracranial = bin_axial(sitk.GetArrayFromImage(to_lps(brain.intracranial_mask)), f) >= 0.5
+        brain_arr = bin_axial(sitk.GetArrayFromImage(to_lps(brain.brain_mask)), f) >= 0.5
         fine_voxel_ml = sx * sy * sz / 1000.0
         sx, sy = sx * f, sy * f
         voxel_ml = sx * sy * sz / 1000.0

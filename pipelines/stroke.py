@@ -136,6 +136,7 @@ class DenseArteryFinding:
     segment: str | None
     reason: str
     segments: tuple[VesselRow, ...] = ()
+    caution: str = ""
     method: str = "Tubular hyperdense segment on the registered M1/M2/basilar courses; rules in imaging/vessel_rules.json"
 
 
@@ -226,7 +227,7 @@ def dense_artery_finding(result: "DenseArteryResult | None", reason: str) -> Den
     best = max(dense, key=lambda v: v.length_mm or 0.0) if dense else None
     return DenseArteryFinding(
         assessed=True, present=bool(result.present), side=result.side, segment=best.name if best else None,
-        reason=result.reason, segments=rows,
+        reason=result.reason, segments=rows, caution=result.caution,
     )
 
 
@@ -285,6 +286,8 @@ def stroke_summary(ich_present: bool | None, ich_volume_ml: float | None, isch: 
         artery = f"yes, {dense.side} {dense.segment} (suspected large-vessel occlusion)"
     else:
         artery = "none found"
+    if dense.assessed and dense.caution:
+        artery += f" ({dense.caution})"
     cautions = []
     if ich_present:
         cautions.append("haemorrhage present: thrombolysis contraindicated")

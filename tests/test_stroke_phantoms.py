@@ -55,6 +55,7 @@ def test_dense_artery_phantom(side, pose_seed):
     m1 = next(s for s in dense.segments if s.name == "M1" and s.side == side)
     assert m1.dense and abs(m1.length_mm - truth["dense_artery"]["length_mm"]) <= 5.0, m1
     assert not any(s.dense for s in dense.segments if s.side not in (side,)), dense.reason
+    assert dense.caution == ""  # 2.5 mm slices: the sign is assessed without the thick-slice caution
 
 
 def test_haematocrit_and_calcified_wall_do_not_trigger():
