@@ -5,8 +5,10 @@ Real data comes from ``../shared`` (relative to the project root) or from
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,34 @@ def shared_dicom(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real test data {path} is absent (set ICTUS_SHARED_DIR to the shared folder)")
     return path
+
+
+def template_atlas() -> Any:
+    """The stroke template atlas (CT template, ASPECTS and lobar labels) from shared, or skip."""
+    stroke = shared_root() / "models" / "stroke-atlas"
+    lobar = shared_root() / "models" / "blast-ct" / "localisation_files"
+    if not (stroke / "template" / "scct.nii").exists() or not (lobar / "atlas_labels.csv").exists():
+        pytest.skip(f"stroke atlas {stroke} or BLAST-CT atlas {lobar} absent (set ICTUS_SHARED_DIR)")
+    return _load_template_atlas(str(stroke), str(lobar))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_template_atlas(stroke: str, lobar: str) -> Any:
+    from imaging.stroke_atlas import load_template_atlas
+
+    return load_template_atlas(stroke, lobar)
+
+
+def ge_head_volume() -> Any:
+    """The real GE head (tilted, variable spacing) as a Volume, built once per process, or skip."""
+    return _ge_head_volume(str(shared_dicom("ge-head-tilt-variable-spacing")))
+
+
+@functools.lru_cache(maxsize=None)
+def _ge_head_volume(folder: str) -> Any:
+    from imaging.build import build_volume
+
+    return build_volume([str(f) for f in sorted(Path(folder).glob("*.dcm"))])
 
 
 def blast_ct_weights() -> Path:

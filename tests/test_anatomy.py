@@ -16,24 +16,16 @@ from imaging.anatomy import (
     resample_mask_to,
 )
 from imaging.brain import segment_brain, to_lps
-from imaging.stroke_atlas import ASPECTS_CODES, aspects_label, cormack_to_hu, load_template_atlas
-from tests.conftest import shared_dicom, shared_root
+from imaging.stroke_atlas import ASPECTS_CODES, aspects_label, cormack_to_hu
+from tests.conftest import ge_head_volume, template_atlas
 
 
-def _atlas():
-    stroke = shared_root() / "models" / "stroke-atlas"
-    lobar = shared_root() / "models" / "blast-ct" / "localisation_files"
-    if not (stroke / "template" / "scct.nii").exists() or not (lobar / "atlas_labels.csv").exists():
-        pytest.skip(f"stroke atlas {stroke} or BLAST-CT atlas {lobar} absent (set ICTUS_SHARED_DIR)")
-    return load_template_atlas(str(stroke), str(lobar))
+_atlas = template_atlas
 
 
 @functools.lru_cache(maxsize=None)
 def _ge():
-    from imaging.build import build_volume
-
-    files = sorted(shared_dicom("ge-head-tilt-variable-spacing").glob("*.dcm"))
-    volume = build_volume([str(f) for f in files])
+    volume = ge_head_volume()
     brain = segment_brain(volume)
     return volume, brain, register_template(volume, brain.brain_mask, _atlas(), intracranial_mask=brain.intracranial_mask)
 

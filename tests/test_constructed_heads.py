@@ -5,33 +5,18 @@ normal real head you can construct")."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import shared_dicom, shared_root
+from tests.conftest import ge_head_volume, template_atlas
 
 pytestmark = pytest.mark.slow
 
 
-def _atlas():
-    from imaging.stroke_atlas import load_template_atlas
-
-    stroke = shared_root() / "models" / "stroke-atlas"
-    lobar = shared_root() / "models" / "blast-ct" / "localisation_files"
-    if not (stroke / "template" / "scct.nii").exists() or not (lobar / "atlas_labels.csv").exists():
-        pytest.skip(f"stroke atlas {stroke} or BLAST-CT atlas {lobar} absent (set ICTUS_SHARED_DIR)")
-    return load_template_atlas(str(stroke), str(lobar))
-
-
-@functools.lru_cache(maxsize=None)
-def _ge_volume():
-    from imaging.build import build_volume
-
-    files = sorted(shared_dicom("ge-head-tilt-variable-spacing").glob("*.dcm"))
-    return build_volume([str(f) for f in files])
+_atlas = template_atlas
+_ge_volume = ge_head_volume
 
 
 def reposed_thick(volume, rotation_deg: tuple[float, float, float], thickness_mm: float):

@@ -11,28 +11,21 @@ from scipy import ndimage
 
 from imaging.anatomy import Anatomy
 from imaging.errors import InvalidInputError
-from imaging.stroke_atlas import VESSEL_COURSES, load_template_atlas
+from imaging.stroke_atlas import VESSEL_COURSES
 from imaging.vessels import DenseArteryResult, detect_dense_artery, load_vessel_rules, polyline_projection
-from tests.conftest import shared_dicom, shared_root
+from tests.conftest import ge_head_volume, shared_dicom, template_atlas
 
 
-def _atlas():
-    stroke = shared_root() / "models" / "stroke-atlas"
-    lobar = shared_root() / "models" / "blast-ct" / "localisation_files"
-    if not (stroke / "template" / "scct.nii").exists() or not (lobar / "atlas_labels.csv").exists():
-        pytest.skip(f"stroke atlas {stroke} or BLAST-CT atlas {lobar} absent (set ICTUS_SHARED_DIR)")
-    return load_template_atlas(str(stroke), str(lobar))
+_atlas = template_atlas
 
 
 @functools.lru_cache(maxsize=None)
 def _ge_cached():
     from imaging.anatomy import register_template
     from imaging.brain import segment_brain
-    from imaging.build import build_volume
     from imaging.midline import ideal_midline_plane
 
-    files = sorted(shared_dicom("ge-head-tilt-variable-spacing").glob("*.dcm"))
-    volume = build_volume([str(f) for f in files])
+    volume = ge_head_volume()
     brain = segment_brain(volume)
     anatomy = register_template(volume, brain.brain_mask, _atlas(), intracranial_mask=brain.intracranial_mask)
     return anatomy, ideal_midline_plane(brain.intracranial_mask)

@@ -257,7 +257,7 @@ def with_stroke(result: TriageResult, *, registered: bool = True, affected: dict
                         ratio=0.73, length_mm=0.0, dense=False, reason="ok"),
     )
     dense_obj = SimpleNamespace(present=dense, side="left" if dense else None, mask=artery, segments=vessel_rows,
-                                reason="ok")
+                                reason="ok", caution="")
     isch = stroke.ischaemia_finding(isch_obj, "ok")
     art = stroke.dense_artery_finding(dense_obj, "ok")
     findings = dict(result.findings)
