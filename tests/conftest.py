@@ -139,3 +139,30 @@ def stroke_models_dir(tmp_path_factory):
     pull_asset(get_asset_card("stroke-atlas"), models_dir, stroke)
     pull_asset(get_asset_card("blast-ct-atlas"), models_dir, blast)
     return models_dir
+
+
+# -- markers for the quick local run -------------------------------------------------------------
+#: Words in a test's source (or fixtures it uses) that mean it runs an external program.
+_EXTERNAL_WORDS = ("dciodvfy", "dcm2niix", "storescu", "storescp", "echoscu", "findscu", "movescu", "getscu",
+                   "dcmdump", "orthanc", "chromium")
+#: ... or the real BLAST-CT model (weights from shared, or the ONNX export made from them).
+_MODEL_WORDS = ("blast_ct_weights", "fast_models_dir", "stroke_models_dir")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests ``external`` (runs dcmtk, dicom3tools, dcm2niix, Orthanc or Chromium) and
+    ``model`` (runs the real segmentation model) from their source and fixtures, so that
+    ``pytest -m "not slow and not model and not external"`` is the quick local run."""
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        try:
+            text = inspect.getsource(function).lower() if function is not None else ""
+        except (OSError, TypeError):
+            text = ""
+        text += " " + " ".join(getattr(item, "fixturenames", ())).lower()
+        if any(w in text for w in _EXTERNAL_WORDS):
+            item.add_marker(pytest.mark.external)
+        if any(w in text for w in _MODEL_WORDS):
+            item.add_marker(pytest.mark.model)

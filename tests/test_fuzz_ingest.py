@@ -37,6 +37,7 @@ def test_every_mutation_builds_a_study(tmp_path):
         assert files, name
 
 
+@pytest.mark.slow  # about 4 min: 500 fuzzed studies through the CLI
 def test_fuzzed_bad_input_ends_as_promised(tmp_path):
     shared_dicom("ge-head-tilt-variable-spacing")
     fuzz = _fuzz_module()
