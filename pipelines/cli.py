@@ -21,24 +21,56 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 
 # Each sub-command lives in its own module under pipelines/commands and
-# exposes a click command (or group) named ``command``.
-COMMAND_MODULES = (
-    "series",
-    "volume",
-    "phantom",
-    "models",
-    "triage",
-    "listen",
-    "batch",
-    "evaluate",
-    "train",
-)
+# exposes a click command (or group) named ``command``. The modules are imported when their
+# command runs, not for ``ictus --help``, which lists them from the short help below
+# (tests/test_cli_lazy.py keeps it equal to each command's own).
+COMMAND_HELP = {
+    "series": "List every series of STUDY (a folder, DICOMDIR or file) with its score or rejection reason, "
+              "and the one chosen for triage.",
+    "volume": "Write the HU volume (LPS, float32) of the chosen series of STUDY.",
+    "phantom": "Write a synthetic head-CT DICOM study with known ground truth into OUT_DIR.",
+    "models": "Model cards, weights and assets (atlases): list, pull, verify.",
+    "triage": "Triage the head-CT study STUDY (folder, DICOMDIR or file).",
+    "listen": "Run the DICOM listener (or the Orthanc poller) from a config file.",
+    "batch": "Triage every study of SOURCES into OUT.",
+    "evaluate": "Evaluate triage on the labelled DATASET (a folder; see --layout).",
+    "train": "Train a MONAI SegResNet on DATA_DIR (ct_scans/ + masks/ NIfTI, the CT-ICH layout).",
+}
+COMMAND_MODULES = tuple(COMMAND_HELP)
 
 log = logging.getLogger(__name__)
 
 
 class IctusGroup(click.Group):
-    """A click group that turns errors into one line on stderr and an exit code."""
+    """A click group that turns errors into one line on stderr and an exit code, and imports
+    each sub-command's module only when that command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            try:
+                module = importlib.import_module(f"pipelines.commands.{cmd_name}")
+            except ModuleNotFoundError as exc:  # a command whose extra is not installed
+                if not (exc.name or "").startswith("pipelines.commands"):
+                    raise
+                return None
+            self.add_command(module.command)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)  # as click.Group does
+        rows = []
+        for name in names:
+            loaded = self.commands.get(name)
+            text = loaded.get_short_help_str(limit=limit) if loaded is not None else \
+                click.utils.make_default_short_help(COMMAND_HELP.get(name, ""), limit)
+            rows.append((name, text))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -81,16 +113,6 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     # Warnings go through logging, and the identifying values of every study read in this
     # command are redacted from logs, warnings and error lines (pipelines.phi).
     ctx.with_resource(phi.phi_guard())
-
-
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"pipelines.commands.{_name}")
-    except ModuleNotFoundError as _exc:  # a command whose extra is not installed
-        if not (_exc.name or "").startswith("pipelines.commands"):
-            raise
-        continue
-    cli.add_command(_module.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,41 @@
+"""`ictus --help` imports no command module (pydicom, numpy, SimpleITK stay unloaded), and the
+help it lists is each command's own."""
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+import click
+
+from pipelines import cli
+from tests.conftest import ROOT
+
+
+def test_listed_help_is_each_commands_own():
+    for name, text in cli.COMMAND_HELP.items():
+        command = importlib.import_module(f"pipelines.commands.{name}").command
+        assert command.name == name
+        assert click.utils.make_default_short_help(text, 300) == command.get_short_help_str(limit=300), name
+
+
+def test_help_loads_no_heavy_module():
+    code = ("import json, sys; from pipelines.cli import main; rc = main(['--help']); "
+            "print(json.dumps([rc, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pydicom', 'numpy', 'SimpleITK', 'imaging', 'models', 'onnxruntime'))]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    *help_lines, last = proc.stdout.strip().splitlines()
+    rc, heavy = json.loads(last)
+    assert rc == 0
+    assert heavy == ["imaging", "imaging.errors"], heavy
+    assert all(f"  {name}" in "\n".join(help_lines) for name in cli.COMMAND_MODULES)
+
+
+def test_a_command_runs_after_lazy_loading(cli_runner):
+    code, stdout, stderr = cli_runner("models", "list")
+    assert code == 0, stderr
+    assert "blast-ct" in stdout
+    code, _, stderr = cli_runner("nosuch")
+    assert code == 2 and "No such command" in stderr
