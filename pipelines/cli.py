@@ -41,6 +41,13 @@ COMMAND_MODULES = tuple(COMMAND_HELP)
 log = logging.getLogger(__name__)
 
 
+class _ErrorsOnly(logging.Filter):
+    """Lets only records of level ERROR and above through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 class IctusGroup(click.Group):
     """A click group that turns errors into one line on stderr and an exit code, and imports
     each sub-command's module only when that command is asked for."""
@@ -109,7 +116,15 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not debug:
         # pydicom and SimpleITK warn loudly on odd-but-readable files; QC flags carry what matters.
-        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        # A filter, not only a level: pydicom resets its logger's level to WARNING when it is
+        # first imported, which now happens after this (sub-commands load lazily).
+        pydicom_log = logging.getLogger("pydicom")
+        pydicom_log.setLevel(logging.ERROR)
+        if not any(isinstance(f, _ErrorsOnly) for f in pydicom_log.filters):
+            pydicom_log.addFilter(_ErrorsOnly())
+    else:
+        for f in [f for f in logging.getLogger("pydicom").filters if isinstance(f, _ErrorsOnly)]:
+            logging.getLogger("pydicom").removeFilter(f)
     # Warnings go through logging, and the identifying values of every study read in this
     # command are redacted from logs, warnings and error lines (pipelines.phi).
     ctx.with_resource(phi.phi_guard())
