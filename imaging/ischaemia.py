@@ -41,7 +41,6 @@ normal head: the threshold has to sit above normal asymmetry. About 0.5 s per he
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ import numpy as np
 from scipy import ndimage
 
 from imaging.errors import InvalidInputError
+from imaging.rules import read_rules_json
 from imaging.stroke_atlas import ASPECTS_CODES, ASPECTS_NAMES, SIDES, aspects_label
 
 if TYPE_CHECKING:
@@ -166,14 +166,7 @@ def validate_ischaemia_rules(rules: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def load_ischaemia_rules(path: str | Path | None = None) -> Mapping[str, Any]:
     """Read and validate a rules file (default: the packaged ``ischaemia_rules.json``)."""
-    p = Path(path) if path else DEFAULT_RULES_PATH
-    try:
-        rules = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"ischaemia rules file {p} does not exist; pass an existing JSON file") from None
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"ischaemia rules file {p} is not readable JSON ({exc}); fix or replace it") from None
-    return validate_ischaemia_rules(rules)
+    return validate_ischaemia_rules(read_rules_json(path or DEFAULT_RULES_PATH, "ischaemia rules"))
 
 
 def _threshold(rules: Mapping[str, Any], code: str, key: str) -> float:

@@ -43,7 +43,6 @@ Everything runs on the bounding box of the search tubes (about 0.1 s on the GE h
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ import numpy as np
 from scipy import ndimage
 
 from imaging.errors import InvalidInputError
+from imaging.rules import read_rules_json
 from imaging.stroke_atlas import VESSEL_COURSES, VesselCourse
 
 if TYPE_CHECKING:
@@ -131,14 +131,7 @@ def validate_vessel_rules(rules: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def load_vessel_rules(path: str | Path | None = None) -> Mapping[str, Any]:
     """Read and validate a rules file (default: the packaged ``vessel_rules.json``)."""
-    p = Path(path) if path else DEFAULT_RULES_PATH
-    try:
-        rules = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"vessel rules file {p} does not exist; pass an existing JSON file") from None
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"vessel rules file {p} is not readable JSON ({exc}); fix or replace it") from None
-    return validate_vessel_rules(rules)
+    return validate_vessel_rules(read_rules_json(path or DEFAULT_RULES_PATH, "vessel rules"))
 
 
 # -- geometry -----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from imaging.errors import InvalidInputError, ModelError
-from models.registry import Member
+from models.registry import Member, read_card_json
 from models.weights import (
     CARD_FILE,
     ENV_MODELS_DIR,
@@ -186,12 +186,7 @@ def asset_card_from_dict(data: Mapping[str, Any], *, card_path: Path | None = No
 def load_asset_card(path: str | Path) -> AssetCard:
     """Read an asset card from a JSON file; its files are looked for next to it."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise ModelError(f"asset card {p} does not exist; pass an asset card JSON file or a known asset id")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"asset card {p} cannot be read as JSON ({exc}); fix or replace the file") from None
+    data = read_card_json(p, "asset card", "a known asset id")
     return asset_card_from_dict(data, card_path=p.resolve(), builtin=False)
 
 

@@ -426,13 +426,18 @@ def load_card(path: str | Path) -> ModelCard:
                 f"folder {p} holds {len(candidates)} card files; pass the card file itself (e.g. {p}/card.json)"
             )
         p = candidates[0]
+    return card_from_dict(read_card_json(p, "model card", "a known model id"), card_path=p.resolve(), builtin=False)
+
+
+def read_card_json(p: Path, kind: str, alternative: str) -> Any:
+    """The parsed JSON of a card file, or ModelError saying what is wrong (``kind`` e.g.
+    "model card"; ``alternative`` what else the user may pass, e.g. "a known model id")."""
     if not p.is_file():
-        raise ModelError(f"model card {p} does not exist; pass a card JSON file or a known model id")
+        raise ModelError(f"{kind} {p} does not exist; pass a {kind} JSON file or {alternative}")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"model card {p} cannot be read as JSON ({exc}); fix or replace the file") from None
-    return card_from_dict(data, card_path=p.resolve(), builtin=False)
+        raise ModelError(f"{kind} {p} cannot be read as JSON ({exc}); fix or replace the file") from None
 
 
 def list_cards() -> list[ModelCard]:

@@ -7,7 +7,6 @@ read its ``description``). :func:`evaluate_priority` is pure: findings (the
 """
 from __future__ import annotations
 
-import json
 import logging
 import operator
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from imaging.errors import InvalidInputError
+from imaging.rules import read_rules_json
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,7 @@ def validate_rules(rules: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def load_rules(path: str | os.PathLike[str] | None = None) -> Mapping[str, Any]:
     """Read and validate a rules file (default: the packaged ``priority_rules.json``)."""
-    p = Path(path) if path else DEFAULT_RULES_PATH
-    try:
-        rules = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"priority rules file {p} does not exist; pass an existing JSON file") from None
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"priority rules file {p} is not readable JSON ({exc}); fix or replace it") from None
-    return validate_rules(rules)
+    return validate_rules(read_rules_json(path or DEFAULT_RULES_PATH, "priority rules"))
 
 
 def get_field(findings: Mapping[str, Any], dotted: str) -> Any:
