@@ -4,7 +4,7 @@ image functions (resampling, brain mask, measurements, midline, phantoms).
 This package imports nothing else of Ictus."""
 import logging
 
-from imaging.errors import (
+from ictus.imaging.errors import (
     IctusError,
     InvalidInputError,
     ModelError,

@@ -18,7 +18,7 @@ Method (documented in the README, measured in ``scripts/bench_stroke.py``):
    [-100, 200] HU (soft tissue and the skull's edge carry the alignment; the dense
    bone values and the air do not) and resampled to 4 mm (level 1) and 2 mm (level 2).
 3. **Initialisation:** centres of mass of the two brain masks (the patient's from
-   :func:`imaging.brain.segment_brain`).
+   :func:`ictus.imaging.brain.segment_brain`).
 4. **Rigid then affine,** Mattes mutual information (the template is an average of many
    heads, so its grey-white contrast differs from a single scan), regular-step gradient
    descent, two resolution levels. The metric is sampled only inside the dilated
@@ -39,8 +39,8 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from imaging.brain import as_image, to_lps
-from imaging.stroke_atlas import (
+from ictus.imaging.brain import as_image, to_lps
+from ictus.imaging.stroke_atlas import (
     INFRATENTORIAL_LABELS,
     TERRITORY_LOBES,
     VENTRICLE_LABELS,

@@ -1,6 +1,6 @@
 """Head, skull, intracranial and brain masks from HU and morphology.
 
-Pure functions on a HU image (a :class:`imaging.volume.Volume` or a SimpleITK
+Pure functions on a HU image (a :class:`ictus.imaging.volume.Volume` or a SimpleITK
 image in LPS). The work is done on the image re-oriented to the nearest LPS
 axes (a lossless permutation/flip, ``sitk.DICOMOrient``), so axial slices are
 array planes whatever the input orientation; gantry-tilt-corrected and

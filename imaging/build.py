@@ -1,4 +1,4 @@
-"""Build a Hounsfield-unit :class:`~imaging.volume.Volume` from the files of one CT series.
+"""Build a Hounsfield-unit :class:`~ictus.imaging.volume.Volume` from the files of one CT series.
 
 This is the only place where pixels are read. :func:`build_volume` reads each
 file once (in parallel threads), decodes every supported transfer syntax through
@@ -59,8 +59,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from imaging.errors import InvalidInputError
-from imaging.volume import SourceSlice, Volume
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.volume import SourceSlice, Volume
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _worker_count(workers: int | None, n_items: int) -> int:
 
 
 def _read_dataset(path: str) -> Dataset:
-    from imaging.dicom_io import notify_header
+    from ictus.imaging.dicom_io import notify_header
 
     try:
         ds = pydicom.dcmread(path)
@@ -608,7 +608,7 @@ def read_frames(
     if not paths:
         raise InvalidInputError("no DICOM files were given; point to a folder holding a CT series")
     n_workers = _worker_count(workers, len(paths))
-    from imaging.dicom_io import _quiet_pydicom
+    from ictus.imaging.dicom_io import _quiet_pydicom
 
     # pydicom's UserWarnings on odd values (e.g. an invalid UI) would reach stderr as extra lines
     # next to the one error line (found by scripts/fuzz_ingest.py); QC flags carry what matters

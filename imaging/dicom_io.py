@@ -30,7 +30,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from imaging.errors import InvalidInputError
+from ictus.imaging.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ _HEADER_OBSERVERS: list[Callable[[Dataset], None]] = []
 def add_header_observer(observer: Callable[[Dataset], None]) -> None:
     """Call ``observer(ds)`` with every header read by :func:`scan` (any thread; it must be quick
     and must not raise). The pipeline layer uses it to learn the patient-identifying values of the
-    study in hand (:mod:`pipelines.phi`), so that imaging never logs or keeps them itself."""
+    study in hand (:mod:`ictus.pipelines.phi`), so that imaging never logs or keeps them itself."""
     if observer not in _HEADER_OBSERVERS:
         _HEADER_OBSERVERS.append(observer)
 

@@ -1,6 +1,6 @@
 """Early ischaemic change on non-contrast CT: ASPECTS, net water uptake, hypodensity, old infarcts.
 
-A pure function of the registered :class:`imaging.anatomy.Anatomy` (HU on the analysis grid
+A pure function of the registered :class:`ictus.imaging.anatomy.Anatomy` (HU on the analysis grid
 and the ASPECTS regions warped onto it) and the ideal midline plane; the thresholds are data
 (``imaging/ischaemia_rules.json``, read its ``description``).
 
@@ -49,13 +49,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 from scipy import ndimage
 
-from imaging.errors import InvalidInputError
-from imaging.rules import read_rules_json
-from imaging.stroke_atlas import ASPECTS_CODES, ASPECTS_NAMES, SIDES, aspects_label
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.rules import read_rules_json
+from ictus.imaging.stroke_atlas import ASPECTS_CODES, ASPECTS_NAMES, SIDES, aspects_label
 
 if TYPE_CHECKING:
-    from imaging.anatomy import Anatomy
-    from imaging.midline import MidlinePlane
+    from ictus.imaging.anatomy import Anatomy
+    from ictus.imaging.midline import MidlinePlane
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from imaging.brain import as_image, to_lps
+from ictus.imaging.brain import as_image, to_lps
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Measurements:
 
 
 class RegionLookup(Protocol):
-    """What the measurements need from a registered anatomy (:class:`imaging.anatomy.Anatomy`)."""
+    """What the measurements need from a registered anatomy (:class:`ictus.imaging.anatomy.Anatomy`)."""
 
     def region_of(self, points_lps: np.ndarray) -> str: ...
 
@@ -218,8 +218,8 @@ def measure_labels(
     """Per-class lesions, ICH summary and ABC/2 from a label map on ``reference``'s grid.
 
     ``class_names[i]`` names label value ``i`` (0 = background). ``plane`` is an
-    ideal midline (:class:`imaging.midline.MidlinePlane`) for hemispheres;
-    ``atlas`` (the registered :class:`imaging.anatomy.Anatomy`) gives region names and the
+    ideal midline (:class:`ictus.imaging.midline.MidlinePlane`) for hemispheres;
+    ``atlas`` (the registered :class:`ictus.imaging.anatomy.Anatomy`) gives region names and the
     supratentorial/infratentorial compartment of each lesion.
     """
     image = as_image(reference)

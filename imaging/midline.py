@@ -40,7 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage, optimize
 
-from imaging.brain import BrainResult, as_image, bin_axial, bin_factor, coarse_to_fine, disk, erode_axial, to_lps
+from ictus.imaging.brain import BrainResult, as_image, bin_axial, bin_factor, coarse_to_fine, disk, erode_axial, to_lps
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ Conventions recorded in the ground truth:
   values are in the head's frame; the truth gives the midsagittal plane in LPS.
 
 Use :func:`render_phantom` (in memory, no DICOM), :func:`phantom_volume` (a
-:class:`imaging.volume.Volume`), :func:`sample_phantom` (any orthogonal or
+:class:`ictus.imaging.volume.Volume`), :func:`sample_phantom` (any orthogonal or
 sheared grid) and :func:`write_phantom` (DICOM study + ground truth; the only
 function here that touches disk).
 """
@@ -66,8 +66,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from imaging.errors import InvalidInputError, OutputError
-from imaging.volume import Volume, volume_from_array
+from ictus.imaging.errors import InvalidInputError, OutputError
+from ictus.imaging.volume import Volume, volume_from_array
 
 log = logging.getLogger(__name__)
 

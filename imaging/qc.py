@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from imaging.brain import (
+from ictus.imaging.brain import (
     BrainResult,
     as_image,
     bin_axial,
@@ -164,7 +164,7 @@ def assess_qc(
     metal_min_ml: float = 0.05,
     severities: Mapping[str, str] | None = None,
 ) -> QcReport:
-    """The QC flags of a volume (a :class:`imaging.volume.Volume` or a HU image) and its brain result.
+    """The QC flags of a volume (a :class:`ictus.imaging.volume.Volume` or a HU image) and its brain result.
 
     ``header`` defaults to ``volume.header`` (keys ``SliceThickness``,
     ``ContrastBolusAgent``, ``PatientAgeYears``); ``extra_flags`` adds flags

@@ -1,4 +1,4 @@
-"""Pure resampling functions on :class:`~imaging.volume.Volume` or SimpleITK images.
+"""Pure resampling functions on :class:`~ictus.imaging.volume.Volume` or SimpleITK images.
 
 Each function accepts a ``Volume`` or a ``sitk.Image`` and returns the same
 kind (a ``Volume`` keeps its provenance and QC flags). Nothing here touches disk.
@@ -11,7 +11,7 @@ from typing import TypeVar, Union
 import numpy as np
 import SimpleITK as sitk
 
-from imaging.volume import Volume
+from ictus.imaging.volume import Volume
 
 AIR_HU = -1024.0
 

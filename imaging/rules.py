@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from imaging.errors import InvalidInputError
+from ictus.imaging.errors import InvalidInputError
 
 
 def read_rules_json(path: str | os.PathLike[str], what: str) -> Any:

@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from imaging.dicom_io import InstanceHeader, ScanResult, read_frame_hu
-from imaging.errors import InvalidInputError, NoEligibleSeriesError
+from ictus.imaging.dicom_io import InstanceHeader, ScanResult, read_frame_hu
+from ictus.imaging.errors import InvalidInputError, NoEligibleSeriesError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Template anatomy for stroke analysis: the CT template in MNI space, the ASPECTS
 regions, the BLAST-CT lobar atlas and the arterial search courses.
 
-Pure data loading and constants; no registration here (see :mod:`imaging.anatomy`).
+Pure data loading and constants; no registration here (see :mod:`ictus.imaging.anatomy`).
 The files are model assets, installed and verified by ``ictus models pull stroke-atlas``
 (and ``blast-ct`` for the lobar atlas); this module is handed their folders and never
 reads environment variables.

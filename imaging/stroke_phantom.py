@@ -1,8 +1,8 @@
 """A synthetic *ischaemic* head CT rendered from the template anatomy, with known truth.
 
-The geometric phantom (:mod:`imaging.phantom`) is built from ellipsoids, which no template
+The geometric phantom (:mod:`ictus.imaging.phantom`) is built from ellipsoids, which no template
 registration can fit. This one renders Rorden's CT template (MNI space, HU, whole head)
-under a patient pose, so that :func:`imaging.anatomy.register_template` can land on it and
+under a patient pose, so that :func:`ictus.imaging.anatomy.register_template` can land on it and
 every template-based stroke finding (ASPECTS, hyperdense artery, net water uptake, chronic
 infarcts) can be checked against a known answer.
 
@@ -19,7 +19,7 @@ Rendering (all in :func:`render_stroke_phantom`):
      15-60; CSF and bone stay), the region masks softened at the edge (Gaussian,
      ``ischaemia_edge_mm``) so the change is not a pixel-perfect step;
    - *arteries:* tubes (radius ``artery_radius_mm``) along both M1 and M2 courses of
-     :data:`imaging.stroke_atlas.VESSEL_COURSES` and the basilar artery at normal blood
+     :data:`ictus.imaging.stroke_atlas.VESSEL_COURSES` and the basilar artery at normal blood
      density ``artery_hu`` (``haematocrit_hu`` raises all of them: not a dense artery
      sign); a *hyperdense artery* (``dense_artery_side``, ``dense_artery_hu``) over
      ``dense_artery_length_mm`` from the M1 origin along M1 then M2; optional calcified
@@ -32,14 +32,14 @@ Rendering (all in :func:`render_stroke_phantom`):
    ``m = S^-1 R^T (p - t) + c`` (``c`` the template brain's centre of mass, ``R`` rotation
    pitch about x then roll about y then yaw about z, ``S`` the anisotropic scale, ``t`` the
    translation): ``mni_to_patient`` / ``patient_to_mni`` in the truth, the same direction
-   as :attr:`imaging.anatomy.Anatomy.transform` (patient -> template).
-4. **Acquisition.** Slices like the geometric phantom's (:class:`imaging.phantom.PhantomGeometry`,
+   as :attr:`ictus.imaging.anatomy.Anatomy.transform` (patient -> template).
+4. **Acquisition.** Slices like the geometric phantom's (:class:`ictus.imaging.phantom.PhantomGeometry`,
    GE-style gantry tilt about x), each the mean of sub-slices about 1 mm apart across its
    thickness (real partial volume), plus spatially correlated Gaussian noise whose standard
    deviation, measured on a slice, is ``noise_hu`` (default ``4 HU * sqrt(5 mm / thickness)``).
 
 :func:`write_stroke_phantom` writes a CT Image Storage series with the geometric phantom's
-headers (:func:`imaging.phantom._slice_dataset`) and ``ground_truth.json``.
+headers (:func:`ictus.imaging.phantom._slice_dataset`) and ``ground_truth.json``.
 """
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from imaging.errors import InvalidInputError, OutputError
-from imaging.phantom import (
+from ictus.imaging.errors import InvalidInputError, OutputError
+from ictus.imaging.phantom import (
     PhantomGeometry,
     PhantomSpec,
     _json_default,
@@ -69,14 +69,14 @@ from imaging.phantom import (
     _uid,
     tilt_corrected_grid,
 )
-from imaging.stroke_atlas import (
+from ictus.imaging.stroke_atlas import (
     ASPECTS_CODES,
     SIDES,
     VESSEL_COURSES,
     TemplateAtlas,
     aspects_label,
 )
-from imaging.volume import Volume, volume_from_array
+from ictus.imaging.volume import Volume, volume_from_array
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class StrokePhantomSpec:
     (LPS) and ``scale`` (per axis, 0.92-1.08); each one left None is drawn from
     ``pose_seed``. ``noise_hu`` None means ``4 HU * sqrt(5 mm / slice_thickness_mm)``;
     ``seed`` drives the noise. ``z_coverage_mm`` runs down from 3 mm above the vertex (never
-    below the template's lower edge). Region codes are :data:`imaging.stroke_atlas.ASPECTS_CODES`.
+    below the template's lower edge). Region codes are :data:`ictus.imaging.stroke_atlas.ASPECTS_CODES`.
     """
 
     # pose and acquisition
@@ -703,7 +703,7 @@ class StrokePhantomRender:
         """The untilted phantom as a :class:`Volume` (a tilted one: write it and read it back)."""
         g = self.geometry
         if not g.is_orthogonal:
-            raise ValueError("a tilted stack is sheared; write it and read it with imaging.build.build_volume")
+            raise ValueError("a tilted stack is sheared; write it and read it with ictus.imaging.build.build_volume")
         return volume_from_array(self.hu, spacing_mm=(g.pixel_spacing_mm[1], g.pixel_spacing_mm[0], g.slice_spacing_mm),
                                  origin_mm=tuple(g.image_positions_patient[0]))  # type: ignore[arg-type]
 

@@ -1,12 +1,12 @@
 """Hyperdense artery sign on non-contrast CT (suspected large-vessel occlusion).
 
-A pure function of the registered :class:`imaging.anatomy.Anatomy` and the ideal midline
+A pure function of the registered :class:`ictus.imaging.anatomy.Anatomy` and the ideal midline
 plane; the thresholds are data (``imaging/vessel_rules.json``, read its ``description``).
 
 Method (the criteria of Koo et al., Cerebrovasc Dis 2000: hyperdense MCA > 43 HU and a
 ratio to the contralateral MCA > 1.2):
 
-1. **Search tubes.** Each course of :data:`imaging.stroke_atlas.VESSEL_COURSES` (M1 and M2
+1. **Search tubes.** Each course of :data:`ictus.imaging.stroke_atlas.VESSEL_COURSES` (M1 and M2
    per side, basilar; MNI polylines) is mapped into the patient with the registration's
    inverse and becomes a tube of the course's radius (7 mm: registration error and
    anatomical variation) on the analysis grid, kept inside the brain mask dilated by 8 mm or
@@ -51,13 +51,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 from scipy import ndimage
 
-from imaging.errors import InvalidInputError
-from imaging.rules import read_rules_json
-from imaging.stroke_atlas import VESSEL_COURSES, VesselCourse
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.rules import read_rules_json
+from ictus.imaging.stroke_atlas import VESSEL_COURSES, VesselCourse
 
 if TYPE_CHECKING:
-    from imaging.anatomy import Anatomy
-    from imaging.midline import MidlinePlane
+    from ictus.imaging.anatomy import Anatomy
+    from ictus.imaging.midline import MidlinePlane
 
 log = logging.getLogger(__name__)
 

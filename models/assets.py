@@ -5,13 +5,13 @@ lists every file of an asset with its relative path in the installed folder, siz
 sha256 and pinned upstream URL, plus sources, licences and citations. Shipped assets:
 
 - ``stroke-atlas``: Rorden's CT template (``template/``) and the ASPECTS region masks
-  (``aspects/``), as :mod:`imaging.stroke_atlas` reads them;
+  (``aspects/``), as :mod:`ictus.imaging.stroke_atlas` reads them;
 - ``blast-ct-atlas``: BLAST-CT's localisation atlas (``atlas_template_space.nii.gz``,
   ``ct_template_mask.nii.gz``, ``atlas_labels.csv``).
 
 An asset lives in ``<models dir>/<id>/<version>/`` with the card's relative paths and a
 copy of the card (``card.json``); the models dir is resolved as for weights
-(:func:`models.weights.models_home`: ``--models-dir``, ``$ICTUS_MODELS_DIR``, the user
+(:func:`ictus.models.weights.models_home`: ``--models-dir``, ``$ICTUS_MODELS_DIR``, the user
 cache). :func:`pull_asset` reuses the weights' download (retries, back-off, resume),
 copy, size/sha256 refusal and atomic rename; :func:`verify_asset` checks sha256;
 :func:`resolve_asset_dir` (cheap: presence and size) is what the pipeline calls.
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from imaging.errors import InvalidInputError, ModelError
-from models.registry import Member, read_card_json
-from models.weights import (
+from ictus.imaging.errors import InvalidInputError, ModelError
+from ictus.models.registry import Member, read_card_json
+from ictus.models.weights import (
     CARD_FILE,
     ENV_MODELS_DIR,
     _atomic_write_text,

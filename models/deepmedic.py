@@ -8,8 +8,8 @@ published state dicts, so the V1 weights load with ``strict=True``:
 
 All size arithmetic uses only ``+ - * //`` on ``x.shape`` values: plain Python
 ints in eager mode, and traced values under the legacy ONNX exporter, so an
-export keeps dynamic spatial axes (see :mod:`models.export`). The triage path
-never imports this module; it runs the ONNX graph from :mod:`models.onnx_build`.
+export keeps dynamic spatial axes (see :mod:`ictus.models.export`). The triage path
+never imports this module; it runs the ONNX graph from :mod:`ictus.models.onnx_build`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.onnx_build import parse_spec
+from ictus.models.onnx_build import parse_spec
 
 SCALE_FACTORS = ((5, 5, 5), (3, 3, 3), (1, 1, 1))
 FEATURE_MAPS = (30, 30, 40, 40, 40, 40, 50, 50)

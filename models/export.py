@@ -1,7 +1,7 @@
 """Export our torch DeepMedic to ONNX with torch's exporter (extra ``train``).
 
 For models we train ourselves. The published BLAST-CT weights are converted
-without torch by :func:`models.onnx_build.convert_member`; both routes give the
+without torch by :func:`ictus.models.onnx_build.convert_member`; both routes give the
 same graph semantics (input ``image`` [N, C, D, H, W], output ``logits``,
 dynamic batch and spatial axes, opset 17) and agree within float tolerance.
 """
@@ -18,9 +18,9 @@ import onnx
 import torch
 from onnx import helper
 
-from imaging.errors import ModelError
-from models.deepmedic import DeepMedic, deepmedic_for_state_dict
-from models.onnx_build import INPUT_NAME, OPSET, OUTPUT_NAME, write_model_atomic
+from ictus.imaging.errors import ModelError
+from ictus.models.deepmedic import DeepMedic, deepmedic_for_state_dict
+from ictus.models.onnx_build import INPUT_NAME, OPSET, OUTPUT_NAME, write_model_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from imaging.errors import ModelError
+from ictus.imaging.errors import ModelError
 
 logger = logging.getLogger(__name__)
 

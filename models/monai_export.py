@@ -1,6 +1,6 @@
-"""Export a SegResNet trained by :mod:`models.train` to ONNX plus a model card (extra ``train``).
+"""Export a SegResNet trained by :mod:`ictus.models.train` to ONNX plus a model card (extra ``train``).
 
-The runtime (:mod:`models.runtime`) feeds every member a window of ``tile +
+The runtime (:mod:`ictus.models.runtime`) feeds every member a window of ``tile +
 2 * 40`` voxels and expects ``tile`` output voxels (BLAST-CT's DeepMedic
 contract). SegResNet is same-size in, same-size out and needs input sizes that
 are multiples of 2^(levels - 1), so the exported graph wraps it:
@@ -15,7 +15,7 @@ So any window of more than ``2 * context`` voxels per axis is valid (card:
 ``valid_input_offset_vox`` = 80, ``valid_input_step_vox`` = 1) and tiled
 inference equals untiled inference (batch norm has fixed statistics). The card
 lists one member whose file is the ONNX itself, with its sha256, and a stamp
-``model_1.onnx.json`` next to it so that :func:`models.weights.resolve_members`
+``model_1.onnx.json`` next to it so that :func:`ictus.models.weights.resolve_members`
 checks the file against the card before every use.
 """
 from __future__ import annotations
@@ -33,13 +33,13 @@ import onnx
 import torch
 from onnx import helper
 
-from imaging.errors import ModelError
-from models.weights import file_sha256
-from models.train import TrainConfig, load_checkpoint
+from ictus.imaging.errors import ModelError
+from ictus.models.weights import file_sha256
+from ictus.models.train import TrainConfig, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-CONTEXT_VOX = 40  # what models.runtime gives each side of an output tile
+CONTEXT_VOX = 40  # what ictus.models.runtime gives each side of an output tile
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 MEMBER = "model_1"
@@ -96,7 +96,7 @@ def export_onnx(network: torch.nn.Module, config: TrainConfig, onnx_path: str | 
 
 def _class_entries(class_names: tuple[str, ...]) -> list[dict[str, Any]]:
     """Card classes with the codes of the shipped BLAST-CT card where the names match."""
-    from models.registry import get_card
+    from ictus.models.registry import get_card
 
     try:
         known = {c["name"]: c for c in get_card("blast-ct").to_dict()["classes"]}
@@ -131,7 +131,7 @@ def build_card(config: TrainConfig, *, model_id: str, version: str, member_file:
         },
         "classes": _class_entries(tuple(config.class_names)),
         "preprocessing": {
-            "reorient": "nearest axis-aligned direction (models.preprocess, as for BLAST-CT)",
+            "reorient": "nearest axis-aligned direction (ictus.models.preprocess, as for BLAST-CT)",
             "spacing_mm": list(config.spacing_mm),
             "interpolation": "linear",
             "window_hu": [lo, hi],
@@ -198,7 +198,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, *, model_id: str =
     (out / f"{onnx_path.name}.json").write_text(json.dumps(stamp, indent=2) + "\n")
     card_path = out / "card.json"
     card_path.write_text(json.dumps(card, indent=2) + "\n")
-    from models.registry import load_card
+    from ictus.models.registry import load_card
 
     load_card(card_path)  # fail here, not at triage time, if the card is not accepted
     log.info("exported %s to %s", Path(checkpoint).name, card_path)

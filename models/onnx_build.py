@@ -1,7 +1,7 @@
 """Torch-free conversion of DeepMedic state dicts (BLAST-CT V1) to ONNX.
 
 The graph is written node by node with ``onnx.helper`` from the numpy state
-dict that :mod:`models.legacy_pt` reads, so a torch-free install can convert
+dict that :mod:`ictus.models.legacy_pt` reads, so a torch-free install can convert
 the published weights. Runtime dependencies: numpy and onnx only.
 
 The network (see ``../shared/models/blast-ct/SOURCE.md``): parallel pathways,
@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from imaging.errors import ModelError
-from models.legacy_pt import read_state_dict
+from ictus.imaging.errors import ModelError
+from ictus.models.legacy_pt import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def build_model(state: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] 
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file (the same digest the weights registry checks)."""
-    from models.weights import file_sha256
+    from ictus.models.weights import file_sha256
 
     return file_sha256(Path(path))
 

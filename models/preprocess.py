@@ -25,8 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from imaging.errors import InvalidInputError
-from imaging.volume import Volume
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from imaging.errors import ModelError
+from ictus.imaging.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Torch-free inference of a BLAST-CT-style ONNX ensemble on onnxruntime.
 
 ``segment(volume, members, class_names=...)`` takes a HU :class:`Volume` and
-the members' ONNX files and returns a :class:`models.types.Segmentation` on the
+the members' ONNX files and returns a :class:`ictus.models.types.Segmentation` on the
 volume's own grid. :class:`Ensemble` holds the onnxruntime sessions, so batch
 workers load them once and call :meth:`Ensemble.segment` per study.
 
@@ -61,10 +61,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from imaging.errors import InvalidInputError, ModelError
-from imaging.volume import Volume
-from models.preprocess import ModelInput, preprocess, to_original_grid
-from models.types import Segmentation
+from ictus.imaging.errors import InvalidInputError, ModelError
+from ictus.imaging.volume import Volume
+from ictus.models.preprocess import ModelInput, preprocess, to_original_grid
+from ictus.models.types import Segmentation
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """Train or fine-tune a MONAI SegResNet on a NIfTI dataset, with inference's preprocessing
-(extra ``train``: torch and MONAI are imported here and in :mod:`models.monai_export` only).
+(extra ``train``: torch and MONAI are imported here and in :mod:`ictus.models.monai_export` only).
 
 Dataset layout (as PhysioNet CT-ICH publishes it): ``ROOT/ct_scans/NAME.nii[.gz]``
 (HU) and ``ROOT/masks/NAME.nii[.gz]`` (labels on the image grid: the BLAST-CT
 values 0 background, 1 IPH, 2 EAH, 3 oedema, 4 IVH, or a binary mask mapped to
 one class with ``binary_label``).
 
-Preprocessing is the inference code itself (:func:`models.preprocess.preprocess`):
+Preprocessing is the inference code itself (:func:`ictus.models.preprocess.preprocess`):
 reorientation, resampling to the card's spacing, the head box, HU window
 scaling to [-1, 1]; masks are resampled onto the same box by nearest neighbour.
 Patches are drawn half of the time around a labelled voxel and otherwise
@@ -16,7 +16,7 @@ The network is a MONAI ``SegResNet`` with batch normalisation (fixed statistics
 at inference, so tiled inference equals untiled). Validation is Dice per class
 (``monai.metrics.DiceMetric``) on whole validation boxes (sliding window);
 checkpoints ``last.pt`` and ``best.pt`` and ``history.json`` are written after
-each validation. :func:`models.monai_export.export_model` then writes the ONNX
+each validation. :func:`ictus.models.monai_export.export_model` then writes the ONNX
 member and its card for ``ictus triage --model``.
 
 Full-size training (1 mm, 96^3 patches, init_filters 16, ~20k iterations) needs
@@ -36,8 +36,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from imaging.errors import InvalidInputError, ModelError
-from imaging.volume import Volume
+from ictus.imaging.errors import InvalidInputError, ModelError
+from ictus.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def find_pairs(data_dir: str | Path) -> list[tuple[str, Path, Path]]:
 
 def prepare_case(name: str, image_path: Path, mask_path: Path, config: TrainConfig) -> PreparedCase:
     """Preprocess one case exactly as inference does and put its mask on the same box."""
-    from models.preprocess import preprocess
+    from ictus.models.preprocess import preprocess
 
     image = sitk.ReadImage(str(image_path), sitk.sitkFloat32)
     model_input = preprocess(

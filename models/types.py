@@ -9,7 +9,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Segmentation:
-    """A model's output on the grid of the input :class:`imaging.volume.Volume`.
+    """A model's output on the grid of the input :class:`ictus.imaging.volume.Volume`.
 
     Arrays are indexed [z, y, x] like ``Volume.array()``.
 

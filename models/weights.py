@@ -18,7 +18,7 @@ path (``--model PATH/TO/card.json``) keeps its members next to the card file.
 :func:`pull` downloads from the card's pinned URLs (or a base URL, or a local
 mirror folder), streams to a temporary file, checks size and sha256 and only
 then renames it into place. No onnxruntime and no torch here; the converter
-(``models.onnx_build``) is imported only when a conversion is needed.
+(``ictus.models.onnx_build``) is imported only when a conversion is needed.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from imaging.errors import InvalidInputError, ModelError
-from models.registry import Member, ModelCard
+from ictus.imaging.errors import InvalidInputError, ModelError
+from ictus.models.registry import Member, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -286,19 +286,19 @@ def _pull_hint(card: ModelCard, models_dir: str | Path | None, origin: str, name
 
 
 def _converter() -> Callable[..., Any]:
-    """``models.onnx_build.convert_member``, imported only when a conversion is needed."""
+    """``ictus.models.onnx_build.convert_member``, imported only when a conversion is needed."""
     try:
-        from models.onnx_build import convert_member  # noqa: PLC0415 - lazy on purpose
+        from ictus.models.onnx_build import convert_member  # noqa: PLC0415 - lazy on purpose
     except ImportError as exc:
         raise ModelError(
-            f"the ONNX converter models.onnx_build is not available ({exc}); "
+            f"the ONNX converter ictus.models.onnx_build is not available ({exc}); "
             "install Ictus with its onnx dependency, or place converted model_N.onnx files next to the weights"
         ) from None
     return convert_member
 
 
 def converter_available() -> bool:
-    """True where :func:`convert_to_onnx` can run (models.onnx_build imports)."""
+    """True where :func:`convert_to_onnx` can run (ictus.models.onnx_build imports)."""
     try:
         _converter()
     except ModelError:
@@ -612,7 +612,7 @@ def pull(
     _write_card_copy(card, directory)
     want_convert = convert if convert is not None else converter_available()
     if convert is None and not want_convert:
-        log.warning("models.onnx_build is not available; ONNX conversion skipped (it runs on first use)")
+        log.warning("ictus.models.onnx_build is not available; ONNX conversion skipped (it runs on first use)")
     for i, pm in enumerate(report.members):
         m = card.member(pm.name)
         onnx = directory / m.onnx_file

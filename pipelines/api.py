@@ -1,17 +1,17 @@
 """The notebook API: the hospital's pipeline, from Python.
 
->>> from pipelines.api import triage, plot_montage
+>>> from ictus.pipelines.api import triage, plot_montage
 >>> result = triage("study/", fast=True)          # same code path as `ictus triage`
 >>> result.findings["ich"]["present"], result.qc_flags
 >>> plot_montage(result)                           # axial slices with overlays
 
 - :func:`triage` / :class:`TriageResult` / :class:`TriageEngine` (from
-  :mod:`pipelines.triage`): the result holds the HU ``volume``, the
+  :mod:`ictus.pipelines.triage`): the result holds the HU ``volume``, the
   ``segmentation`` (per-class ``probabilities`` float16 [C, z, y, x] and
   ``labels`` on the volume's grid), the ``findings`` dictionary, ``qc_flags``
   and ``provenance``. Nothing here prints or exits; errors are
-  :class:`imaging.errors.IctusError` subclasses. Runs inside
-  :func:`pipelines.phi.phi_guard` (no patient identifier in logs, warnings
+  :class:`ictus.imaging.errors.IctusError` subclasses. Runs inside
+  :func:`ictus.pipelines.phi.phi_guard` (no patient identifier in logs, warnings
   or error messages). ``result.outputs`` lists what was written;
   ``result.outputs.failed`` what was not, with the reason.
 - :func:`triage_volume`: the same stages on a Volume you already have (NIfTI).
@@ -26,18 +26,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imaging.volume import Volume
-from pipelines.evaluate import EvaluationResult, evaluate_dataset, summarise
-from pipelines.labels import LabelledCase, load_volume_and_mask, read_dataset, read_nifti_volume
-from pipelines.plots import plot_bland_altman, plot_midline, plot_montage, plot_roc
-from pipelines import phi
-from pipelines import triage as _triage_module
-from pipelines.triage import TriageEngine, TriageOptions, TriageResult
+from ictus.imaging.volume import Volume
+from ictus.pipelines.research.evaluate import EvaluationResult, evaluate_dataset, summarise
+from ictus.pipelines.research.datasets import LabelledCase, load_volume_and_mask, read_dataset, read_nifti_volume
+from ictus.pipelines.research.plots import plot_bland_altman, plot_midline, plot_montage, plot_roc
+from ictus.pipelines import phi
+from ictus.pipelines import triage as _triage_module
+from ictus.pipelines.triage import TriageEngine, TriageOptions, TriageResult
 
 
 def triage(path: str | Path, out_dir: str | Path | None = None, **options: Any) -> TriageResult:
-    """Triage one study, exactly as :func:`pipelines.triage.triage` (``options`` are the fields of
-    :class:`TriageOptions`), inside :func:`pipelines.phi.phi_guard`: Python warnings go through
+    """Triage one study, exactly as :func:`ictus.pipelines.triage.triage` (``options`` are the fields of
+    :class:`TriageOptions`), inside :func:`ictus.pipelines.phi.phi_guard`: Python warnings go through
     logging and the study's patient name, IDs, birth date, accession number and institution are
     redacted from every log record, warning and error message (the DICOM outputs keep them)."""
     with phi.phi_guard():

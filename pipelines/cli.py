@@ -1,5 +1,5 @@
 """The ``ictus`` command line. The only place that prints, exits, configures
-logging, and maps :class:`imaging.errors.IctusError` to exit codes.
+logging, and maps :class:`ictus.imaging.errors.IctusError` to exit codes.
 
 Exit codes: 0 ok, 2 usage, 3 no eligible series, 4 invalid or unreadable
 input, 5 model error, 6 output error (1 for an unexpected internal error).
@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from imaging.errors import IctusError
-from pipelines import phi
+from ictus.imaging.errors import IctusError
+from ictus.pipelines import phi
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -58,9 +58,9 @@ class IctusGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
             try:
-                module = importlib.import_module(f"pipelines.commands.{cmd_name}")
+                module = importlib.import_module(f"ictus.pipelines.commands.{cmd_name}")
             except ModuleNotFoundError as exc:  # a command whose extra is not installed
-                if not (exc.name or "").startswith("pipelines.commands"):
+                if not (exc.name or "").startswith("ictus.pipelines.commands"):
                     raise
                 return None
             self.add_command(module.command)
@@ -126,7 +126,7 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
         for f in [f for f in logging.getLogger("pydicom").filters if isinstance(f, _ErrorsOnly)]:
             logging.getLogger("pydicom").removeFilter(f)
     # Warnings go through logging, and the identifying values of every study read in this
-    # command are redacted from logs, warnings and error lines (pipelines.phi).
+    # command are redacted from logs, warnings and error lines (ictus.pipelines.phi).
     ctx.with_resource(phi.phi_guard())
 
 

@@ -1,7 +1,7 @@
 """PHI guard: patient-identifying values of the study in hand never reach a log, a warning or an error line.
 
-The DICOM reader (:mod:`imaging.dicom_io`) hands every header it reads to the
-observers registered with :func:`imaging.dicom_io.add_header_observer`; this
+The DICOM reader (:mod:`ictus.imaging.dicom_io`) hands every header it reads to the
+observers registered with :func:`ictus.imaging.dicom_io.add_header_observer`; this
 module's observer (:func:`observe_dataset`) takes the identifying values
 (:data:`IDENTIFYING_KEYWORDS`: patient name and its components, IDs, birth
 date, accession number, institution, physicians...) and keeps them, without
@@ -285,7 +285,7 @@ def install() -> None:
         if not _installed:
             warnings.filterwarnings("once", message=PERSON_NAME_WARNING, category=UserWarning)
             logging.getLogger("py.warnings").addFilter(_PersonNameWarningOnce())
-            from imaging.dicom_io import add_header_observer
+            from ictus.imaging.dicom_io import add_header_observer
 
             add_header_observer(observe_dataset)
             _installed = True

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from imaging.volume import Volume
-from models.types import Segmentation
+from ictus.imaging.volume import Volume
+from ictus.models.types import Segmentation
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TriageOptions:
     series_uid: str | None = None  # force a series instead of the automatic choice
     outputs: tuple[str, ...] = ALL_OUTPUTS
     lang: str = "en"
-    min_lesion_ml: float | None = None  # None: the default in imaging.measure
+    min_lesion_ml: float | None = None  # None: the default in ictus.imaging.measure
     priority_rules: str | None = None  # path to a rules file (None: pipelines/priority_rules.json)
     stroke: bool = True  # template anatomy, ASPECTS, dense artery and NWU (needs `ictus models pull stroke-atlas`)
     ischaemia_rules: str | None = None  # path to ischaemia rules (None: imaging/ischaemia_rules.json)
@@ -70,9 +70,9 @@ class TriageResult:
     midline: Any = None
     measurements: Any = None
     outputs: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    anatomy: Any = None  # imaging.anatomy.Anatomy (template registration), None when not run
-    ischaemia: Any = None  # imaging.ischaemia.IschaemiaResult
-    dense_artery: Any = None  # imaging.vessels.DenseArteryResult
+    anatomy: Any = None  # ictus.imaging.anatomy.Anatomy (template registration), None when not run
+    ischaemia: Any = None  # ictus.imaging.ischaemia.IschaemiaResult
+    dense_artery: Any = None  # ictus.imaging.vessels.DenseArteryResult
 
     @property
     def priority(self) -> str:
@@ -124,7 +124,7 @@ class TriageEngine:
     def card(self):
         """The model card (loaded on first use)."""
         if self._card is None:
-            from models.registry import get_card
+            from ictus.models.registry import get_card
 
             self._card = get_card(self.options.model)
         return self._card
@@ -132,8 +132,8 @@ class TriageEngine:
     def ensemble(self):
         """The onnxruntime ensemble (sessions created lazily, once)."""
         if self._ensemble is None:
-            from models.runtime import Ensemble
-            from models.weights import resolve_members
+            from ictus.models.runtime import Ensemble
+            from ictus.models.weights import resolve_members
 
             opts = self.options
             selection = opts.members or ("fast" if opts.fast else None)
@@ -153,9 +153,9 @@ class TriageEngine:
     def template_atlas(self):
         """The stroke template atlas (template, ASPECTS regions, lobar atlas), loaded once.
 
-        Raises :class:`imaging.errors.ModelError` (exit 5) when the assets are not installed."""
-        from imaging.stroke_atlas import load_template_atlas
-        from models.assets import resolve_asset_dir
+        Raises :class:`ictus.imaging.errors.ModelError` (exit 5) when the assets are not installed."""
+        from ictus.imaging.stroke_atlas import load_template_atlas
+        from ictus.models.assets import resolve_asset_dir
 
         stroke_dir = resolve_asset_dir("stroke-atlas", self.options.models_dir)
         lobar_dir = resolve_asset_dir(LOBAR_ATLAS_CARD, self.options.models_dir)
@@ -164,7 +164,7 @@ class TriageEngine:
     # -- the pipeline -------------------------------------------------------
     def run(self, path: str | Path, out_dir: str | Path | None = None) -> TriageResult:
         """Triage the study at ``path``; write outputs into ``out_dir`` when given."""
-        from pipelines.priority import load_rules
+        from ictus.pipelines.findings.priority import load_rules
 
         opts = self.options
         timer = _Timer()
@@ -177,11 +177,11 @@ class TriageEngine:
     ) -> TriageResult:
         """Triage an already built HU volume (e.g. read from NIfTI by the notebook API or
         ``ictus evaluate``): the stages after ``load_volume``, exactly as :meth:`run`."""
-        from imaging.brain import segment_brain
-        from imaging.midline import measure_midline_shift
-        from imaging.qc import assess_qc, header_age_years
-        from pipelines.findings import build_findings, findings_to_dict
-        from pipelines.priority import load_rules
+        from ictus.imaging.brain import segment_brain
+        from ictus.imaging.midline import measure_midline_shift
+        from ictus.imaging.qc import assess_qc, header_age_years
+        from ictus.pipelines.findings.record import build_findings, findings_to_dict
+        from ictus.pipelines.findings.priority import load_rules
 
         opts = self.options
         timer = timer or _Timer()
@@ -200,7 +200,7 @@ class TriageEngine:
         run_model = brain.brain_found and not qc.indeterminate
         if run_model:
             if atlas is not None:
-                from imaging.anatomy import register_template
+                from ictus.imaging.anatomy import register_template
 
                 with timer.stage("anatomy"):
                     anatomy = register_template(volume, brain.brain_mask, atlas,
@@ -216,8 +216,8 @@ class TriageEngine:
             if anatomy is not None and anatomy.registered:
                 plane = midline.ideal_plane if midline is not None else None
                 blood = _blood_on_grid(measurements, segmentation.class_names, volume, anatomy)
-                from imaging.ischaemia import assess_ischaemia, load_ischaemia_rules
-                from imaging.vessels import detect_dense_artery
+                from ictus.imaging.ischaemia import assess_ischaemia, load_ischaemia_rules
+                from ictus.imaging.vessels import detect_dense_artery
 
                 with timer.stage("ischaemia"):
                     ischaemia = assess_ischaemia(anatomy, plane, load_ischaemia_rules(opts.ischaemia_rules),
@@ -255,7 +255,7 @@ class TriageEngine:
         if out_dir is not None:
             import dataclasses
 
-            from pipelines.writers import findings_with_outputs, write_outputs
+            from ictus.pipelines.writers import findings_with_outputs, write_outputs
 
             t0 = time.perf_counter()
             written = write_outputs(result, out_dir, outputs=opts.outputs, lang=opts.lang)
@@ -267,8 +267,8 @@ class TriageEngine:
 
     def _measure(self, volume: Volume, segmentation: Segmentation, midline: Any, anatomy: Any) -> tuple[Any, float | None]:
         """Lesion measurements; blood inside the registered ventricles is counted as IVH first."""
-        from imaging.measure import measure_labels
-        from pipelines.stroke import relabel_ivh_by_location
+        from ictus.imaging.measure import measure_labels
+        from ictus.pipelines.findings.stroke import relabel_ivh_by_location
 
         labels, moved_ml = segmentation.labels, None
         registered = anatomy is not None and anatomy.registered
@@ -322,12 +322,12 @@ def load_volume(path: str | Path, series_uid: str | None = None, *, timer: _Time
     """Scan ``path``, choose the series (or take ``series_uid``) and build its HU volume.
 
     Returns the volume (scan flags such as ``stale_dicomdir`` added to its QC
-    flags) and the :class:`imaging.series.SeriesChoice`.
+    flags) and the :class:`ictus.imaging.series.SeriesChoice`.
     """
-    from imaging.build import build_volume
-    from imaging.dicom_io import scan
-    from imaging.errors import InvalidInputError
-    from imaging.series import find_candidate, require_choice, select_series
+    from ictus.imaging.build import build_volume
+    from ictus.imaging.dicom_io import scan
+    from ictus.imaging.errors import InvalidInputError
+    from ictus.imaging.series import find_candidate, require_choice, select_series
 
     timer = timer or _Timer()
     if not Path(path).exists():

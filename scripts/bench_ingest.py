@@ -5,8 +5,8 @@ On the same folders and in the same run, each tool is timed N times (after one
 warm-up run, so every tool sees a warm page cache) and the medians and ratios
 are printed as a markdown table:
 
-* ``ictus ingest``: :func:`imaging.dicom_io.scan`, :func:`imaging.series.select_series`,
-  :func:`imaging.build.build_volume`, in this process (pixels read once);
+* ``ictus ingest``: :func:`ictus.imaging.dicom_io.scan`, :func:`ictus.imaging.series.select_series`,
+  :func:`ictus.imaging.build.build_volume`, in this process (pixels read once);
 * ``ictus + write``: the same, plus writing an uncompressed NIfTI (what dcm2niix does);
 * ``dcm2niix``: the PyPI ``dcm2niix`` executable as a subprocess, ``-z n``
   (uncompressed output), into a temporary folder;
@@ -14,7 +14,7 @@ are printed as a markdown table:
 
 Inputs (each tool gets the same folder): the GE tilted head from the shared
 data (when present) and a 140-slice 512x512 series folder, written by the
-phantom generator (``imaging.phantom``) or, without it, by pydicom. Target: 140x512x512 in <= 2 s on 2 cores and no
+phantom generator (``ictus.imaging.phantom``) or, without it, by pydicom. Target: 140x512x512 in <= 2 s on 2 cores and no
 slower than dcm2niix.
 
     python scripts/bench_ingest.py [--runs 5] [--keep DIR]
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from imaging.build import build_volume  # noqa: E402
+from ictus.imaging.build import build_volume  # noqa: E402
 
 
 def shared_dicom_root() -> Path:
@@ -48,7 +48,7 @@ def shared_dicom_root() -> Path:
 def make_series_140(folder: Path) -> Path:
     """A 140-slice 512x512 head series; returns the folder holding its slices."""
     try:
-        from imaging.phantom import PhantomSpec, write_phantom
+        from ictus.imaging.phantom import PhantomSpec, write_phantom
     except ImportError:
         return _pydicom_series(folder / "series", n_slices=140, size=512)
     spec = PhantomSpec(n_slices=140, slice_thickness_mm=1.0, matrix=512, partial_volume_samples=1)
@@ -91,8 +91,8 @@ def _pydicom_series(folder: Path, n_slices: int, size: int) -> Path:
 
 def ictus_ingest(folder: Path, write_to: Path | None = None) -> tuple[int, ...]:
     """Scan, select, build (and optionally write); returns the volume size."""
-    from imaging.dicom_io import scan
-    from imaging.series import require_choice, select_series
+    from ictus.imaging.dicom_io import scan
+    from ictus.imaging.series import require_choice, select_series
 
     choice = require_choice(select_series(scan(folder)))
     volume = build_volume(list(choice.files))

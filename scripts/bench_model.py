@@ -47,8 +47,8 @@ def shared_dir() -> Path:
 
 
 def members_dir(work: Path) -> list[Path]:
-    """The 12 members as ONNX (converted into ``work`` with models.onnx_build)."""
-    from models.onnx_build import convert_member
+    """The 12 members as ONNX (converted into ``work`` with ictus.models.onnx_build)."""
+    from ictus.models.onnx_build import convert_member
 
     weights = shared_dir() / "models" / "blast-ct" / "saved_models_v1"
     out = []
@@ -61,7 +61,7 @@ def members_dir(work: Path) -> list[Path]:
 
 
 def study_dirs(work: Path) -> dict[str, Path]:
-    from imaging.phantom import PhantomSpec, write_phantom
+    from ictus.imaging.phantom import PhantomSpec, write_phantom
 
     phantom = work / "phantom-iph30"
     if not phantom.exists():
@@ -79,14 +79,14 @@ def study_dirs(work: Path) -> dict[str, Path]:
 
 
 def load_volume(study: Path):
-    from imaging.build import build_volume
+    from ictus.imaging.build import build_volume
 
     return build_volume(sorted(p for p in study.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", "")))
 
 
 # -- one timed run, in a child process ------------------------------------------------
 def child(args: argparse.Namespace) -> None:
-    from models.runtime import Ensemble
+    from ictus.models.runtime import Ensemble
 
     members = [Path(p) for p in args.members.split(",")]
     t0 = time.perf_counter()
@@ -175,8 +175,8 @@ def agreement(volume, members: list[Path], threads: int, thresholds=(0.02, 0.05,
     not depend on the tiling, so masking and per-tile selection reproduce each
     variant). Member 1 also runs on every head-box tile (``skip="none"``), which
     checks the tissue rule itself, and in int8."""
-    from models.preprocess import preprocess
-    from models.runtime import Ensemble, _tile_slices, choose_tile_vox, unsure_brick
+    from ictus.models.preprocess import preprocess
+    from ictus.models.runtime import Ensemble, _tile_slices, choose_tile_vox, unsure_brick
 
     mi = preprocess(volume, tile_vox=90)
     shape = mi.array.shape
@@ -240,8 +240,8 @@ def reference_check(volume, member1: Path, threads: int) -> dict:
     from blast_ct.nifti.patch_samplers import PatchSampler
     from blast_ct.nifti.savers import reconstruct_image
 
-    from models.preprocess import preprocess
-    from models.runtime import Ensemble
+    from ictus.models.preprocess import preprocess
+    from ictus.models.runtime import Ensemble
 
     torch.set_num_threads(threads)
     mi = preprocess(volume, crop_to_head=False)
@@ -293,7 +293,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     members = members_dir(args.work)
     if args.precision == "int8":
-        from models.runtime import quantize_member, quantized_path
+        from ictus.models.runtime import quantize_member, quantized_path
 
         for m in members:
             if not quantized_path(m).exists():

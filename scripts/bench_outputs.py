@@ -28,16 +28,16 @@ def main() -> None:
     root = args.work or Path(tempfile.mkdtemp(prefix="ictus-bench-outputs-"))
 
     t0 = time.perf_counter()
-    from pipelines.writers import write_outputs
+    from ictus.pipelines.writers import write_outputs
     import_s = time.perf_counter() - t0
 
     import SimpleITK as sitk
 
-    from imaging.build import build_volume
-    from imaging.midline import MidlinePlane, MidlineResult
-    from imaging.phantom import PhantomSpec, write_phantom
-    from models.registry import get_card
-    from pipelines.triage import TriageResult
+    from ictus.imaging.build import build_volume
+    from ictus.imaging.midline import MidlinePlane, MidlineResult
+    from ictus.imaging.phantom import PhantomSpec, write_phantom
+    from ictus.models.registry import get_card
+    from ictus.pipelines.triage import TriageResult
     from tests.writers_support import findings_for, segmentation_from_labels
 
     study = root / "study"

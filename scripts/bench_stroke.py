@@ -25,7 +25,7 @@ REGIONS = ("M2", "IC", "LN", "M5")
 
 
 def atlas(shared: Path):
-    from imaging.stroke_atlas import load_template_atlas
+    from ictus.imaging.stroke_atlas import load_template_atlas
 
     return load_template_atlas(str(shared / "models" / "stroke-atlas"),
                                str(shared / "models" / "blast-ct" / "localisation_files"))
@@ -33,11 +33,11 @@ def atlas(shared: Path):
 
 def analyse(volume: Any, template: Any) -> dict[str, Any]:
     """Brain, midline, anatomy, ischaemia and vessels of one volume, with stage times."""
-    from imaging.anatomy import register_template
-    from imaging.brain import segment_brain
-    from imaging.ischaemia import assess_ischaemia
-    from imaging.midline import measure_midline_shift
-    from imaging.vessels import detect_dense_artery
+    from ictus.imaging.anatomy import register_template
+    from ictus.imaging.brain import segment_brain
+    from ictus.imaging.ischaemia import assess_ischaemia
+    from ictus.imaging.midline import measure_midline_shift
+    from ictus.imaging.vessels import detect_dense_artery
 
     t: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -58,7 +58,7 @@ def analyse(volume: Any, template: Any) -> dict[str, Any]:
 
 def phantom_case(template: Any, **spec_kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Render a template phantom (no DICOM round trip) and analyse it; returns (truth, analysis)."""
-    from imaging.stroke_phantom import StrokePhantomSpec, render_stroke_phantom
+    from ictus.imaging.stroke_phantom import StrokePhantomSpec, render_stroke_phantom
 
     spec = StrokePhantomSpec(**spec_kwargs)
     render = render_stroke_phantom(spec, template)

@@ -17,7 +17,7 @@ volume), 3 (no eligible series) or 4 (invalid input), with exactly one line of
 error text for 3/4, never an internal error (exit 1), a traceback, a hang (per
 study time limit) or a half-written output file.
 
-* In-process path (all studies): :func:`pipelines.triage.load_volume` in a
+* In-process path (all studies): :func:`ictus.pipelines.triage.load_volume` in a
   forked child per study (a hard time limit, memory isolation); the exit code
   is the error's ``exit_code`` as the CLI maps it.
 * CLI path (``--cli-count`` studies, spread over the run): the real ``ictus
@@ -689,8 +689,8 @@ def _child(path: str, conn: Any) -> None:
         import warnings
 
         warnings.simplefilter("ignore")
-        from imaging.errors import IctusError
-        from pipelines.triage import load_volume
+        from ictus.imaging.errors import IctusError
+        from ictus.pipelines.triage import load_volume
 
         try:
             volume, _choice = load_volume(path)
@@ -705,7 +705,7 @@ def _child(path: str, conn: Any) -> None:
 
 
 def run_in_process(index: int, mutation_name: str, folder: Path, timeout_s: float) -> Outcome:
-    """Ingest ``folder`` with :func:`pipelines.triage.load_volume` in a forked child, with a time limit."""
+    """Ingest ``folder`` with :func:`ictus.pipelines.triage.load_volume` in a forked child, with a time limit."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     t0 = time.perf_counter()
@@ -738,7 +738,7 @@ def run_cli(index: int, mutation_name: str, folder: Path, out_dir: Path, timeout
     """Run the real ``ictus volume`` on ``folder`` and check exit code, stderr and the output file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "vol.nii.gz"
-    cmd = [sys.executable, "-m", "pipelines.cli", "volume", str(folder), "-o", str(target)]
+    cmd = [sys.executable, "-m", "ictus.pipelines.cli", "volume", str(folder), "-o", str(target)]
     t0 = time.perf_counter()
     outcome = Outcome(index, mutation_name, str(folder), "cli", None)
     try:
@@ -833,7 +833,7 @@ def fuzz(seed: int, count: int, out: Path, *, timeout_s: float = 20.0, cli_count
     go through the real ``ictus volume``. Studies that ended as promised are deleted unless ``keep``."""
     src = sources or Sources.load()
     out.mkdir(parents=True, exist_ok=True)
-    import pipelines.triage  # noqa: F401 - imported once here, so each forked child starts warm
+    import ictus.pipelines.triage  # noqa: F401 - imported once here, so each forked child starts warm
     wanted = list(indices) if indices is not None else list(range(count))
     step = max(1, len(wanted) // cli_count) if cli_count > 0 else 0
     cli_indices = set(wanted[::step][:cli_count]) if step else set()

@@ -4,7 +4,7 @@
     nice .venv/bin/python scripts/load_listener.py --senders 1 --studies 2 --models-dir D   # the real model (fast)
 
 1. Makes SENDERS x STUDIES small phantom studies (one phantom written with
-   imaging.phantom, copied with new Study/Series/SOP UIDs per study).
+   ictus.imaging.phantom, copied with new Study/Series/SOP UIDs per study).
 2. Starts Orthanc (config in a temporary folder, loopback) and ``ictus listen``
    (``--stub-model``: the HU-threshold stand-in of tests/orthanc_helpers.py, i.e.
    the real pipeline without the network; otherwise the BLAST-CT fast member).
@@ -43,7 +43,7 @@ def make_studies(out: Path, n: int, matrix: int, spacing_mm: float, thickness_mm
     import pydicom
     from pydicom.uid import generate_uid
 
-    from imaging.phantom import PhantomSpec, write_phantom
+    from ictus.imaging.phantom import PhantomSpec, write_phantom
 
     base = out / "base"
     write_phantom(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=30, matrix=matrix, pixel_spacing_mm=spacing_mm,
@@ -158,8 +158,8 @@ def run_listener(args, studies, work: Path) -> dict:
 
 
 def run_batches(args, studies, work: Path) -> dict:
-    from pipelines.batch import StudyJob, run_batch
-    from pipelines.triage import TriageOptions
+    from ictus.pipelines.pacs.batch import StudyJob, run_batch
+    from ictus.pipelines.triage import TriageOptions
 
     engine = "orthanc_helpers:ThresholdEngine" if args.stub_model else None
     options = TriageOptions(fast=True, models_dir=args.models_dir, threads=1)

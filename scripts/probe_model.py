@@ -2,7 +2,7 @@
 
 For each haemorrhage type (IPH, EAH, IVH) and volume (default 5, 15, 30, 60 mL)
 a phantom is written with ``ictus phantom``'s generator, triaged end to end
-(``pipelines.triage``), and the measured subtype volume is compared with the
+(``ictus.pipelines.triage``), and the measured subtype volume is compared with the
 phantom's on-grid truth. Prints a markdown table; the findings go into the
 model card's known limitations.
 
@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
 
-    from imaging.errors import IctusError
-    from imaging.phantom import PhantomSpec, write_phantom
-    from pipelines.triage import TriageEngine, TriageOptions
+    from ictus.imaging.errors import IctusError
+    from ictus.imaging.phantom import PhantomSpec, write_phantom
+    from ictus.pipelines.triage import TriageEngine, TriageOptions
 
     engine = TriageEngine(TriageOptions(models_dir=args.models_dir, fast=args.fast, outputs=("json",)))
     work = Path(tempfile.mkdtemp(prefix="ictus-probe-"))

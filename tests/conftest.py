@@ -39,7 +39,7 @@ def template_atlas() -> Any:
 
 @functools.lru_cache(maxsize=None)
 def _load_template_atlas(stroke: str, lobar: str) -> Any:
-    from imaging.stroke_atlas import load_template_atlas
+    from ictus.imaging.stroke_atlas import load_template_atlas
 
     return load_template_atlas(stroke, lobar)
 
@@ -51,7 +51,7 @@ def ge_head_volume() -> Any:
 
 @functools.lru_cache(maxsize=None)
 def _ge_head_volume(folder: str) -> Any:
-    from imaging.build import build_volume
+    from ictus.imaging.build import build_volume
 
     return build_volume([str(f) for f in sorted(Path(folder).glob("*.dcm"))])
 
@@ -73,7 +73,7 @@ def _user_cache_with_stroke_assets(tmp_path_factory):
     old = os.environ.get("XDG_CACHE_HOME")
     cache = tmp_path_factory.mktemp("xdg-cache")
     os.environ["XDG_CACHE_HOME"] = str(cache)
-    from models.weights import user_cache_dir
+    from ictus.models.weights import user_cache_dir
 
     _pull_stroke_assets(user_cache_dir())
     yield cache
@@ -88,7 +88,7 @@ def cli_runner():
     """Run the ``ictus`` CLI in-process; returns (exit_code, stdout, stderr)."""
     from click.testing import CliRunner
 
-    from pipelines.cli import cli
+    from ictus.pipelines.cli import cli
 
     def run(*args: str):
         runner = CliRunner()
@@ -102,8 +102,8 @@ def cli_runner():
 def fast_models_dir(tmp_path_factory):
     """A models dir with BLAST-CT's fast member (model_1) imported from shared and
     converted to ONNX (about a second); skips when the weights are absent."""
-    from models.registry import get_card
-    from models.weights import pull
+    from ictus.models.registry import get_card
+    from ictus.models.weights import pull
 
     shared = blast_ct_weights()
     models_dir = tmp_path_factory.mktemp("models")
@@ -115,7 +115,7 @@ def fast_models_dir(tmp_path_factory):
 
 def _pull_stroke_assets(models_dir: Path) -> None:
     """Install the stroke-atlas and blast-ct-atlas assets from shared into ``models_dir`` (when present)."""
-    from models.assets import get_asset_card, pull_asset
+    from ictus.models.assets import get_asset_card, pull_asset
 
     stroke = shared_root() / "models" / "stroke-atlas"
     blast = shared_root() / "models" / "blast-ct"
@@ -128,7 +128,7 @@ def _pull_stroke_assets(models_dir: Path) -> None:
 def stroke_models_dir(tmp_path_factory):
     """A models dir with the stroke-atlas and blast-ct-atlas assets pulled from shared
     (sha256-checked copies); pass it as ``models_dir``. Skips when either is absent."""
-    from models.assets import get_asset_card, pull_asset
+    from ictus.models.assets import get_asset_card, pull_asset
 
     stroke = shared_root() / "models" / "stroke-atlas"
     blast = shared_root() / "models" / "blast-ct"

@@ -167,7 +167,7 @@ def start_listener(config: Path, port: int, log_path: Path) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "-v", "listen", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "ictus.pipelines.cli", "-v", "listen", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     try:
         wait_port(port, 120, proc)
@@ -215,7 +215,7 @@ class _ThresholdEnsemble:
     def segment(self, volume: Any, fast: bool = False) -> Any:
         from scipy import ndimage
 
-        from models.types import Segmentation
+        from ictus.models.types import Segmentation
 
         hu = volume.array()
         mask = (hu >= 55) & (hu <= 90)
@@ -235,7 +235,7 @@ class _ThresholdEnsemble:
 
 def ThresholdEngine(options: Any) -> Any:  # noqa: N802 - a factory named like the class it makes
     """A real TriageEngine whose ensemble is :class:`_ThresholdEnsemble` (no weights needed)."""
-    from pipelines.triage import TriageEngine
+    from ictus.pipelines.triage import TriageEngine
 
     engine = TriageEngine(options)
     engine._ensemble = _ThresholdEnsemble(engine.card.class_names)

@@ -1,6 +1,6 @@
 """Helpers for the researcher-side tests: tiny phantom datasets and a tiny trained model.
 
-Everything is built by our own code (``ictus phantom``, ``models.train``) into a
+Everything is built by our own code (``ictus phantom``, ``ictus.models.train``) into a
 pytest temporary folder and reused within one test session.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ def make_phantoms(root: Path, specs=TINY_SPECS) -> Path:
     """``root/pNN`` phantom studies made with ``ictus phantom`` (the CLI, in-process)."""
     from click.testing import CliRunner
 
-    from pipelines.cli import cli
+    from ictus.pipelines.cli import cli
 
     root.mkdir(parents=True, exist_ok=True)
     for i, (kind, volume_ml, shift_mm) in enumerate(specs):
@@ -37,7 +37,7 @@ def phantoms_to_nifti(phantoms: Path, root: Path) -> Path:
     """The phantoms in the CT-ICH layout: ``root/ct_scans/NNN.nii.gz`` and ``root/masks/NNN.nii.gz``."""
     import SimpleITK as sitk
 
-    from pipelines.labels import load_volume_and_mask
+    from ictus.pipelines.research.datasets import load_volume_and_mask
 
     (root / "ct_scans").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
@@ -59,8 +59,8 @@ def tiny_model(base: Path, iterations: int = 4) -> Path:
     card = base / "run" / "model" / "card.json"
     if card.is_file():
         return card
-    from models.monai_export import export_model
-    from models.train import TrainConfig, train
+    from ictus.models.monai_export import export_model
+    from ictus.models.train import TrainConfig, train
 
     data = phantoms_to_nifti(make_phantoms(base / "phantoms"), base / "nifti")
     config = TrainConfig(

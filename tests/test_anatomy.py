@@ -1,4 +1,4 @@
-"""Template anatomy (imaging.anatomy): the CT template registered to real and synthetic heads."""
+"""Template anatomy (ictus.imaging.anatomy): the CT template registered to real and synthetic heads."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.anatomy import (
+from ictus.imaging.anatomy import (
     MIN_REGISTRATION_NCC,
     analysis_grid,
     intensity_correlation,
     register_template,
     resample_mask_to,
 )
-from imaging.brain import segment_brain, to_lps
-from imaging.stroke_atlas import ASPECTS_CODES, aspects_label, cormack_to_hu
+from ictus.imaging.brain import segment_brain, to_lps
+from ictus.imaging.stroke_atlas import ASPECTS_CODES, aspects_label, cormack_to_hu
 from tests.conftest import ge_head_volume, template_atlas
 
 
@@ -82,7 +82,7 @@ def test_quality_falls_for_a_misregistration():
 
 def test_a_non_anatomical_head_is_not_registered():
     """The geometric phantom (ellipsoids) is not a head the template fits: indeterminate, never wrong."""
-    from imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_volume
 
     volume = phantom_volume(PhantomSpec(matrix=160, pixel_spacing_mm=1.4, slice_thickness_mm=5.0))
     brain = segment_brain(volume)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipelines.api as api
+import ictus.pipelines.api as api
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_load_volume_and_mask_from_dicom(tiny: Path) -> None:
 
 
 def test_missing_study_is_an_ictus_error(tmp_path: Path) -> None:
-    from imaging.errors import IctusError
+    from ictus.imaging.errors import IctusError
 
     with pytest.raises(IctusError):
         api.triage(tmp_path / "nothing")

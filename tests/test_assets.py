@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from imaging.errors import InvalidInputError, ModelError
-from imaging.stroke_atlas import LOBAR_ATLAS_FILES, STROKE_ATLAS_FILES
-from models import assets, weights
+from ictus.imaging.errors import InvalidInputError, ModelError
+from ictus.imaging.stroke_atlas import LOBAR_ATLAS_FILES, STROKE_ATLAS_FILES
+from ictus.models import assets, weights
 from tests.conftest import shared_root
 from tests.test_weights import _Handler
 

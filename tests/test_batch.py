@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from imaging.errors import InvalidInputError, NoEligibleSeriesError
-from pipelines.batch import StudyJob, discover, input_sha256, run_batch
-from pipelines.triage import TriageOptions
+from ictus.imaging.errors import InvalidInputError, NoEligibleSeriesError
+from ictus.pipelines.pacs.batch import StudyJob, discover, input_sha256, run_batch
+from ictus.pipelines.triage import TriageOptions
 from tests.conftest import blast_ct_weights
 
 STUB = "orthanc_helpers:ThresholdEngine"
@@ -23,7 +23,7 @@ STUB = "orthanc_helpers:ThresholdEngine"
 
 @pytest.fixture(scope="module")
 def phantom_study(tmp_path_factory) -> Path:
-    from imaging.phantom import PhantomSpec, write_phantom
+    from ictus.imaging.phantom import PhantomSpec, write_phantom
 
     path = tmp_path_factory.mktemp("ph") / "haemorrhage"
     write_phantom(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=30, matrix=96, pixel_spacing_mm=2.4,

@@ -1,4 +1,4 @@
-"""Brain, intracranial and skull masks (imaging.brain) on phantoms and real heads."""
+"""Brain, intracranial and skull masks (ictus.imaging.brain) on phantoms and real heads."""
 from __future__ import annotations
 
 import functools
@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from imaging.brain import segment_brain
-from imaging.volume import volume_from_array
+from ictus.imaging.brain import segment_brain
+from ictus.imaging.volume import volume_from_array
 from tests.conftest import shared_dicom
 
 
 @functools.lru_cache(maxsize=None)
 def _phantom(**kwargs):
-    from imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_volume
 
     spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=5.0, z_coverage_mm=170.0)
     spec.update(kwargs)
@@ -74,7 +74,7 @@ def test_empty_volume_is_no_brain():
 
 
 def _build(folder: Path, pattern: str):
-    from imaging.build import build_volume
+    from ictus.imaging.build import build_volume
 
     return build_volume(sorted(str(p) for p in folder.glob(pattern)))
 

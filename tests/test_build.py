@@ -1,4 +1,4 @@
-"""Tests for imaging.build: real files checked against dcm2niix, pydicom and highdicom,
+"""Tests for ictus.imaging.build: real files checked against dcm2niix, pydicom and highdicom,
 and malformed or synthetic series built inside the tests."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from imaging.build import (
+from ictus.imaging.build import (
     FLAG_DUPLICATES,
     FLAG_GAP,
     FLAG_LOSSY,
@@ -24,7 +24,7 @@ from imaging.build import (
     build_volume,
     read_frames,
 )
-from imaging.errors import InvalidInputError
+from ictus.imaging.errors import InvalidInputError
 from tests.conftest import shared_dicom
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -511,8 +511,8 @@ def test_philips_tilted_series_reproduce_their_source_pixels(series):
 # the phantom generator's tilted study against its analytic truth
 # ---------------------------------------------------------------------------
 def test_tilted_phantom_matches_its_analytic_truth(tmp_path):
-    phantom = pytest.importorskip("imaging.phantom")
-    from imaging.resample import reorient_to_nearest_axes
+    phantom = pytest.importorskip("ictus.imaging.phantom")
+    from ictus.imaging.resample import reorient_to_nearest_axes
 
     spec = phantom.PhantomSpec(matrix=96, pixel_spacing_mm=2.5, gantry_tilt_deg=20.0, noise_hu=0.0, slice_thickness_mm=3.0)
     written = phantom.write_phantom(spec, tmp_path / "study")
@@ -540,7 +540,7 @@ def test_tilted_phantom_matches_its_analytic_truth(tmp_path):
     ],
 )
 def test_native_fast_path_matches_pydicom(tmp_path, signed, bits_stored, raw):
-    from imaging.build import native_pixels
+    from ictus.imaging.build import native_pixels
 
     path = write_ct_slice(tmp_path / "a.dcm", (0, 0, 0), np.zeros((1, 4), dtype=np.int16))
     ds = pydicom.dcmread(path)
@@ -556,7 +556,7 @@ def test_native_fast_path_matches_pydicom(tmp_path, signed, bits_stored, raw):
 
 
 def test_volume_shares_the_decoded_buffer_safely(tmp_path):
-    from imaging.build import volume_from_frames
+    from ictus.imaging.build import volume_from_frames
 
     paths = write_stack(tmp_path, [0.0, 2.0, 4.0])
     stack = read_frames(paths)

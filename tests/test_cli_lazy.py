@@ -9,27 +9,27 @@ import sys
 
 import click
 
-from pipelines import cli
+from ictus.pipelines import cli
 from tests.conftest import ROOT
 
 
 def test_listed_help_is_each_commands_own():
     for name, text in cli.COMMAND_HELP.items():
-        command = importlib.import_module(f"pipelines.commands.{name}").command
+        command = importlib.import_module(f"ictus.pipelines.commands.{name}").command
         assert command.name == name
         assert click.utils.make_default_short_help(text, 300) == command.get_short_help_str(limit=300), name
 
 
 def test_help_loads_no_heavy_module():
-    code = ("import json, sys; from pipelines.cli import main; rc = main(['--help']); "
+    code = ("import json, sys; from ictus.pipelines.cli import main; rc = main(['--help']); "
             "print(json.dumps([rc, sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('pydicom', 'numpy', 'SimpleITK', 'imaging', 'models', 'onnxruntime'))]))")
+            "('pydicom', 'numpy', 'SimpleITK', 'onnxruntime') or m.startswith(('ictus.imaging', 'ictus.models')))]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     *help_lines, last = proc.stdout.strip().splitlines()
     rc, heavy = json.loads(last)
     assert rc == 0
-    assert heavy == ["imaging", "imaging.errors"], heavy
+    assert heavy == ["ictus.imaging", "ictus.imaging.errors"], heavy
     assert all(f"  {name}" in "\n".join(help_lines) for name in cli.COMMAND_MODULES)
 
 
@@ -39,3 +39,18 @@ def test_a_command_runs_after_lazy_loading(cli_runner):
     assert "blast-ct" in stdout
     code, _, stderr = cli_runner("nosuch")
     assert code == 2 and "No such command" in stderr
+
+
+def test_installed_code_lives_under_one_namespace(tmp_path):
+    """From a folder with its own ``models`` package, Ictus still imports its own code,
+    and no top-level ``imaging``, ``models`` or ``pipelines`` of Ictus is importable."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("MINE = True\n")
+    code = ("import importlib.util, sys; sys.path.remove(''); import ictus.models.registry, ictus.pipelines.cli; "
+            "print([importlib.util.find_spec(n) is None for n in ('imaging', 'models', 'pipelines')])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[True, True, True]"
+    mine = subprocess.run([sys.executable, "-c", "import models, ictus.models.registry; print(models.MINE)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert mine.returncode == 0 and mine.stdout.strip() == "True", mine.stderr

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from models import weights
+from ictus.models import weights
 from tests.conftest import blast_ct_weights
 
 
@@ -74,7 +74,7 @@ def test_env_models_dir_is_used(cli_runner, tmp_path, monkeypatch):
 
 
 def test_pull_with_conversion_and_card_path(cli_runner, tmp_path):
-    pytest.importorskip("models.onnx_build")
+    pytest.importorskip("ictus.models.onnx_build")
     models_dir = tmp_path / "m"
     code, out, err = cli_runner(
         "models", "pull", "blast-ct", "--from", blast_ct_weights(), "--models-dir", models_dir, "--members", "fast"

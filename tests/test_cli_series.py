@@ -97,7 +97,7 @@ def test_header_text_cannot_reach_the_terminal_or_leak_identity(tmp_path: Path, 
 def test_debug_shows_a_traceback(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from pipelines.cli import cli
+    from ictus.pipelines.cli import cli
 
     result = CliRunner().invoke(cli, ["--debug", "series", str(tmp_path)])
     assert result.exit_code != 0 and result.exception is not None  # raised, not swallowed
@@ -122,7 +122,7 @@ def test_real_wg04_exit_three(cli_runner) -> None:
 @pytest.mark.parametrize("extra,expected,rule", [((), EXIT_OK, None), (("--contrast",), EXIT_NO_SERIES, "contrast")])
 def test_phantom_study(tmp_path: Path, cli_runner, extra: tuple[str, ...], expected: int, rule: str | None) -> None:
     """The phantom generator (written by someone else) feeds the selection."""
-    pytest.importorskip("imaging.phantom")
+    pytest.importorskip("ictus.imaging.phantom")
     code, _, err = cli_runner("phantom", tmp_path / "study", "--with-scout", "--matrix", "128",
                               "--pixel-spacing-mm", "1.8", *extra)
     assert code == 0, err

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.build import build_volume
+from ictus.imaging.build import build_volume
 from tests.conftest import shared_dicom
 
 
 @pytest.fixture(scope="module")
 def phantom_study(tmp_path_factory):
-    phantom = pytest.importorskip("imaging.phantom")
+    phantom = pytest.importorskip("ictus.imaging.phantom")
     out = tmp_path_factory.mktemp("phantom") / "study"
     spec = phantom.PhantomSpec(matrix=64, pixel_spacing_mm=3.5, gantry_tilt_deg=15.0, with_scout=True)
     written = phantom.write_phantom(spec, out)

@@ -52,11 +52,11 @@ def mirrored(volume):
 
 
 def _analyse(volume):
-    from imaging.anatomy import register_template
-    from imaging.brain import segment_brain
-    from imaging.ischaemia import assess_ischaemia
-    from imaging.midline import measure_midline_shift
-    from imaging.vessels import detect_dense_artery
+    from ictus.imaging.anatomy import register_template
+    from ictus.imaging.brain import segment_brain
+    from ictus.imaging.ischaemia import assess_ischaemia
+    from ictus.imaging.midline import measure_midline_shift
+    from ictus.imaging.vessels import detect_dense_artery
 
     brain = segment_brain(volume)
     plane = measure_midline_shift(volume, brain).ideal_plane

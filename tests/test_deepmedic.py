@@ -1,16 +1,16 @@
-"""models.deepmedic: our torch port loads the V1 weights strictly and matches blast-ct's network."""
+"""ictus.models.deepmedic: our torch port loads the V1 weights strictly and matches blast-ct's network."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.legacy_pt import read_state_dict
+from ictus.models.legacy_pt import read_state_dict
 from tests.conftest import blast_ct_weights
 
 torch = pytest.importorskip("torch")
 reference = pytest.importorskip("blast_ct.models.deepmedic")  # the network class only, not the CLI
 
-from models.deepmedic import DeepMedic, deepmedic_for_state_dict  # noqa: E402  (needs torch)
+from ictus.models.deepmedic import DeepMedic, deepmedic_for_state_dict  # noqa: E402  (needs torch)
 
 MEMBERS = [f"model_{n}.pt" for n in range(1, 13)]
 

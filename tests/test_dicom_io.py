@@ -1,4 +1,4 @@
-"""imaging.dicom_io: scanning folders, DICOMDIRs and files; malformed input
+"""ictus.imaging.dicom_io: scanning folders, DICOMDIRs and files; malformed input
 built here from pydicom Datasets and bytes; real files from ../shared and pydicom.
 
 The small factory at the top (``ct_dataset``, ``write_series``) is reused by
@@ -24,8 +24,8 @@ from pydicom.uid import (
 )
 
 from conftest import shared_dicom
-from imaging.dicom_io import InstanceHeader, parse_age_years, read_frame_hu, safe_path_component, scan
-from imaging.errors import InvalidInputError
+from ictus.imaging.dicom_io import InstanceHeader, parse_age_years, read_frame_hu, safe_path_component, scan
+from ictus.imaging.errors import InvalidInputError
 
 # ---------------------------------------------------------------------------
 # factory
@@ -410,7 +410,7 @@ def test_multiframe_real_frames() -> None:
 
 def test_corrupted_files_never_raise(tmp_path: Path) -> None:
     """Truncations and byte flips (seeded) end as a header, non-DICOM or unreadable."""
-    from imaging.dicom_io import read_header
+    from ictus.imaging.dicom_io import read_header
 
     (src,) = write_series(tmp_path / "src", 1, size=32)
     data = src.read_bytes()

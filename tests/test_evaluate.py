@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.evaluate import (
+from ictus.pipelines.research.evaluate import (
     CasePrediction,
     bland_altman,
     detection_metrics,
@@ -20,7 +20,7 @@ from pipelines.evaluate import (
     summarise,
     wilson_interval,
 )
-from pipelines.labels import LabelledCase, complete_findings
+from ictus.pipelines.research.datasets import LabelledCase, complete_findings
 
 
 def test_wilson_interval_matches_the_formula() -> None:
@@ -176,7 +176,7 @@ def test_api_and_evaluate_import_no_torch_or_monai() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, pipelines.api, pipelines.evaluate, pipelines.commands.evaluate; "
+    code = ("import sys, ictus.pipelines.api, ictus.pipelines.research.evaluate, ictus.pipelines.commands.evaluate; "
             "assert not {'torch', 'monai', 'matplotlib'} & set(sys.modules), sorted({'torch', 'monai', 'matplotlib'} & set(sys.modules))")
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
@@ -188,7 +188,7 @@ def test_rsna_layout_study_is_triaged_from_its_files(tmp_path_factory, tmp_path:
     pytest.importorskip("monai")
     import pydicom
 
-    from pipelines.labels import read_rsna_labels
+    from ictus.pipelines.research.datasets import read_rsna_labels
     from research_support import tiny_model
 
     base = tmp_path_factory.getbasetemp() / "tiny-segresnet"

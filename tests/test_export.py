@@ -1,18 +1,18 @@
-"""models.export: torch.onnx export of our port agrees with the torch-free onnx_build graph."""
+"""ictus.models.export: torch.onnx export of our port agrees with the torch-free onnx_build graph."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
 
-from models.legacy_pt import read_state_dict
-from models.onnx_build import build_model
+from ictus.models.legacy_pt import read_state_dict
+from ictus.models.onnx_build import build_model
 from tests.conftest import blast_ct_weights
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from models.export import export_torch_member  # noqa: E402  (needs torch)
+from ictus.models.export import export_torch_member  # noqa: E402  (needs torch)
 
 
 def _session(model):

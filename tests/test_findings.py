@@ -1,4 +1,4 @@
-"""findings.json (pipelines.findings): assembly from measurement objects, schema validation, no PHI."""
+"""findings.json (ictus.pipelines.findings.record): assembly from measurement objects, schema validation, no PHI."""
 from __future__ import annotations
 
 import functools
@@ -8,13 +8,13 @@ import jsonschema
 import numpy as np
 import pytest
 
-from imaging.brain import segment_brain
-from imaging.measure import measure_labels
-from imaging.midline import measure_midline_shift
-from imaging.qc import assess_qc
-from imaging.volume import volume_from_array
-from models.types import Segmentation
-from pipelines.findings import (
+from ictus.imaging.brain import segment_brain
+from ictus.imaging.measure import measure_labels
+from ictus.imaging.midline import measure_midline_shift
+from ictus.imaging.qc import assess_qc
+from ictus.imaging.volume import volume_from_array
+from ictus.models.types import Segmentation
+from ictus.pipelines.findings.record import (
     DISCLAIMER,
     SCHEMA_VERSION,
     build_findings,
@@ -35,7 +35,7 @@ CARD = {
 
 @functools.lru_cache(maxsize=None)
 def _phantom(**kwargs):
-    from imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_volume
 
     spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=5.0, z_coverage_mm=170.0)
     spec.update(kwargs)
@@ -188,7 +188,7 @@ def test_schema_rejects_wrong_documents():
 
 
 def test_model_provenance_from_the_registered_card():
-    from models.registry import get_card
+    from ictus.models.registry import get_card
 
     card = get_card("blast-ct")
     seg = _segmentation_from_truth(np.zeros((2, 2, 2), np.uint8))

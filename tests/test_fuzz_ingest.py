@@ -1,7 +1,7 @@
 """The fuzzed bad-input corpus (scripts/fuzz_ingest.py) with a fixed seed.
 
 500 mutated copies of the real GE head / WG04 / ct0012 files go through the
-in-process ingest path (:func:`pipelines.triage.load_volume`, one forked child
+in-process ingest path (:func:`ictus.pipelines.triage.load_volume`, one forked child
 per study with a time limit), and 20 of them also through the real ``ictus
 volume`` subprocess. Each must end with exit 0, 3 or 4 (one error line for 3/4),
 never exit 1, a traceback, a hang or a half-written output file.

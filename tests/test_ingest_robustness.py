@@ -64,7 +64,7 @@ def _raw(keyword: str, vr: str, value: bytes) -> Callable[[Dataset, int], None]:
     ],
 )
 def test_missing_attribute_still_ingests(tmp_path, cli_runner, keywords, flag):
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     study = ge_copy(tmp_path, _remove(*keywords))
     volume, choice = load_volume(study)
@@ -82,21 +82,21 @@ def test_missing_attribute_still_ingests(tmp_path, cli_runner, keywords, flag):
 
 
 def test_missing_frame_of_reference_leaves_the_uid_empty_for_the_writers(tmp_path):
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     volume, _ = load_volume(ge_copy(tmp_path, _remove("FrameOfReferenceUID")))
     assert volume.frame_of_reference_uid == ""  # the writers derive one from the Series UID
 
 
 def test_frame_of_reference_missing_on_some_slices_is_taken_from_the_others(tmp_path):
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     volume, _ = load_volume(ge_copy(tmp_path, _remove("FrameOfReferenceUID"), only={0, 1, 2}))
     assert volume.frame_of_reference_uid and "frame_of_reference_derived" not in volume.qc_flags
 
 
 def test_single_component_patient_name(tmp_path, cli_runner):
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     def edit(ds: Dataset, _i: int) -> None:
         ds.PatientName = "Mononym"
@@ -109,7 +109,7 @@ def test_single_component_patient_name(tmp_path, cli_runner):
 
 
 def test_patient_age_present_gives_no_age_flag(tmp_path):
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     def edit(ds: Dataset, _i: int) -> None:
         ds.PatientAge = "067Y"
@@ -147,7 +147,7 @@ def test_undecodable_pixels_give_exactly_one_stderr_line(tmp_path, cli_runner):
     from tests.conftest import ROOT
 
     study = ge_copy(tmp_path, _raw("BitsStored", "US", struct.pack("<H", 17)))
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "volume", str(study), "-o", str(tmp_path / "v.nii.gz")],
+    proc = subprocess.run([sys.executable, "-m", "ictus.pipelines.cli", "volume", str(study), "-o", str(tmp_path / "v.nii.gz")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     err = proc.stderr
     assert proc.returncode == 4 and err.count("\n") == 1 and err.startswith("ictus: error: ") and "decoded" in err
@@ -167,7 +167,7 @@ def test_pydicom_warnings_do_not_add_stderr_lines(tmp_path):
         data = path.read_bytes()
         assert b"1.2.840.10008.1.2.1\x00" in data[:400]
         path.write_bytes(data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.4.", 1))
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "volume", str(study), "-o", str(tmp_path / "v.nii.gz")],
+    proc = subprocess.run([sys.executable, "-m", "ictus.pipelines.cli", "volume", str(study), "-o", str(tmp_path / "v.nii.gz")],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode in (3, 4) and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("ictus: error: ")
@@ -183,15 +183,15 @@ def test_absurd_rescale_slope_is_refused(tmp_path, cli_runner, value):
 
 
 def test_absurd_rescale_intercept_is_refused(tmp_path):
-    from imaging.errors import InvalidInputError
-    from pipelines.triage import load_volume
+    from ictus.imaging.errors import InvalidInputError
+    from ictus.pipelines.triage import load_volume
 
     with pytest.raises(InvalidInputError, match="RescaleIntercept"):
         load_volume(ge_copy(tmp_path, _raw("RescaleIntercept", "DS", b"1e30"), only={3}))
 
 
 def test_rescale_missing_on_some_slices_is_taken_from_the_others(tmp_path):
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     reference, _ = load_volume(shared_dicom(GE))
     volume, _ = load_volume(ge_copy(tmp_path, _remove("RescaleSlope", "RescaleIntercept"), only={4, 20}))
@@ -202,8 +202,8 @@ def test_rescale_missing_on_some_slices_is_taken_from_the_others(tmp_path):
 def test_rescale_missing_everywhere_with_non_hu_values_is_refused(tmp_path):
     """Before: a series stored unsigned with intercept -1024 (Siemens style) whose rescale was
     stripped gave a volume 1024 HU too bright with exit 0. Its air is at 0: not HU."""
-    from imaging.errors import InvalidInputError
-    from pipelines.triage import load_volume
+    from ictus.imaging.errors import InvalidInputError
+    from ictus.pipelines.triage import load_volume
 
     def edit(ds: Dataset, _i: int) -> None:
         hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
@@ -218,7 +218,7 @@ def test_rescale_missing_everywhere_with_non_hu_values_is_refused(tmp_path):
 
 
 def test_rescale_missing_everywhere_with_hu_values_is_accepted_and_flagged(tmp_path):
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     def edit(ds: Dataset, _i: int) -> None:
         hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
@@ -235,7 +235,7 @@ def test_rescale_missing_everywhere_with_hu_values_is_accepted_and_flagged(tmp_p
 
 
 def test_truncated_slice_is_reported_as_skipped(tmp_path):
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     study = ge_copy(tmp_path)
     path = sorted(study.glob("*.dcm"))[10]
@@ -249,8 +249,8 @@ def test_truncated_slice_is_reported_as_skipped(tmp_path):
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ge_volume_and_brain():
-    from imaging.brain import segment_brain
-    from pipelines.triage import load_volume
+    from ictus.imaging.brain import segment_brain
+    from ictus.pipelines.triage import load_volume
 
     volume, _ = load_volume(shared_dicom(GE))
     return volume, segment_brain(volume)
@@ -266,8 +266,8 @@ def _stripped_image(volume, brain, background: float) -> sitk.Image:
 
 @pytest.mark.parametrize("background", [-1024.0, 0.0])
 def test_skull_stripped_volume_is_flagged_not_no_brain(ge_volume_and_brain, background):
-    from imaging.brain import segment_brain
-    from imaging.qc import QC_FLAGS, assess_qc
+    from ictus.imaging.brain import segment_brain
+    from ictus.imaging.qc import QC_FLAGS, assess_qc
 
     volume, brain = ge_volume_and_brain
     stripped = segment_brain(_stripped_image(volume, brain, background))
@@ -283,7 +283,7 @@ def test_skull_stripped_volume_is_flagged_not_no_brain(ge_volume_and_brain, back
 
 
 def test_whole_head_is_not_called_skull_stripped(ge_volume_and_brain):
-    from imaging.qc import assess_qc
+    from ictus.imaging.qc import assess_qc
 
     volume, brain = ge_volume_and_brain
     assert brain.brain_found and not brain.skull_stripped
@@ -293,9 +293,9 @@ def test_whole_head_is_not_called_skull_stripped(ge_volume_and_brain):
 @pytest.mark.parametrize("background", [-1024, 0])
 def test_skull_stripped_dicom_series_ingests_and_is_flagged(tmp_path, ge_volume_and_brain, background):
     """The GE files with their pixels replaced by the stripped values (through each file's rescale)."""
-    from imaging.brain import segment_brain
-    from imaging.qc import assess_qc
-    from pipelines.triage import load_volume
+    from ictus.imaging.brain import segment_brain
+    from ictus.imaging.qc import assess_qc
+    from ictus.pipelines.triage import load_volume
 
     volume, brain = ge_volume_and_brain
     # the brain mask in each source slice: sample the mask at every source pixel's position
@@ -332,9 +332,9 @@ def test_skull_stripped_dicom_series_ingests_and_is_flagged(tmp_path, ge_volume_
 
 
 def test_plastic_skull_phantom_is_still_no_brain(tmp_path):
-    from imaging.brain import segment_brain
-    from imaging.qc import assess_qc
-    from pipelines.triage import load_volume
+    from ictus.imaging.brain import segment_brain
+    from ictus.imaging.qc import assess_qc
+    from ictus.pipelines.triage import load_volume
 
     volume, _ = load_volume(shared_dicom("philips-head-phantom-tilted"))
     brain = segment_brain(volume)

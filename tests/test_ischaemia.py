@@ -1,4 +1,4 @@
-"""Early ischaemic change (imaging.ischaemia) on the real GE head, with drops inserted into it."""
+"""Early ischaemic change (ictus.imaging.ischaemia) on the real GE head, with drops inserted into it."""
 from __future__ import annotations
 
 import copy
@@ -10,15 +10,15 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from imaging.errors import InvalidInputError
-from imaging.ischaemia import assess_ischaemia, load_ischaemia_rules, mirror_points, validate_ischaemia_rules
-from imaging.stroke_atlas import ASPECTS_CODES, aspects_label
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.ischaemia import assess_ischaemia, load_ischaemia_rules, mirror_points, validate_ischaemia_rules
+from ictus.imaging.stroke_atlas import ASPECTS_CODES, aspects_label
 from tests.test_anatomy import _ge
 
 
 @functools.lru_cache(maxsize=None)
 def _plane():
-    from imaging.midline import measure_midline_shift
+    from ictus.imaging.midline import measure_midline_shift
 
     volume, brain, _ = _ge()
     return measure_midline_shift(volume, brain).ideal_plane
@@ -147,7 +147,7 @@ def test_fluid_density_with_a_compressed_ventricle_is_not_called_old():
 
 
 def test_nwu_formula_on_a_synthetic_pair():
-    from imaging.ischaemia import net_water_uptake_percent
+    from ictus.imaging.ischaemia import net_water_uptake_percent
 
     assert net_water_uptake_percent(27.0, 30.0) == pytest.approx(10.0)
     assert net_water_uptake_percent(30.0, 30.0) == pytest.approx(0.0)

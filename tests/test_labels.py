@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.errors import InvalidInputError
-from pipelines.labels import (
+from ictus.imaging.errors import InvalidInputError
+from ictus.pipelines.research.datasets import (
     complete_findings,
     load_mask_on_grid,
     load_volume_and_mask,

@@ -1,4 +1,4 @@
-"""models.legacy_pt: the torch-free restricted reader, checked against torch.load."""
+"""ictus.models.legacy_pt: the torch-free restricted reader, checked against torch.load."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from imaging.errors import ModelError
-from models.legacy_pt import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, read_state_dict
+from ictus.imaging.errors import ModelError
+from ictus.models.legacy_pt import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, read_state_dict
 from tests.conftest import blast_ct_weights
 
 torch = pytest.importorskip("torch")

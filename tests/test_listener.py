@@ -14,11 +14,11 @@ import pytest
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from imaging.errors import InvalidInputError
+from ictus.imaging.errors import InvalidInputError
 from orthanc_helpers import ThresholdEngine, free_port, wait_for
-from pipelines.listener import Listener, ListenerConfig, config_from_dict, load_config, metrics_text, prepare_results
-from pipelines.sender import Destination, DeliveryError, backoff_delay_s, send_with_retry
-from pipelines.triage import TriageOptions
+from ictus.pipelines.pacs.listener import Listener, ListenerConfig, config_from_dict, load_config, metrics_text, prepare_results
+from ictus.pipelines.pacs.sender import Destination, DeliveryError, backoff_delay_s, send_with_retry
+from ictus.pipelines.triage import TriageOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ class Pacs:
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    from imaging.phantom import PhantomSpec, write_phantom
+    from ictus.imaging.phantom import PhantomSpec, write_phantom
 
     path = tmp_path_factory.mktemp("ph") / "study"
     write_phantom(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=30, matrix=96, pixel_spacing_mm=2.4,
@@ -113,7 +113,7 @@ def test_who_may_connect(tmp_path, caplog):
     listener = Listener(cfg, engine_factory=ThresholdEngine)
     listener.start()
     try:
-        caplog.set_level("WARNING", logger="pipelines.listener")
+        caplog.set_level("WARNING", logger="ictus.pipelines.pacs.listener")
 
         def echo(aet, called="ICTUS"):
             ae = AE(ae_title=aet)
@@ -226,7 +226,7 @@ def test_send_with_retry_gives_up_with_a_clear_error(tmp_path, phantom):
 
 
 def test_a_failing_study_is_recorded_and_the_listener_goes_on(tmp_path, phantom):
-    from imaging.errors import ModelError
+    from ictus.imaging.errors import ModelError
 
     def broken_engine(options):
         raise ModelError("model blast-ct has no weights in /nowhere; run ictus models pull blast-ct")

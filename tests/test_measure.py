@@ -1,4 +1,4 @@
-"""Lesion measurements (imaging.measure): ground-truth label maps of phantoms as the segmentation."""
+"""Lesion measurements (ictus.imaging.measure): ground-truth label maps of phantoms as the segmentation."""
 from __future__ import annotations
 
 import functools
@@ -6,13 +6,13 @@ import functools
 import numpy as np
 import pytest
 
-from imaging.measure import (
+from ictus.imaging.measure import (
     DEFAULT_MIN_LESION_ML,
     abc2_estimate,
     measure_labels,
 )
-from imaging.midline import MidlinePlane
-from imaging.volume import volume_from_array
+from ictus.imaging.midline import MidlinePlane
+from ictus.imaging.volume import volume_from_array
 
 NAMES = ("background", "IPH", "EAH", "oedema", "IVH")
 MIDLINE_X0 = MidlinePlane(a_mm=0.0, b=0.0, c=0.0, yc_mm=0.0, zc_mm=0.0)
@@ -20,7 +20,7 @@ MIDLINE_X0 = MidlinePlane(a_mm=0.0, b=0.0, c=0.0, yc_mm=0.0, zc_mm=0.0)
 
 @functools.lru_cache(maxsize=None)
 def _phantom(**kwargs):
-    from imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_volume
 
     spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=2.5, z_coverage_mm=170.0)
     spec.update(kwargs)

@@ -1,4 +1,4 @@
-"""Midline shift (imaging.midline): known shifts on phantoms, ~0 on a real head, graceful failures."""
+"""Midline shift (ictus.imaging.midline): known shifts on phantoms, ~0 on a real head, graceful failures."""
 from __future__ import annotations
 
 import functools
@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from imaging.brain import segment_brain
-from imaging.midline import ideal_midline_plane, measure_midline_shift
-from imaging.volume import volume_from_array
+from ictus.imaging.brain import segment_brain
+from ictus.imaging.midline import ideal_midline_plane, measure_midline_shift
+from ictus.imaging.volume import volume_from_array
 from tests.conftest import shared_dicom
 
 
 @functools.lru_cache(maxsize=None)
 def _phantom(**kwargs):
-    from imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_volume
 
     spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=5.0, z_coverage_mm=170.0)
     spec.update(kwargs)
@@ -96,7 +96,7 @@ def test_no_brain_gives_none_with_a_reason():
 
 
 def test_real_ge_head_has_no_shift():
-    from imaging.build import build_volume
+    from ictus.imaging.build import build_volume
 
     folder = shared_dicom("ge-head-tilt-variable-spacing")
     vol = build_volume(sorted(str(p) for p in folder.glob("*.dcm")))
@@ -106,8 +106,8 @@ def test_real_ge_head_has_no_shift():
 
 
 def test_tilted_phantom_through_dicom_and_tilt_correction(tmp_path):
-    from imaging.build import build_volume
-    from imaging.phantom import PhantomSpec, write_phantom
+    from ictus.imaging.build import build_volume
+    from ictus.imaging.phantom import PhantomSpec, write_phantom
 
     spec = PhantomSpec(midline_shift_mm=10.0, gantry_tilt_deg=15.0, slice_thickness_mm=5.0, matrix=256,
                        pixel_spacing_mm=0.9)

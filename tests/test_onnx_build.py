@@ -1,4 +1,4 @@
-"""models.onnx_build: torch-free ONNX conversion, checked against the blast-ct reference network."""
+"""ictus.models.onnx_build: torch-free ONNX conversion, checked against the blast-ct reference network."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import pytest
 
-from imaging.errors import ModelError
-from models.legacy_pt import read_state_dict
-from models.onnx_build import build_model, convert_member, parse_spec, read_metadata, sha256_file
+from ictus.imaging.errors import ModelError
+from ictus.models.legacy_pt import read_state_dict
+from ictus.models.onnx_build import build_model, convert_member, parse_spec, read_metadata, sha256_file
 from tests.conftest import blast_ct_weights
 
 ort = pytest.importorskip("onnxruntime")
@@ -127,6 +127,6 @@ def test_converter_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, models.onnx_build, models.legacy_pt; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, ictus.models.onnx_build, ictus.models.legacy_pt; assert 'torch' not in sys.modules, 'torch imported'"
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def _phantom(path: Path, seed: int) -> list[Path]:
-    from imaging.phantom import PhantomSpec, write_phantom
+    from ictus.imaging.phantom import PhantomSpec, write_phantom
 
     write_phantom(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=30, matrix=96, pixel_spacing_mm=2.4,
                               slice_thickness_mm=10, seed=seed), path)
@@ -131,7 +131,7 @@ def test_phantom_study_round_trip(pacs, listener, tmp_path):
     with urllib.request.urlopen(f"http://127.0.0.1:{listener.status_port}/health", timeout=10) as r:
         health = json.loads(r.read())
     assert health["processed"] == 1 and health["queue_length"] == 0 and health["state"] == "running"
-    status = subprocess.run([sys.executable, "-m", "pipelines.cli", "listen", "--config", str(listener.config),
+    status = subprocess.run([sys.executable, "-m", "ictus.pipelines.cli", "listen", "--config", str(listener.config),
                              "--status"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert json.loads(status.stdout)["instances_received"] == len(files)
     # logs carry UIDs, never the patient's name or ID
@@ -215,8 +215,8 @@ def test_real_ge_study_through_the_listener(pacs, listener):
 
 
 def test_orthanc_changes_poller(pacs, tmp_path):
-    from pipelines.orthanc import OrthancClient, OrthancPoller
-    from pipelines.triage import TriageOptions
+    from ictus.pipelines.pacs.orthanc import OrthancClient, OrthancPoller
+    from ictus.pipelines.triage import TriageOptions
 
     files = _phantom(tmp_path / "study", seed=104)
     uid = _study_uid(files)

@@ -1,4 +1,4 @@
-"""Tests of the synthetic head-CT phantom (imaging.phantom and ``ictus phantom``).
+"""Tests of the synthetic head-CT phantom (ictus.imaging.phantom and ``ictus phantom``).
 
 Small grids (128 x 128 at 1.8 mm) keep them fast. The DICOM output is checked
 with readers nobody here wrote: pydicom, SimpleITK's ImageSeriesReader and the
@@ -17,9 +17,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from imaging import phantom as ph
-from imaging.errors import InvalidInputError, OutputError
-from imaging.phantom import LABELS, TISSUES, PhantomSpec
+from ictus.imaging import phantom as ph
+from ictus.imaging.errors import InvalidInputError, OutputError
+from ictus.imaging.phantom import LABELS, TISSUES, PhantomSpec
 
 SMALL = dict(matrix=128, pixel_spacing_mm=1.8)
 

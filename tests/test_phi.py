@@ -74,14 +74,14 @@ def _env() -> dict[str, str]:
 
 
 def _ictus(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "-v", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ictus.pipelines.cli", "-v", *map(str, args)], capture_output=True,
                           cwd=ROOT, env=_env(), timeout=timeout)
 
 
 def _threshold_ensemble(monkeypatch) -> None:
     """TriageEngine with the HU-threshold model in this process (everything else real)."""
     from orthanc_helpers import _ThresholdEnsemble
-    from pipelines.triage import TriageEngine
+    from ictus.pipelines.triage import TriageEngine
 
     def ensemble(self):
         if self._ensemble is None:
@@ -95,7 +95,7 @@ def _threshold_ensemble(monkeypatch) -> None:
 def test_redaction_of_values_components_and_warnings(caplog):
     import warnings
 
-    from pipelines import phi
+    from ictus.pipelines import phi
 
     ds = pydicom.Dataset()
     ds.PatientName = "Zyxwvut^Qwerty^Middleq"
@@ -107,12 +107,12 @@ def test_redaction_of_values_components_and_warnings(caplog):
         assert phi.redact("name Zyxwvut^Qwerty, QWERTY zyxwvut; born 1943-05-17 (19430517)") == \
             "name [redacted]^[redacted], [redacted] [redacted]; born [redacted] ([redacted])"
         caplog.set_level(logging.INFO)
-        logging.getLogger("pipelines.test").info("patient %s", "Zyxwvut^Qwerty")
+        logging.getLogger("ictus.pipelines.test").info("patient %s", "Zyxwvut^Qwerty")
         warnings.warn("The string \"Zyxwvut^Qwerty\" is odd", UserWarning)
         try:
             raise ValueError("bad PatientID PID-987654321")
         except ValueError:
-            logging.getLogger("pipelines.test").exception("failed")
+            logging.getLogger("ictus.pipelines.test").exception("failed")
         text = caplog.text
     assert "[redacted]" in text and not leaks(text), text
     assert phi.redact("Zyxwvut") == "Zyxwvut"  # the scope closed: nothing is held any more
@@ -120,7 +120,7 @@ def test_redaction_of_values_components_and_warnings(caplog):
 
 
 def test_short_and_numeric_values_only_as_whole_tokens():
-    from pipelines import phi
+    from ictus.pipelines import phi
 
     with phi.phi_guard(["Li", "1234"]):
         assert phi.redact("Li listens to 1234 and 51234") == "[redacted] listens to [redacted] and 51234"
@@ -161,7 +161,7 @@ def test_cli_triage_without_frame_of_reference_writes_every_output(cli_run):
         assert str(ds.PatientName) == str(source.PatientName) == NAME  # the DICOM outputs keep the identity
         assert ds.PatientID == PHI["PatientID"] and ds.AccessionNumber == PHI["AccessionNumber"]
     if outputs["seg"]["status"] == "written":
-        from pipelines.writers.common import derived_frame_of_reference_uid
+        from ictus.pipelines.writers.common import derived_frame_of_reference_uid
 
         seg = pydicom.dcmread(out / "seg.dcm")
         assert seg.FrameOfReferenceUID == derived_frame_of_reference_uid(source.SeriesInstanceUID)
@@ -172,7 +172,7 @@ def test_cli_triage_without_frame_of_reference_writes_every_output(cli_run):
 def test_one_failing_writer_costs_only_its_output(tmp_path, monkeypatch, cli_runner, caplog):
     """The SEG writer raises (quoting the patient's name); SR, key images, report and findings.json are
     still written, the exit code is 0 and one warning line names the SEG, without the name."""
-    from pipelines.writers import seg as seg_writer
+    from ictus.pipelines.writers import seg as seg_writer
 
     _threshold_ensemble(monkeypatch)
     study = make_study(tmp_path / "study", NAME)
@@ -221,7 +221,7 @@ def test_batch_leaks_nothing(tmp_path):
 
 # -- the notebook API --------------------------------------------------------------------------------
 def test_api_triage_leaks_nothing(tmp_path, monkeypatch, capfd, caplog):
-    from pipelines.api import triage
+    from ictus.pipelines.api import triage
 
     _threshold_ensemble(monkeypatch)
     study = make_study(tmp_path / "study", SINGLE)
@@ -268,7 +268,7 @@ def test_listener_leaks_nothing(tmp_path):
     text = log_path.read_text()
     assert "event=triaged" in text, text[-3000:]
     assert leaks(text) == [] and leaks(sent.stdout) == [] and leaks(sent.stderr) == []
-    status = subprocess.run([sys.executable, "-m", "pipelines.cli", "listen", "--config", str(config), "--status"],
+    status = subprocess.run([sys.executable, "-m", "ictus.pipelines.cli", "listen", "--config", str(config), "--status"],
                             capture_output=True, cwd=ROOT, env=_env(), timeout=120)
     assert leaks(status.stdout) == [] and leaks(status.stderr) == []
     results = list((spool / "results").rglob("findings.json"))

@@ -10,8 +10,8 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
-from imaging.phantom import PhantomSpec, phantom_volume  # noqa: E402
-from pipelines.plots import choose_slices, plot_bland_altman, plot_midline, plot_montage, plot_roc  # noqa: E402
+from ictus.imaging.phantom import PhantomSpec, phantom_volume  # noqa: E402
+from ictus.pipelines.research.plots import choose_slices, plot_bland_altman, plot_midline, plot_montage, plot_roc  # noqa: E402
 
 SMALL = dict(matrix=96, pixel_spacing_mm=2.4, slice_thickness_mm=5.0)
 
@@ -43,8 +43,8 @@ def test_choose_slices_without_lesion_spans_the_volume() -> None:
 
 
 def test_midline_plot_draws_ideal_and_shifted_lines(shifted, tmp_path: Path) -> None:
-    from imaging.brain import segment_brain
-    from imaging.midline import measure_midline_shift
+    from ictus.imaging.brain import segment_brain
+    from ictus.imaging.midline import measure_midline_shift
 
     midline = measure_midline_shift(shifted, segment_brain(shifted))
     result = SimpleNamespace(volume=shifted, midline=midline)

@@ -1,12 +1,12 @@
-"""models.preprocess: our preprocessing against blast-ct's own functions, head box, way back."""
+"""ictus.models.preprocess: our preprocessing against blast-ct's own functions, head box, way back."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.volume import volume_from_array
-from models.preprocess import (
+from ictus.imaging.volume import volume_from_array
+from ictus.models.preprocess import (
     deep_tissue,
     normalise_hu,
     preprocess,

@@ -1,4 +1,4 @@
-"""Priority rules (pipelines.priority): the default policy, ordering, and the rules file itself."""
+"""Priority rules (ictus.pipelines.findings.priority): the default policy, ordering, and the rules file itself."""
 from __future__ import annotations
 
 import copy
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from imaging.errors import InvalidInputError
-from pipelines.priority import DEFAULT_RULES_PATH, PRIORITIES, evaluate_priority, load_rules, validate_rules
+from ictus.imaging.errors import InvalidInputError
+from ictus.pipelines.findings.priority import DEFAULT_RULES_PATH, PRIORITIES, evaluate_priority, load_rules, validate_rules
 
 
 def _doc(*, ich=None, volume=None, ivh=False, shift=None, verdict="ok", flags=()):
@@ -109,8 +109,8 @@ def test_bad_rules_files(tmp_path):
 
 
 def test_findings_object_is_accepted():
-    from imaging.volume import volume_from_array
-    from pipelines.findings import build_findings
+    from ictus.imaging.volume import volume_from_array
+    from ictus.pipelines.findings.record import build_findings
     import numpy as np
 
     vol = volume_from_array(np.zeros((2, 2, 2)))

@@ -1,4 +1,4 @@
-"""Input QC flags (imaging.qc) on phantoms and real data."""
+"""Input QC flags (ictus.imaging.qc) on phantoms and real data."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +7,9 @@ import functools
 import numpy as np
 import pytest
 
-from imaging.brain import segment_brain
-from imaging.qc import QC_FLAGS, SEVERITIES, assess_qc
-from imaging.volume import volume_from_array
+from ictus.imaging.brain import segment_brain
+from ictus.imaging.qc import QC_FLAGS, SEVERITIES, assess_qc
+from ictus.imaging.volume import volume_from_array
 from tests.conftest import shared_dicom
 
 INGEST_FLAGS = ("gantry_tilt_corrected", "variable_spacing_resampled", "lossy_compression", "gap_detected",
@@ -18,7 +18,7 @@ INGEST_FLAGS = ("gantry_tilt_corrected", "variable_spacing_resampled", "lossy_co
 
 @functools.lru_cache(maxsize=None)
 def _phantom(**kwargs):
-    from imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_volume
 
     spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=5.0, z_coverage_mm=170.0)
     spec.update(kwargs)
@@ -98,7 +98,7 @@ def test_no_brain_is_indeterminate():
 
 
 def test_real_data():
-    from imaging.build import build_volume
+    from ictus.imaging.build import build_volume
 
     ge = build_volume(sorted(str(p) for p in shared_dicom("ge-head-tilt-variable-spacing").glob("*.dcm")))
     report = assess_qc(ge, segment_brain(ge))

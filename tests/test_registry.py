@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, blast_ct_weights
-from imaging.errors import ModelError
-from models.registry import CARDS_DIR, ModelCard, card_from_dict, get_card, list_cards, load_card
+from ictus.imaging.errors import ModelError
+from ictus.models.registry import CARDS_DIR, ModelCard, card_from_dict, get_card, list_cards, load_card
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -186,7 +186,7 @@ def test_unreadable_card_files(tmp_path):
 
 def test_registry_and_weights_import_no_torch_or_onnxruntime():
     code = (
-        "import sys, models.registry, models.weights, pipelines.commands.models; "
+        "import sys, ictus.models.registry, ictus.models.weights, ictus.pipelines.commands.models; "
         "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'monai') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -195,7 +195,7 @@ def test_registry_and_weights_import_no_torch_or_onnxruntime():
 
 def test_card_records_the_runtime_default_it_measured(card):
     """The card's measured shortcut is the one the runtime uses, and every input met the criteria."""
-    from models.runtime import DEFAULT_CASCADE_THRESHOLD
+    from ictus.models.runtime import DEFAULT_CASCADE_THRESHOLD
 
     runtime = card.raw["runtime"]
     assert runtime["cascade_threshold"] == DEFAULT_CASCADE_THRESHOLD

@@ -1,12 +1,12 @@
-"""Tests for imaging.resample, on analytic fields where the truth is known."""
+"""Tests for ictus.imaging.resample, on analytic fields where the truth is known."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.resample import reorient_to_nearest_axes, resample_like, resample_to_spacing
-from imaging.volume import Volume, volume_from_array
+from ictus.imaging.resample import reorient_to_nearest_axes, resample_like, resample_to_spacing
+from ictus.imaging.volume import Volume, volume_from_array
 
 
 def _world(image: sitk.Image) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""models.runtime: tiling, ensemble, cascade, mapping back, and equivalence with blast-ct.
+"""ictus.models.runtime: tiling, ensemble, cascade, mapping back, and equivalence with blast-ct.
 
 Most tests use tiny stand-in ONNX models with the same shape behaviour as
 DeepMedic (input 5k+80 -> output 5k, logits per voxel) so they run in
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.errors import InvalidInputError, ModelError
-from imaging.volume import volume_from_array
-from models.preprocess import preprocess
-from models.runtime import (
+from ictus.imaging.errors import InvalidInputError, ModelError
+from ictus.imaging.volume import volume_from_array
+from ictus.models.preprocess import preprocess
+from ictus.models.runtime import (
     Ensemble,
     extract_window,
     member_gmac,
@@ -202,7 +202,7 @@ def test_softmax_and_cost_model():
 @pytest.fixture(scope="module")
 def real_members(tmp_path_factory):
     weights = blast_ct_weights()
-    from models.onnx_build import convert_member
+    from ictus.models.onnx_build import convert_member
 
     d = tmp_path_factory.mktemp("onnx")
     return [
@@ -212,7 +212,7 @@ def real_members(tmp_path_factory):
 
 def _lesion_roi():
     """A small ROI (1 mm grid 11 x 13 x 28) of the project phantom, across a 10 mL IPH."""
-    from imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_volume
 
     vol = phantom_volume(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=10, matrix=128,
                                      pixel_spacing_mm=1.5, partial_volume_samples=1))
@@ -272,7 +272,7 @@ def test_real_member_tiled_untiled_and_reference_agree(real_members):
 @pytest.mark.slow
 def test_real_int8_close_to_fp32(real_members, tmp_path):
     """The int8 copy of member 1 agrees with fp32 on a small window (labels mostly equal)."""
-    from models.runtime import quantize_member
+    from ictus.models.runtime import quantize_member
 
     members, _ = real_members
     q = quantize_member(members[0], tmp_path / "m1.int8.onnx", n_calibration=1)
@@ -291,7 +291,7 @@ def test_real_int8_close_to_fp32(real_members, tmp_path):
 def test_flush_denormals(tmp_path):
     import onnx
 
-    from models.runtime import flush_denormals
+    from ictus.models.runtime import flush_denormals
 
     path = _dummy_member(tmp_path / "d.onnx", [1e-40, 1.0, 0.0, -1e-39, 0.0], [0.0] * 5)
     model = onnx.load(str(path))
@@ -302,7 +302,7 @@ def test_flush_denormals(tmp_path):
 
 
 def test_unsure_brick_is_the_aligned_box_of_the_unsure_voxels():
-    from models.runtime import unsure_brick
+    from ictus.models.runtime import unsure_brick
 
     p_bg = np.ones((45, 45, 30), np.float32)
     assert unsure_brick(p_bg, 0.05, (15, 30, 45)) is None
@@ -317,7 +317,7 @@ def test_unsure_brick_is_the_aligned_box_of_the_unsure_voxels():
 def test_cuda_provider_is_chosen_when_onnxruntime_offers_it(monkeypatch):
     import onnxruntime as ort
 
-    from models.runtime import available_providers
+    from ictus.models.runtime import available_providers
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert available_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -1,4 +1,4 @@
-"""imaging.series: grouping, rules-as-data selection, reasons, the pixel check;
+"""ictus.imaging.series: grouping, rules-as-data selection, reasons, the pixel check;
 synthetic studies built with pydicom, real ones from ../shared and pydicom."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from conftest import shared_dicom
-from imaging.dicom_io import read_frame_hu, scan
-from imaging.errors import InvalidInputError, NoEligibleSeriesError
-from imaging.series import (
+from ictus.imaging.dicom_io import read_frame_hu, scan
+from ictus.imaging.errors import InvalidInputError, NoEligibleSeriesError
+from ictus.imaging.series import (
     SeriesChoice,
     find_candidate,
     group_series,
@@ -268,7 +268,7 @@ def test_rules_drive_the_verdicts(tmp_path: Path) -> None:
 
 
 def test_every_rule_names_a_known_test() -> None:
-    from imaging.series import TESTS
+    from ictus.imaging.series import TESTS
 
     rules = load_rules()
     for group in ("rejections", "context_rejections"):

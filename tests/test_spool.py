@@ -13,8 +13,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from imaging.errors import InvalidInputError
-from pipelines.spool import Spool, status_from_file
+from ictus.imaging.errors import InvalidInputError
+from ictus.pipelines.pacs.spool import Spool, status_from_file
 
 
 class Clock:
@@ -141,8 +141,8 @@ def test_recover_after_kill9(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from pipelines.spool import Spool
-        import pipelines.spool as sp
+        from ictus.pipelines.pacs.spool import Spool
+        import ictus.pipelines.pacs.spool as sp
         s = Spool({str(tmp_path)!r}, now=lambda: 0.0)
         s.store_instance(open({str(tmp_path / 'a.bin')!r}, 'rb').read(), {study!r}, None, {sop!r})
         s.mark_complete(0)

@@ -1,11 +1,11 @@
-"""Stroke findings (pipelines.stroke): IVH by location, ICH-score components, summary."""
+"""Stroke findings (ictus.pipelines.findings.stroke): IVH by location, ICH-score components, summary."""
 from __future__ import annotations
 
 import numpy as np
 
-from imaging.measure import measure_labels
-from imaging.volume import volume_from_array
-from pipelines.stroke import (
+from ictus.imaging.measure import measure_labels
+from ictus.imaging.volume import volume_from_array
+from ictus.pipelines.findings.stroke import (
     IschaemiaFinding,
     DenseArteryFinding,
     ich_score_finding,

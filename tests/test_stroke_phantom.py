@@ -1,4 +1,4 @@
-"""The template-based stroke phantom (imaging.stroke_phantom) and ``ictus phantom --stroke``."""
+"""The template-based stroke phantom (ictus.imaging.stroke_phantom) and ``ictus phantom --stroke``."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.errors import InvalidInputError
-from imaging.stroke_atlas import ASPECTS_CODES, VESSEL_COURSES, aspects_label, load_template_atlas
-from imaging.stroke_phantom import (
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.stroke_atlas import ASPECTS_CODES, VESSEL_COURSES, aspects_label, load_template_atlas
+from ictus.imaging.stroke_phantom import (
     StrokePhantomSpec,
     expected_aspects,
     render_stroke_phantom,
@@ -30,7 +30,7 @@ def _atlas():
 
 
 def _read(series_dir: Path):
-    from imaging.build import build_volume
+    from ictus.imaging.build import build_volume
 
     return build_volume([str(f) for f in sorted(series_dir.glob("*.dcm"))])
 
@@ -168,7 +168,7 @@ def test_old_infarct_is_csf_with_a_wider_ventricle(ischaemic_study, atlas):
 
 
 def test_brain_is_found_with_a_plausible_volume(ischaemic_study):
-    from imaging.brain import segment_brain
+    from ictus.imaging.brain import segment_brain
 
     _, _, volume = ischaemic_study
     brain = segment_brain(volume)
@@ -221,8 +221,8 @@ def test_tilted_thin_variant_is_tilt_corrected_on_reading(tmp_path, atlas):
 
 def test_template_registration_lands_near_the_truth(atlas):
     """The point of the phantom: the registration used by Ictus finds the pose."""
-    from imaging.anatomy import register_template
-    from imaging.brain import segment_brain
+    from ictus.imaging.anatomy import register_template
+    from ictus.imaging.brain import segment_brain
 
     render = render_stroke_phantom(StrokePhantomSpec(pose_seed=1, dense_artery_side="right"), atlas)
     volume = render.volume()

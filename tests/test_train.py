@@ -24,8 +24,8 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def test_card_is_accepted_and_complete(tiny: Path) -> None:
-    from models.registry import load_card
-    from models.weights import file_sha256, resolve_members
+    from ictus.models.registry import load_card
+    from ictus.models.weights import file_sha256, resolve_members
 
     card = load_card(tiny.parent)
     assert card.class_names == ("background", "IPH", "EAH", "oedema", "IVH")
@@ -45,9 +45,9 @@ def test_card_is_accepted_and_complete(tiny: Path) -> None:
 def test_tampered_onnx_is_refused(tiny: Path, tmp_path: Path) -> None:
     import shutil
 
-    from imaging.errors import ModelError
-    from models.registry import load_card
-    from models.weights import resolve_members
+    from ictus.imaging.errors import ModelError
+    from ictus.models.registry import load_card
+    from ictus.models.weights import resolve_members
 
     copy = tmp_path / "model"
     shutil.copytree(tiny.parent, copy)
@@ -61,8 +61,8 @@ def test_exported_graph_is_the_network_cropped(tiny: Path) -> None:
     """ONNX on a window of odd size n gives n - 80 voxels equal to the torch network's centre."""
     import onnxruntime as ort
 
-    from models.monai_export import CroppedSegmenter
-    from models.train import load_checkpoint
+    from ictus.models.monai_export import CroppedSegmenter
+    from ictus.models.train import load_checkpoint
 
     network, config, _ = load_checkpoint(tiny.parent.parent / "best.pt")
     rng = np.random.default_rng(0)
@@ -83,7 +83,7 @@ def test_triage_with_the_exported_model_without_torch(tiny: Path) -> None:
     study = tiny.parent.parent.parent / "phantoms" / "p00"
     code = (
         "import sys, json; sys.modules['torch'] = None; sys.modules['monai'] = None\n"
-        "from pipelines.triage import triage\n"
+        "from ictus.pipelines.triage import triage\n"
         f"r = triage({str(study)!r}, model={str(tiny)!r}, threads=2, outputs=())\n"
         "s = r.segmentation\n"
         "print(json.dumps({'probs': list(s.probabilities.shape), 'labels': list(s.labels.shape),\n"
@@ -128,14 +128,14 @@ def test_cli_train_and_export(tiny: Path, tmp_path: Path, cli_runner) -> None:
 
 
 def test_bad_patch_size_is_refused(tmp_path: Path) -> None:
-    from imaging.errors import InvalidInputError
-    from models.train import TrainConfig, train
+    from ictus.imaging.errors import InvalidInputError
+    from ictus.models.train import TrainConfig, train
 
     with pytest.raises(InvalidInputError, match="multiple of 8"):
         train(TrainConfig(data_dir=str(tmp_path), out_dir=str(tmp_path / "o"), patch_vox=30))
 
 
 def test_cli_imports_no_torch() -> None:
-    code = "import sys; import pipelines.cli; assert 'torch' not in sys.modules and 'monai' not in sys.modules"
+    code = "import sys; import ictus.pipelines.cli; assert 'torch' not in sys.modules and 'monai' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

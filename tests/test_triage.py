@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imaging.phantom import PhantomSpec, write_phantom
-from pipelines.triage import TriageEngine, TriageOptions, triage
+from ictus.imaging.phantom import PhantomSpec, write_phantom
+from ictus.pipelines.triage import TriageEngine, TriageOptions, triage
 from tests.conftest import shared_dicom
 
 SMALL = dict(matrix=256, pixel_spacing_mm=0.9, slice_thickness_mm=5.0, noise_hu=5.0)
@@ -55,7 +55,7 @@ def test_ich_phantom_findings_match_the_truth(ich_result, ich_study):
 def test_findings_json_is_written_and_valid(ich_result):
     import jsonschema
 
-    from pipelines.findings import load_schema
+    from ictus.pipelines.findings.record import load_schema
 
     path = Path(ich_result.outputs["json"][0])
     doc = json.loads(path.read_text())

@@ -1,4 +1,4 @@
-"""Hyperdense artery sign (imaging.vessels): the real GE head with inserted arteries, and a synthetic head."""
+"""Hyperdense artery sign (ictus.imaging.vessels): the real GE head with inserted arteries, and a synthetic head."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +9,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from imaging.anatomy import Anatomy
-from imaging.errors import InvalidInputError
-from imaging.stroke_atlas import VESSEL_COURSES
-from imaging.vessels import DenseArteryResult, detect_dense_artery, load_vessel_rules, polyline_projection
+from ictus.imaging.anatomy import Anatomy
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.stroke_atlas import VESSEL_COURSES
+from ictus.imaging.vessels import DenseArteryResult, detect_dense_artery, load_vessel_rules, polyline_projection
 from tests.conftest import ge_head_volume, shared_dicom, template_atlas
 
 
@@ -21,9 +21,9 @@ _atlas = template_atlas
 
 @functools.lru_cache(maxsize=None)
 def _ge_cached():
-    from imaging.anatomy import register_template
-    from imaging.brain import segment_brain
-    from imaging.midline import ideal_midline_plane
+    from ictus.imaging.anatomy import register_template
+    from ictus.imaging.brain import segment_brain
+    from ictus.imaging.midline import ideal_midline_plane
 
     volume = ge_head_volume()
     brain = segment_brain(volume)

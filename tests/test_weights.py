@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imaging.errors import InvalidInputError, ModelError
-from models import weights
-from models.registry import get_card
+from ictus.imaging.errors import InvalidInputError, ModelError
+from ictus.models import weights
+from ictus.models.registry import get_card
 from tests.conftest import blast_ct_weights
 
 CARD = get_card("blast-ct")
@@ -266,11 +266,11 @@ def test_conversion_on_demand_and_staleness(tmp_path, monkeypatch):
 
 def test_missing_converter_is_a_model_error(tmp_path, monkeypatch):
     def missing():
-        raise ModelError("the ONNX converter models.onnx_build is not available (test)")
+        raise ModelError("the ONNX converter ictus.models.onnx_build is not available (test)")
 
     monkeypatch.setattr(weights, "_converter", missing)
     weights.pull(CARD, tmp_path, blast_ct_weights(), members="1", convert=False)
-    with pytest.raises(ModelError, match="converter models.onnx_build is not available"):
+    with pytest.raises(ModelError, match="converter ictus.models.onnx_build is not available"):
         weights.resolve_members(CARD, tmp_path, "fast")
     report = weights.pull(CARD, tmp_path, blast_ct_weights(), members="1")
     assert report.members[0].onnx == "converter unavailable"
@@ -278,7 +278,7 @@ def test_missing_converter_is_a_model_error(tmp_path, monkeypatch):
 
 def test_real_conversion_runs_in_onnxruntime(tmp_path):
     """With the real converter: pull converts, the stamp matches, and the ONNX runs."""
-    pytest.importorskip("models.onnx_build")
+    pytest.importorskip("ictus.models.onnx_build")
     ort = pytest.importorskip("onnxruntime")
     report = weights.pull(CARD, tmp_path, blast_ct_weights(), members="fast")
     assert report.members[0].onnx == "converted"
@@ -295,7 +295,7 @@ def test_real_conversion_runs_in_onnxruntime(tmp_path):
 
 def test_card_folder_with_bare_onnx_members(tmp_path):
     """A card loaded by path uses ONNX files next to it; a missing one names the card in the fix."""
-    from models.registry import load_card
+    from ictus.models.registry import load_card
 
     folder = tmp_path / "my-model"
     folder.mkdir()

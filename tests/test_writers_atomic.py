@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from imaging.errors import OutputError
-from imaging.volume import volume_from_array
-from models.registry import get_card
-from pipelines.triage import TriageResult
-from pipelines.writers import atomic, report, write_outputs
+from ictus.imaging.errors import OutputError
+from ictus.imaging.volume import volume_from_array
+from ictus.models.registry import get_card
+from ictus.pipelines.triage import TriageResult
+from ictus.pipelines.writers import atomic, report, write_outputs
 from tests.writers_support import findings_for, segmentation_from_labels
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from imaging.build import build_volume
-from pipelines.writers import write_outputs
-from pipelines.writers.seg import labels_on_source_frames
+from ictus.imaging.build import build_volume
+from ictus.pipelines.writers import write_outputs
+from ictus.pipelines.writers.seg import labels_on_source_frames
 from tests.conftest import shared_dicom
 from tests.writers_support import (
     blob_result,
@@ -163,7 +163,7 @@ def test_seg_on_resampled_real_series_matches_the_analytic_sphere(ge):
 
 def test_labels_on_source_frames_refuses_a_foreign_grid(tilted):
     result, _, _ = tilted
-    from imaging.errors import OutputError
+    from ictus.imaging.errors import OutputError
 
     with pytest.raises(OutputError, match="does not match the volume"):
         labels_on_source_frames(np.zeros((2, 3, 4), np.uint8), result.volume, result.volume.source_slices)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imaging.errors import OutputError
-from pipelines.writers import ALL_OUTPUTS, common, write_outputs
-from pipelines.writers.json_out import findings_json_text
+from ictus.imaging.errors import OutputError
+from ictus.pipelines.writers import ALL_OUTPUTS, common, write_outputs
+from ictus.pipelines.writers.json_out import findings_json_text
 from tests.writers_support import phantom_result, require_tool, with_pipeline_findings
 
 LANGS = ("en", "ru", "kk")
@@ -24,7 +24,7 @@ LANGS = ("en", "ru", "kk")
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A 40-slice phantom (30 mL IPH, 6 mm shift) with findings from pipelines.findings; all outputs in
+    """A 40-slice phantom (30 mL IPH, 6 mm shift) with findings from ictus.pipelines.findings.record; all outputs in
     English and the report in ru/kk."""
     root = tmp_path_factory.mktemp("writers-report")
     result, _ = phantom_result(root / "study", n_slices=40, tilt_deg=0.0, shift_mm=6.0)

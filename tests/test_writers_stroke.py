@@ -1,7 +1,7 @@
 """Stroke findings in every output: SEG segments, SR ASPECTS section, ASPECTS key images, report section.
 
 The anatomy, ischaemia and dense-artery objects are small fakes with the attributes the writers
-read (tests/writers_support.with_stroke); the findings blocks come from pipelines.stroke.
+read (tests/writers_support.with_stroke); the findings blocks come from ictus.pipelines.findings.stroke.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipelines.writers import ALL_OUTPUTS, common, write_outputs
+from ictus.pipelines.writers import ALL_OUTPUTS, common, write_outputs
 from tests.writers_support import dciodvfy_errors, phantom_result, require_tool, with_stroke
 
 LANGS = ("en", "ru", "kk")
@@ -115,7 +115,7 @@ def test_aspects_key_images_at_two_levels(stroke_study):
     magenta = (rgb[..., 0] > 200) & (rgb[..., 1] < 40) & (rgb[..., 2] > 200)
     assert yellow.sum() > 300 and magenta.sum() > 50  # affected regions filled, the artery marked
     # the levels are the slices of the analysis grid with the most ganglionic / supraganglionic voxels
-    from pipelines.writers.keyimages import aspects_level_slices
+    from ictus.pipelines.writers.keyimages import aspects_level_slices
 
     levels = dict(aspects_level_slices(np.asarray(result.anatomy.aspects)))
     assert f"slice {levels['ganglionic'] + 1} " in next(c for c in comments if "aspects_ganglionic" in c)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imaging.build import build_volume
-from imaging.midline import MidlinePlane, MidlineResult
-from imaging.phantom import PhantomSpec, write_phantom
-from imaging.volume import Volume
-from models.registry import get_card
-from models.types import Segmentation
-from pipelines.triage import TriageResult
+from ictus.imaging.build import build_volume
+from ictus.imaging.midline import MidlinePlane, MidlineResult
+from ictus.imaging.phantom import PhantomSpec, write_phantom
+from ictus.imaging.volume import Volume
+from ictus.models.registry import get_card
+from ictus.models.types import Segmentation
+from ictus.pipelines.triage import TriageResult
 
 CLASS_NAMES = ("background", "IPH", "EAH", "oedema", "IVH")
 
@@ -141,11 +141,11 @@ def dciodvfy_errors(path: str | Path) -> list[str]:
 
 
 def with_pipeline_findings(result: TriageResult) -> TriageResult:
-    """The same result with findings made by the real findings code (pipelines.findings), not by hand."""
+    """The same result with findings made by the real findings code (ictus.pipelines.findings.record), not by hand."""
     import dataclasses
 
-    from imaging.measure import measure_labels
-    from pipelines.findings import build_findings, findings_to_dict
+    from ictus.imaging.measure import measure_labels
+    from ictus.pipelines.findings.record import build_findings, findings_to_dict
 
     seg = result.segmentation
     probabilities = np.zeros((len(CLASS_NAMES),) + seg.labels.shape, np.float16)
@@ -204,11 +204,11 @@ def with_stroke(result: TriageResult, *, registered: bool = True, affected: dict
                 dense: bool = True) -> TriageResult:
     """The result with a fake registered anatomy (geometric ASPECTS regions on an LPS grid of the
     volume), an ischaemia result (``affected`` regions hypodense) and a left M1 dense artery, and
-    the stroke blocks of findings.json made by pipelines.stroke from them."""
+    the stroke blocks of findings.json made by ictus.pipelines.findings.stroke from them."""
     import dataclasses
     from types import SimpleNamespace
 
-    from pipelines import stroke
+    from ictus.pipelines.findings import stroke
 
     affected = {"left": ("LN", "M2"), "right": ()} if affected is None else affected
     grid = sitk.Cast(sitk.DICOMOrient(result.volume.image, "LPS"), sitk.sitkFloat32)
@@ -266,9 +266,9 @@ def with_stroke(result: TriageResult, *, registered: bool = True, affected: dict
 
 
 def _stroke_blocks(result: TriageResult, anatomy: Any, isch: Any, art: Any) -> dict[str, Any]:
-    """The findings.json stroke keys from the typed records (as pipelines.findings makes them)."""
-    from pipelines import stroke
-    from pipelines.findings import _plain
+    """The findings.json stroke keys from the typed records (as ictus.pipelines.findings.record makes them)."""
+    from ictus.pipelines.findings import stroke
+    from ictus.pipelines.findings.record import _plain
 
     ich = result.findings.get("ich") or {}
     summary = stroke.stroke_summary(ich.get("present"), ich.get("total_volume_ml"), isch, art)

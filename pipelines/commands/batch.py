@@ -19,8 +19,8 @@ from pathlib import Path
 
 import click
 
-from pipelines.commands.triage import parse_outputs
-from pipelines.triage import ALL_OUTPUTS, TriageOptions
+from ictus.pipelines.commands.triage import parse_outputs
+from ictus.pipelines.triage import ALL_OUTPUTS, TriageOptions
 
 
 @click.command("batch")
@@ -46,7 +46,7 @@ def command(sources: tuple[Path, ...], out_dir: Path, workers: int, scheduler: s
             model: str, models_dir: Path | None, threads: int | None, outputs: str, lang: str, no_stroke: bool,
             engine: str | None, no_progress: bool, strict: bool) -> None:
     """Triage every study of SOURCES into OUT."""
-    from pipelines.batch import discover, run_batch
+    from ictus.pipelines.pacs.batch import discover, run_batch
 
     if threads is None:  # workers x onnxruntime threads should not exceed the cores (spinning threads thrash)
         import os

@@ -1,7 +1,7 @@
 """``ictus evaluate DATASET --layout L --out DIR``: metrics of triage on labelled data.
 
 Writes ``DIR/cases.csv``, ``DIR/summary.json``, ``DIR/roc.png`` and
-``DIR/bland_altman.png`` (see :mod:`pipelines.evaluate`) and prints the
+``DIR/bland_altman.png`` (see :mod:`ictus.pipelines.research.evaluate`) and prints the
 headline numbers. Exit codes as ``ictus triage`` (4 for unreadable labels).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.labels import LAYOUTS
+from ictus.pipelines.research.datasets import LAYOUTS
 
 
 def _fmt(value: object) -> str:
@@ -43,8 +43,8 @@ def command(dataset: Path, layout: str, labels_path: Path | None, out_dir: Path,
             fast: bool, threads: int | None, prevalence: float, tolerance_mm: float, n_bootstrap: int,
             limit: int | None, as_json: bool) -> None:
     """Evaluate triage on the labelled DATASET (a folder; see --layout)."""
-    from pipelines.evaluate import evaluate_dataset
-    from pipelines.labels import read_dataset
+    from ictus.pipelines.research.evaluate import evaluate_dataset
+    from ictus.pipelines.research.datasets import read_dataset
 
     cases = read_dataset(layout, dataset, labels=labels_path)
     if limit:

@@ -2,14 +2,14 @@
 
 Receives studies by C-STORE from the allowed AE titles, triages each study
 after its quiet period and sends SEG, SR, key images and the report back to
-the destination AE (see :mod:`pipelines.listener` for the TOML keys).
+the destination AE (see :mod:`ictus.pipelines.pacs.listener` for the TOML keys).
 SIGTERM (or Ctrl-C) drains: no new association, the study in hand is finished
 and its results sent; what is still queued is kept for the next start.
 
 ``ictus listen --config FILE --status`` prints the queue (JSON) and exits.
 ``ictus listen --config FILE --orthanc http://127.0.0.1:8042`` does not
 listen for DICOM but polls Orthanc's ``/changes`` for stable studies and
-uploads the results by REST (see :mod:`pipelines.orthanc`).
+uploads the results by REST (see :mod:`ictus.pipelines.pacs.orthanc`).
 """
 from __future__ import annotations
 
@@ -31,20 +31,20 @@ def command(config_path: Path, show_status: bool, orthanc_url: str | None, once:
     """Run the DICOM listener (or the Orthanc poller) from a config file."""
     import logging
 
-    from pipelines.listener import Listener, load_config
+    from ictus.pipelines.pacs.listener import Listener, load_config
 
     ctx = click.get_current_context()
     if not (ctx.obj and ctx.obj.get("debug")):
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
     config = load_config(config_path)
     if show_status:
-        from pipelines.spool import status_from_file
+        from ictus.pipelines.pacs.spool import status_from_file
 
         click.echo(json.dumps(status_from_file(config.spool_dir), indent=2))
         return
     if orthanc_url:
-        from pipelines.listener import load_engine_factory
-        from pipelines.orthanc import OrthancClient, OrthancPoller
+        from ictus.pipelines.pacs.listener import load_engine_factory
+        from ictus.pipelines.pacs.orthanc import OrthancClient, OrthancPoller
 
         poller = OrthancPoller(OrthancClient(orthanc_url), load_engine_factory(config.engine)(config.triage),
                                Path(config.spool_dir), send_report=config.send_report)

@@ -2,7 +2,7 @@
 and assets (atlases, templates), verify them.
 
 MODEL is a model card (``blast-ct``) or an asset card (``stroke-atlas``,
-``blast-ct-atlas``; see :mod:`models.assets`). Exit codes: 0 ok, 2 an option that
+``blast-ct-atlas``; see :mod:`ictus.models.assets`). Exit codes: 0 ok, 2 an option that
 does not apply to an asset, 4 a bad ``--from`` path, 5 a model error (unknown
 model, missing or corrupt weights or asset files, a refused download).
 """
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import click
 
-from imaging.errors import ModelError
-from models.assets import (
+from ictus.imaging.errors import ModelError
+from ictus.models.assets import (
     AssetCard, AssetVerifyReport, find_asset_card, list_asset_cards, pull_asset, verify_asset, verify_hint,
 )
-from models.registry import ModelCard, get_card, list_cards, load_card
-from models.weights import ENV_MODELS_DIR, models_home, pull, verify
+from ictus.models.registry import ModelCard, get_card, list_cards, load_card
+from ictus.models.weights import ENV_MODELS_DIR, models_home, pull, verify
 
 _MODELS_DIR_HELP = (
     f"Folder of installed models (default: ${ENV_MODELS_DIR}, else the user cache folder)."

@@ -7,7 +7,7 @@ Writes ``OUT_DIR/series-002-axial/CT0001.dcm...`` (plus a lateral scout with
 haemorrhage that does not fit), 5 the stroke atlas is missing, 6 the folder cannot be
 written or is not empty.
 
-With ``--stroke`` the phantom is the CT template's anatomy (:mod:`imaging.stroke_phantom`)
+With ``--stroke`` the phantom is the CT template's anatomy (:mod:`ictus.imaging.stroke_phantom`)
 under a random or given pose, with optional early ischaemic change in ASPECTS regions, a
 hyperdense artery, raised haematocrit, a calcified arterial wall and an old infarct; it
 writes the series and ``ground_truth.json`` (no label image).
@@ -21,7 +21,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from imaging.phantom import COMPRESSIONS, EAH_LOCATIONS, IPH_LOCATIONS, PhantomSpec, write_phantom
+from ictus.imaging.phantom import COMPRESSIONS, EAH_LOCATIONS, IPH_LOCATIONS, PhantomSpec, write_phantom
 
 
 def _triple(value: str | None, option: str) -> tuple[float, float, float] | None:
@@ -249,7 +249,7 @@ def _flag(name: str) -> str:
 
 
 def _codes(value: str | None, option: str) -> tuple[str, ...]:
-    from imaging.stroke_atlas import ASPECTS_CODES
+    from ictus.imaging.stroke_atlas import ASPECTS_CODES
 
     if not value:
         return ()
@@ -267,13 +267,13 @@ def _asset_dir(given: Path | None, card: str, required: bool) -> Path | None:
     if given is not None:
         return given
     try:
-        from models.assets import resolve_asset_dir  # type: ignore[import-not-found]
+        from ictus.models.assets import resolve_asset_dir  # type: ignore[import-not-found]
 
         return Path(resolve_asset_dir(card, None))
     except Exception as exc:  # not installed (ModelError), or no asset module yet
         if not required:
             return None
-        from imaging.errors import ModelError
+        from ictus.imaging.errors import ModelError
 
         reason = "no installed assets" if isinstance(exc, ImportError) else str(exc)
         raise ModelError(f"phantom: the {card} asset is not installed ({reason}); give --atlas-dir DIR "
@@ -283,9 +283,9 @@ def _asset_dir(given: Path | None, card: str, required: bool) -> Path | None:
 def _stroke_command(ctx: click.Context, given: set[str], *, out_dir: Path, slice_thickness_mm: float,
                     pixel_spacing_mm: float, matrix: int, z_coverage_mm: float, tilt_deg: float, age_years: float,
                     noise_hu: float, seed: int, force: bool, as_json: bool, **o: Any) -> None:
-    from imaging.errors import ModelError
-    from imaging.stroke_atlas import STROKE_ATLAS_FILES, load_template_atlas, missing_files
-    from imaging.stroke_phantom import StrokePhantomSpec, write_stroke_phantom
+    from ictus.imaging.errors import ModelError
+    from ictus.imaging.stroke_atlas import STROKE_ATLAS_FILES, load_template_atlas, missing_files
+    from ictus.imaging.stroke_phantom import StrokePhantomSpec, write_stroke_phantom
 
     geometric = sorted(n for n in given if n not in _SHARED and n not in _STROKE_ONLY)
     if geometric:

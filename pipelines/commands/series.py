@@ -11,8 +11,8 @@ import unicodedata
 
 import click
 
-from imaging.dicom_io import scan
-from imaging.series import SeriesChoice, require_choice, select_series
+from ictus.imaging.dicom_io import scan
+from ictus.imaging.series import SeriesChoice, require_choice, select_series
 
 
 def _printable(text: object, width: int | None = None) -> str:

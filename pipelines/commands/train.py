@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from imaging.errors import ModelError
+from ictus.imaging.errors import ModelError
 
 
 def _require_train_extra() -> None:
@@ -61,7 +61,7 @@ def command(data_dir: Path, out_dir: Path, iterations: int, validate_every: int,
             export: bool, model_id: str) -> None:
     """Train a MONAI SegResNet on DATA_DIR (ct_scans/ + masks/ NIfTI, the CT-ICH layout)."""
     _require_train_extra()
-    from models.train import TrainConfig, plot_loss_curve, train
+    from ictus.models.train import TrainConfig, plot_loss_curve, train
 
     lo_hi = [float(v) for v in window_hu.split(",")]
     if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
@@ -84,7 +84,7 @@ def command(data_dir: Path, out_dir: Path, iterations: int, validate_every: int,
     summary = {"best_checkpoint": str(result.best_checkpoint), "best_validation_dice": result.best_dice,
                "train_cases": list(result.train_cases), "validation_cases": list(result.validation_cases)}
     if export:
-        from models.monai_export import export_model
+        from ictus.models.monai_export import export_model
 
         summary["card"] = str(export_model(
             result.best_checkpoint, Path(out_dir) / "model", model_id=model_id,

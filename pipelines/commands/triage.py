@@ -1,7 +1,7 @@
 """``ictus triage STUDY --out DIR``: the main job.
 
 Runs ingest, series selection, the default model, measurements and findings
-(:func:`pipelines.triage.triage`), writes the outputs into ``DIR`` and prints a
+(:func:`ictus.pipelines.triage.triage`), writes the outputs into ``DIR`` and prints a
 short summary. Exit code 0 whatever the findings are (the priority is in the
 JSON); ``--fail-on critical`` (or ``urgent``) exits 10 when the priority is at
 least that, for scripts. Each output is written on its own: one that fails
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.triage import ALL_OUTPUTS, TriageOptions, TriageEngine
+from ictus.pipelines.triage import ALL_OUTPUTS, TriageOptions, TriageEngine
 
 DISCLAIMER = "Ictus is a triage aid, not a diagnostic device: every study must be read by a radiologist."
 PRIORITY_ORDER = ("routine", "indeterminate", "urgent", "critical")
@@ -36,7 +36,7 @@ def warn_failed_outputs(outputs: object) -> None:
     """One line on stderr per output that was not (fully) written: ``ictus: warning: seg not written: REASON``.
 
     A failed optional output does not change the exit code (findings.json lists it too)."""
-    from pipelines import phi
+    from ictus.pipelines import phi
 
     for kind, reason in (getattr(outputs, "failed", None) or {}).items():
         click.echo(f"ictus: warning: {kind} not written: {phi.redact(reason)}", err=True)
@@ -83,12 +83,12 @@ def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, member
     if out_dir is None:
         out_dir = Path.cwd() / f"{Path(study).resolve().name or 'study'}-ictus"
     result = TriageEngine(options).run(study, out_dir)
-    from pipelines.writers import findings_with_outputs
+    from ictus.pipelines.writers import findings_with_outputs
 
     if as_json:
         click.echo(json.dumps(findings_with_outputs(result.findings, result.outputs, out_dir), indent=2))
     else:
-        from pipelines.findings import summary_lines
+        from ictus.pipelines.findings.record import summary_lines
 
         for line in summary_lines(result.findings):
             click.echo(line)

@@ -2,7 +2,7 @@
 
 For researchers and for comparison with other converters (dcm2niix). The
 series is chosen like ``ictus series`` does (or named with ``--series``), the
-volume is built by :func:`imaging.build.build_volume`, and written atomically
+volume is built by :func:`ictus.imaging.build.build_volume`, and written atomically
 (temporary file in the same folder, then renamed). One summary line goes to
 stdout: size, spacing and QC flags.
 """
@@ -17,8 +17,8 @@ from typing import Sequence
 import click
 import SimpleITK as sitk
 
-from imaging.errors import OutputError
-from imaging.volume import Volume
+from ictus.imaging.errors import OutputError
+from ictus.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def summary_line(volume: Volume, out: Path) -> str:
 @click.option("--series", "series_uid", default=None, help="Build this SeriesInstanceUID instead of the chosen one.")
 def command(study: Path, output: Path, series_uid: str | None) -> None:
     """Write the HU volume (LPS, float32) of the chosen series of STUDY."""
-    from pipelines.triage import load_volume
+    from ictus.pipelines.triage import load_volume
 
     volume, _choice = load_volume(study, series_uid)
     write_image_atomic(volume, output)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from imaging.errors import OutputError
-from pipelines import phi
-from pipelines.writers import atomic, common
+from ictus.imaging.errors import OutputError
+from ictus.pipelines import phi
+from ictus.pipelines.writers import atomic, common
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class _Writers:
         if "seg" in wanted:
             def seg() -> OutputStatus:
                 nonlocal seg_obj, segments
-                from pipelines.writers.seg import build_seg
+                from ictus.pipelines.writers.seg import build_seg
 
                 obj, infos = build_seg(self.result, need_sources())
                 if obj is None:
@@ -269,7 +269,7 @@ class _Writers:
 
         if "sr" in wanted:
             def sr() -> OutputStatus:
-                from pipelines.writers.sr import build_sr
+                from ictus.pipelines.writers.sr import build_sr
 
                 _save_dicom(build_sr(self.result, need_sources(), seg_obj, segments), self.tmp / SR_FILE)
                 seg_status = self.written.status.get("seg")
@@ -285,7 +285,7 @@ class _Writers:
             try:
                 if "render" in self.fail:
                     raise self.fail["render"]
-                from pipelines.writers.keyimages import render_key_images
+                from ictus.pipelines.writers.keyimages import render_key_images
 
                 images = render_key_images(self.result, self.lang)
             except Exception as exc:  # noqa: BLE001 - key images fail; the report goes on without them
@@ -295,7 +295,7 @@ class _Writers:
 
         if "sc" in wanted:
             def sc() -> OutputStatus:
-                from pipelines.writers.keyimages import build_sc_datasets
+                from ictus.pipelines.writers.keyimages import build_sc_datasets
 
                 if render_error is not None:
                     raise render_error
@@ -311,7 +311,7 @@ class _Writers:
 
         if "report" in wanted:
             def report_() -> OutputStatus:
-                from pipelines.writers import report
+                from ictus.pipelines.writers import report
 
                 pngs = [report.png_bytes(k.rgb) for k in images]
                 html_text = report.render_html(self.result, images, self.lang, pngs=pngs)
@@ -337,7 +337,7 @@ class _Writers:
 
     def _write_findings(self) -> None:
         """findings.json last, with every output's status; failing here is an OutputError (exit 6)."""
-        from pipelines.writers.json_out import write_findings_json
+        from ictus.pipelines.writers.json_out import write_findings_json
 
         t0 = time.perf_counter()
         final = self.out / FINDINGS_FILE

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from imaging.errors import OutputError
+from ictus.imaging.errors import OutputError
 
 log = logging.getLogger(__name__)
 

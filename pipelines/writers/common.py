@@ -17,12 +17,12 @@ from typing import Any, Mapping, Sequence
 import pydicom
 from pydicom.dataset import Dataset
 
-from imaging.errors import OutputError
-from imaging.volume import Volume
+from ictus.imaging.errors import OutputError
+from ictus.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
-LOCALES_DIR = Path(__file__).resolve().parent.parent / "locales"
+LOCALES_DIR = Path(__file__).resolve().parent / "locales"
 LANGUAGES = ("en", "ru", "kk")
 MANUFACTURER = "Ictus"
 MODEL_NAME = "Ictus head CT triage"
@@ -140,7 +140,7 @@ def card_of(result: Any, *, required: bool = True) -> Any:
         if not required:
             return None
         raise OutputError("the triage result has no model card; DICOM SEG needs the card's class codes")
-    from models.registry import get_card
+    from ictus.models.registry import get_card
 
     return get_card(f"{seg.model_id}:{seg.model_version}" if seg.model_version else seg.model_id)
 

@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from imaging.errors import OutputError
-from pipelines.writers import atomic
+from ictus.imaging.errors import OutputError
+from ictus.pipelines.writers import atomic
 
 
 def _plain(value: Any) -> Any:

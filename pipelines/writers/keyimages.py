@@ -31,9 +31,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from imaging.errors import OutputError
-from pipelines.writers import common
-from pipelines.writers import stroke as stroke_out
+from ictus.imaging.errors import OutputError
+from ictus.pipelines.writers import common
+from ictus.pipelines.writers import stroke as stroke_out
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _SHIFT_RGB = (255, 255, 0)
 STROKE_WINDOW_HU = (15.0, 55.0)  # stroke window (level 35, width 40): early ischaemic change shows best
 _REGION_RGB = (0, 200, 255)
 _ASPECTS_ALPHA = 0.45
-#: ASPECTS region codes of each level (imaging.stroke_atlas GANGLIONIC_CODES / SUPRAGANGLIONIC_CODES).
+#: ASPECTS region codes of each level (ictus.imaging.stroke_atlas GANGLIONIC_CODES / SUPRAGANGLIONIC_CODES).
 ASPECTS_LEVELS = (("ganglionic", ("C", "LN", "InCa", "IC", "M1", "M2", "M3")),
                   ("supraganglionic", ("M4", "M5", "M6")))
 

@@ -25,8 +25,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from pipelines.writers import common
-from pipelines.writers.keyimages import KeyImage
+from ictus.pipelines.writers import common
+from ictus.pipelines.writers.keyimages import KeyImage
 
 log = logging.getLogger(__name__)
 

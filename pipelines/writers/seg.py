@@ -31,10 +31,10 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from imaging.errors import OutputError
-from imaging.volume import SourceSlice, Volume
-from pipelines.writers import common
-from pipelines.writers import stroke as stroke_out
+from ictus.imaging.errors import OutputError
+from ictus.imaging.volume import SourceSlice, Volume
+from ictus.pipelines.writers import common
+from ictus.pipelines.writers import stroke as stroke_out
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def build_seg(result: Any, source_datasets: Sequence[Dataset]) -> tuple[hd.seg.S
     """The DICOM SEG of ``result`` on the source series, or (None, []) when nothing is found.
 
     ``source_datasets`` are the source headers in ``volume.source_slices`` order
-    (see :func:`pipelines.writers.common.read_source_datasets`). Lesion classes come
+    (see :func:`ictus.pipelines.writers.common.read_source_datasets`). Lesion classes come
     first, then the affected ASPECTS regions and the hyperdense artery.
     """
     seg = result.segmentation

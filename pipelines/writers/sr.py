@@ -42,10 +42,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from imaging.errors import OutputError
-from pipelines.writers import common
-from pipelines.writers import stroke as stroke_out
-from pipelines.writers.seg import SegmentInfo
+from ictus.imaging.errors import OutputError
+from ictus.pipelines.writers import common
+from ictus.pipelines.writers import stroke as stroke_out
+from ictus.pipelines.writers.seg import SegmentInfo
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from imaging.errors import OutputError
+from ictus.imaging.errors import OutputError
 
 log = logging.getLogger(__name__)
 
 CODES_PATH = Path(__file__).with_name("stroke_codes.json")
-ASPECTS_CODES = ("C", "LN", "InCa", "IC", "M1", "M2", "M3", "M4", "M5", "M6")  # = imaging.stroke_atlas
+ASPECTS_CODES = ("C", "LN", "InCa", "IC", "M1", "M2", "M3", "M4", "M5", "M6")  # = ictus.imaging.stroke_atlas
 SIDES = ("left", "right")
 
 

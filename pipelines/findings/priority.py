@@ -2,7 +2,7 @@
 
 The rules live in a documented JSON file (default: ``pipelines/priority_rules.json``,
 read its ``description``). :func:`evaluate_priority` is pure: findings (the
-``findings.json`` dict or a :class:`pipelines.findings.Findings`) and rules in,
+``findings.json`` dict or a :class:`ictus.pipelines.findings.record.Findings`) and rules in,
 ``(priority, reasons)`` out.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from imaging.errors import InvalidInputError
-from imaging.rules import read_rules_json
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.rules import read_rules_json
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class _SafeDict(dict):
 def _as_dict(findings: Any) -> Mapping[str, Any]:
     if isinstance(findings, Mapping):
         return findings
-    from pipelines.findings import findings_to_dict  # a Findings object
+    from ictus.pipelines.findings.record import findings_to_dict  # a Findings object
 
     return findings_to_dict(findings)
 

@@ -4,16 +4,16 @@
 calling AE titles in ``allowed_calling_aets`` (and, when ``allowed_hosts``
 names them, only from those hosts); anything else gets an A-ASSOCIATE-RJ and a
 log line with AE titles and address only. Received instances go to the
-:class:`pipelines.spool.Spool`; a study is complete when no instance arrived
+:class:`ictus.pipelines.pacs.spool.Spool`; a study is complete when no instance arrived
 for ``quiet_period_s`` (an association release means nothing). Worker threads,
-each with its own :class:`pipelines.triage.TriageEngine` (model loaded once),
+each with its own :class:`ictus.pipelines.triage.TriageEngine` (model loaded once),
 triage complete studies through the same function as ``ictus triage``; the
 SEG, SR, key images (and the report as Encapsulated PDF) get stable UIDs and
 go to the destination AE by C-STORE, retried with exponential back-off.
 
 Logs are ``key=value`` lines with UIDs, AE titles and counts, never patient
 names or IDs: the identifying values of every received instance are held by
-:mod:`pipelines.phi` from C-STORE until the study is triaged and redacted from
+:mod:`ictus.pipelines.phi` from C-STORE until the study is triaged and redacted from
 every log record and stored error. Only the outputs that were written are
 sent; one that failed is logged (``event=output_not_written``). ``/health`` and ``/metrics`` on ``127.0.0.1:status_port`` (or
 ``ictus listen --status``) report the queue.
@@ -41,7 +41,7 @@ Configuration (TOML)::
     retry_max_s = 300
     send_report = true          # report.pdf as Encapsulated PDF
 
-    [triage]                    # the fields of pipelines.triage.TriageOptions
+    [triage]                    # the fields of ictus.pipelines.triage.TriageOptions
     fast = false
     models_dir = "/opt/ictus/models"
 """
@@ -58,12 +58,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from imaging.errors import IctusError, InvalidInputError
-from pipelines import phi
-from pipelines.sender import (Destination, DeliveryError, backoff_delay_s, encapsulate_pdf, result_files,
+from ictus.imaging.errors import IctusError, InvalidInputError
+from ictus.pipelines import phi
+from ictus.pipelines.pacs.sender import (Destination, DeliveryError, backoff_delay_s, encapsulate_pdf, result_files,
                               send_files, stabilise_uids, stored)
-from pipelines.spool import Spool
-from pipelines.triage import TriageEngine, TriageOptions
+from ictus.pipelines.pacs.spool import Spool
+from ictus.pipelines.triage import TriageEngine, TriageOptions
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Listener:
         self._counter_lock = threading.Lock()
         self.state = "stopped"
         self.bound_port: int | None = None
-        self._phi_keys: set[tuple[str, str]] = set()  # studies whose identifying values pipelines.phi holds
+        self._phi_keys: set[tuple[str, str]] = set()  # studies whose identifying values ictus.pipelines.phi holds
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:

@@ -4,7 +4,7 @@
   label map as coloured overlays.
 - :func:`plot_midline`: the axial slice through the septum pellucidum with the
   ideal midline and the measured midline position.
-- :func:`plot_roc` and :func:`plot_bland_altman`: from ``pipelines.evaluate`` rows.
+- :func:`plot_roc` and :func:`plot_bland_altman`: from ``ictus.pipelines.research.evaluate`` rows.
 
 Each returns the matplotlib ``Figure`` (and writes a PNG when ``path`` is
 given, returning the path instead), so notebooks display it and scripts save it.
@@ -189,7 +189,7 @@ def plot_roc(rows: Sequence[Mapping[str, Any]], path: str | Path | None = None, 
 
 def plot_bland_altman(rows: Sequence[Mapping[str, Any]], path: str | Path | None = None, *, cls: str = "ICH"):
     """Bland-Altman plot of predicted vs reference volume (mL) of class ``cls``."""
-    from pipelines.evaluate import bland_altman
+    from ictus.pipelines.research.evaluate import bland_altman
 
     plt = _pyplot()
     use = [r for r in rows if r.get(f"{cls}_volume_ref_ml") is not None and r.get(f"{cls}_volume_pred_ml") is not None]

@@ -16,7 +16,7 @@ A study moves through these states::
 A new instance for a study that is ``ready``, ``triaging``, ``sending``,
 ``done`` or ``failed`` puts it back to ``receiving`` (its round number goes up),
 so late arrivals are triaged again; results keep their UIDs (see
-:func:`pipelines.sender.stabilise_uids`), so the PACS replaces rather than
+:func:`ictus.pipelines.pacs.sender.stabilise_uids`), so the PACS replaces rather than
 duplicates them.
 
 Crash safety: a file is renamed into ``incoming`` before its row is committed,
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from imaging.errors import InvalidInputError, OutputError
-from pipelines.writers.atomic import fsync_dir
+from ictus.imaging.errors import InvalidInputError, OutputError
+from ictus.pipelines.writers.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 

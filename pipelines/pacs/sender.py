@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from imaging.errors import OutputError
+from ictus.imaging.errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def stabilise_uids(files: Sequence[tuple[str, Path]], study_uid: str) -> list[tu
     import pydicom
     from pydicom.uid import generate_uid
 
-    from pipelines.writers.atomic import write_with
+    from ictus.pipelines.writers.atomic import write_with
 
     datasets = [(kind, path, pydicom.dcmread(path)) for kind, path in files]
     mapping: dict[str, str] = {}
@@ -110,8 +110,8 @@ def encapsulate_pdf(pdf_path: str | Path, like: str | Path, out_path: str | Path
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from pipelines.writers.atomic import write_with
-    from pipelines.writers.common import MANUFACTURER
+    from ictus.pipelines.writers.atomic import write_with
+    from ictus.pipelines.writers.common import MANUFACTURER
 
     src = pydicom.dcmread(like, stop_before_pixels=True)
     data = Path(pdf_path).read_bytes()

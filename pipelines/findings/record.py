@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipelines.priority import evaluate_priority
-from pipelines.stroke import (
+from ictus.pipelines.findings.priority import evaluate_priority
+from ictus.pipelines.findings.stroke import (
     AnatomyFinding,
     DenseArteryFinding,
     IchScoreFinding,
@@ -45,7 +45,7 @@ from pipelines.stroke import (
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.1.0"
-SCHEMA_PATH = Path(__file__).with_name("schemas") / "findings.schema.json"
+SCHEMA_PATH = Path(__file__).with_name("findings.schema.json")
 DISCLAIMER = (
     "Ictus is a triage aid, not a diagnostic device. Findings are automated estimates that must be "
     "confirmed by a qualified reader on the original images."
@@ -129,7 +129,7 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 def model_provenance(card: Any = None, segmentation: Any = None) -> list[dict[str, Any]]:
     """Provenance entries ``[{id, version, members: [{name, sha256}], ...}]`` from a model card
-    (:class:`models.registry.ModelCard` or a mapping) and the segmentation that ran."""
+    (:class:`ictus.models.registry.ModelCard` or a mapping) and the segmentation that ran."""
     if card is None and segmentation is None:
         return []
     get = (lambda k, d=None: card.get(k, d)) if isinstance(card, Mapping) else (lambda k, d=None: getattr(card, k, d))
@@ -212,15 +212,15 @@ def build_findings(
 ) -> Findings:
     """Assemble the findings of one study.
 
-    - ``volume``: the analysed :class:`imaging.volume.Volume` (UIDs, series used);
-    - ``segmentation``: the :class:`models.types.Segmentation` (None if the model did not run);
-    - ``measurements``: :func:`imaging.measure.measure_labels` of the segmentation;
-    - ``brain``, ``midline``, ``qc``: :class:`imaging.brain.BrainResult`,
-      :class:`imaging.midline.MidlineResult`, :class:`imaging.qc.QcReport`;
+    - ``volume``: the analysed :class:`ictus.imaging.volume.Volume` (UIDs, series used);
+    - ``segmentation``: the :class:`ictus.models.types.Segmentation` (None if the model did not run);
+    - ``measurements``: :func:`ictus.imaging.measure.measure_labels` of the segmentation;
+    - ``brain``, ``midline``, ``qc``: :class:`ictus.imaging.brain.BrainResult`,
+      :class:`ictus.imaging.midline.MidlineResult`, :class:`ictus.imaging.qc.QcReport`;
     - ``card_info``: the model card (or a mapping with id, version, members);
     - ``rules``: priority rules (default: ``pipelines/priority_rules.json``);
-    - ``anatomy``, ``ischaemia``, ``dense_artery``: :class:`imaging.anatomy.Anatomy`,
-      :class:`imaging.ischaemia.IschaemiaResult`, :class:`imaging.vessels.DenseArteryResult`
+    - ``anatomy``, ``ischaemia``, ``dense_artery``: :class:`ictus.imaging.anatomy.Anatomy`,
+      :class:`ictus.imaging.ischaemia.IschaemiaResult`, :class:`ictus.imaging.vessels.DenseArteryResult`
       (None when not run; ``stroke_reason`` says why).
     """
     qc_flags = tuple(getattr(qc, "flags", ()) or ())
@@ -290,7 +290,7 @@ def build_findings(
         details.append({"name": "no_segmentation", "severity": "indeterminate",
                         "description": "No model output was available for this study.", "detail": ""})
     if anatomy is not None and not anatomy.registered and "registration_failed" not in flag_names:
-        from imaging.qc import QC_FLAGS
+        from ictus.imaging.qc import QC_FLAGS
 
         spec = QC_FLAGS["registration_failed"]
         flag_names.append(spec.name)
@@ -314,7 +314,7 @@ def build_findings(
             "method": "model blood inside the registered ventricles (dilated 2 mm) is counted as IVH",
         },
     }
-    from imaging.anatomy import MIN_REGISTRATION_DICE
+    from ictus.imaging.anatomy import MIN_REGISTRATION_DICE
 
     min_dice = MIN_REGISTRATION_DICE if min_registration_dice is None else min_registration_dice
     anatomy_info = anatomy_finding(anatomy, min_dice, stroke_reason)

@@ -37,7 +37,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from imaging.errors import InvalidInputError
+from ictus.imaging.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -386,10 +386,10 @@ def is_nifti(path: str | Path) -> bool:
 
 
 def read_nifti_volume(path: str | Path):
-    """A NIfTI CT (HU) as a :class:`imaging.volume.Volume` (SimpleITK reads it into LPS)."""
+    """A NIfTI CT (HU) as a :class:`ictus.imaging.volume.Volume` (SimpleITK reads it into LPS)."""
     import SimpleITK as sitk
 
-    from imaging.volume import Volume
+    from ictus.imaging.volume import Volume
 
     try:
         image = sitk.ReadImage(str(path), sitk.sitkFloat32)
@@ -433,7 +433,7 @@ def load_volume_and_mask(image_path: str | Path, mask_path: str | Path | None = 
     if is_nifti(image_path):
         volume = read_nifti_volume(image_path)
     else:
-        from pipelines.triage import load_volume
+        from ictus.pipelines.triage import load_volume
 
         volume, _ = load_volume(image_path)
     mask = load_mask_on_grid(mask_path, volume) if mask_path is not None else None

@@ -1,7 +1,7 @@
 """Evaluate triage against labelled data: detection and segmentation metrics.
 
 ``evaluate_dataset(cases, out_dir, **triage_options)`` runs the same triage as
-the CLI on every :class:`pipelines.labels.LabelledCase`, turns each result into
+the CLI on every :class:`ictus.pipelines.research.datasets.LabelledCase`, turns each result into
 a :class:`CasePrediction`, and writes:
 
 - ``cases.csv``: one row per case (reference, score and decision per finding;
@@ -49,8 +49,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from imaging.errors import IctusError, InvalidInputError, OutputError
-from pipelines.labels import FINDINGS, LabelledCase
+from ictus.imaging.errors import IctusError, InvalidInputError, OutputError
+from ictus.pipelines.research.datasets import FINDINGS, LabelledCase
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class CasePrediction:
 def prediction_from_result(
     case_id: str, result: Any, *, shift_threshold_mm: float = DEFAULT_SHIFT_THRESHOLD_MM
 ) -> CasePrediction:
-    """A :class:`CasePrediction` from a :class:`pipelines.triage.TriageResult`."""
+    """A :class:`CasePrediction` from a :class:`ictus.pipelines.triage.TriageResult`."""
     findings = result.findings
     ich = findings.get("ich") or {}
     subtypes = ich.get("subtypes") or {}
@@ -413,14 +413,14 @@ def _reference_on_grid(case: LabelledCase, prediction: CasePrediction) -> np.nda
     """The case's mask resampled (nearest neighbour, physical space) onto the prediction grid."""
     if case.mask_path is None or prediction.image is None:
         return None
-    from pipelines.labels import load_mask_on_grid
+    from ictus.pipelines.research.datasets import load_mask_on_grid
 
     return load_mask_on_grid(case.mask_path, prediction.image)
 
 
 def _case_input(case: LabelledCase, workdir: Path) -> tuple[str, Any]:
     """("path", study path) for DICOM cases, ("volume", Volume) for NIfTI ones."""
-    from pipelines.labels import is_nifti, load_volume_and_mask
+    from ictus.pipelines.research.datasets import is_nifti, load_volume_and_mask
 
     if case.files:
         folder = workdir / case.case_id
@@ -450,12 +450,12 @@ def evaluate_cases(
     on_case: Callable[[int, LabelledCase, dict[str, Any]], None] | None = None,
     **triage_options: Any,
 ) -> list[dict[str, Any]]:
-    """Triage every case (one :class:`pipelines.triage.TriageEngine`, the model loaded
+    """Triage every case (one :class:`ictus.pipelines.triage.TriageEngine`, the model loaded
     once) and return the per-case rows. ``predict`` replaces triage (for tests)."""
     if not cases:
         raise InvalidInputError("the dataset has no cases; check the folder and the label layout")
     if predict is None:
-        from pipelines.triage import TriageEngine, TriageOptions
+        from ictus.pipelines.triage import TriageEngine, TriageOptions
 
         engine = engine or TriageEngine(TriageOptions(**{"outputs": (), **triage_options}))
     rows = []
@@ -529,7 +529,7 @@ def write_evaluation(
         raise OutputError(f"cannot write the evaluation into {out} ({exc.strerror or exc}); check the folder") from None
     outputs = {"csv": str(csv_path), "json": str(json_path)}
     if plots:
-        from pipelines.plots import plot_bland_altman, plot_roc
+        from ictus.pipelines.research.plots import plot_bland_altman, plot_roc
 
         outputs["roc"] = str(plot_roc(rows, out / "roc.png"))
         outputs["bland_altman"] = str(plot_bland_altman(rows, out / "bland_altman.png"))

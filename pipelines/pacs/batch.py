@@ -1,7 +1,7 @@
 """Batch triage of many studies: local worker processes or a Dask cluster, resumable.
 
 ``run_batch(sources, out_dir, options)`` finds the studies (:func:`discover`),
-triages each with :class:`pipelines.triage.TriageEngine` (the same function as
+triages each with :class:`ictus.pipelines.triage.TriageEngine` (the same function as
 ``ictus triage``; one engine, i.e. one loaded model, per worker) into
 ``out_dir/<study_id>/``, and writes ``out_dir/summary.csv`` and
 ``summary.jsonl`` (one row per study: status, exit code, error, priority,
@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from imaging.errors import IctusError, InvalidInputError
-from pipelines.phi import phi_guard, redact
-from pipelines.triage import TriageOptions
-from pipelines.writers.atomic import write_text
+from ictus.imaging.errors import IctusError, InvalidInputError
+from ictus.pipelines.phi import phi_guard, redact
+from ictus.pipelines.triage import TriageOptions
+from ictus.pipelines.writers.atomic import write_text
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def worker_engine(options: TriageOptions, engine_spec: str | None = None) -> Any
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            from pipelines.listener import load_engine_factory
+            from ictus.pipelines.pacs.listener import load_engine_factory
 
             engine = _ENGINES[key] = load_engine_factory(engine_spec)(options)
             log.info("worker %d: engine created", os.getpid())

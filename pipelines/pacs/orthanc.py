@@ -4,9 +4,9 @@ Orthanc emits a ``StableStudy`` change when a study has received no new
 instance for its ``StableAge`` (seconds, in orthanc.json). :class:`OrthancPoller`
 reads ``/changes?since=N``, and for every stable study downloads its source
 instances (``/instances/{id}/file``; our own results are left out), triages
-them with the same :class:`pipelines.triage.TriageEngine` as every other entry
+them with the same :class:`ictus.pipelines.triage.TriageEngine` as every other entry
 point, and uploads SEG, SR, key images and the Encapsulated PDF report back with
-``POST /instances``. Results carry stable UIDs (see :mod:`pipelines.sender`),
+``POST /instances``. Results carry stable UIDs (see :mod:`ictus.pipelines.pacs.sender`),
 so a study triaged twice is overwritten, not duplicated.
 
 State (``orthanc-state.json`` in the work folder: the last change sequence
@@ -33,8 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from imaging.errors import IctusError, OutputError
-from pipelines.writers.atomic import write_text
+from ictus.imaging.errors import IctusError, OutputError
+from ictus.pipelines.writers.atomic import write_text
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +163,10 @@ class OrthancPoller:
             src.mkdir()
             for n, inst in enumerate(instances):
                 (src / f"{n:05d}.dcm").write_bytes(self.client.download(inst["id"]))
-            from pipelines.listener import prepare_results
+            from ictus.pipelines.pacs.listener import prepare_results
 
             out = tmp / "out"
-            from pipelines.phi import phi_guard, redact
+            from ictus.pipelines.phi import phi_guard, redact
 
             try:
                 with phi_guard():  # the study's identifying values are redacted from logs and the state file

@@ -1,8 +1,8 @@
 """Stroke findings: the typed ``ischaemia``, ``dense_artery``, ``anatomy``, ``ich_score`` and
 ``stroke_summary`` parts of the findings record, built from the imaging analyses.
 
-Pure functions: the registered :class:`imaging.anatomy.Anatomy`, the
-:class:`imaging.ischaemia.IschaemiaResult`, the :class:`imaging.vessels.DenseArteryResult`
+Pure functions: the registered :class:`ictus.imaging.anatomy.Anatomy`, the
+:class:`ictus.imaging.ischaemia.IschaemiaResult`, the :class:`ictus.imaging.vessels.DenseArteryResult`
 and the haemorrhage measurements in, frozen dataclasses out. The stroke summary answers the
 stroke team's four questions (blood? early ischaemic change and ASPECTS? hyperdense artery?
 how old does the tissue look?) and lists the thrombolysis-relevant cautions.
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # types only: no import cost on the triage path
-    from imaging.anatomy import Anatomy
-    from imaging.ischaemia import IschaemiaResult
-    from imaging.measure import Measurements
-    from imaging.vessels import DenseArteryResult
+    from ictus.imaging.anatomy import Anatomy
+    from ictus.imaging.ischaemia import IschaemiaResult
+    from ictus.imaging.measure import Measurements
+    from ictus.imaging.vessels import DenseArteryResult
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,6 @@ def relabel_ivh_by_location(labels: np.ndarray, class_names: Sequence[str], vent
 
 def age_years_of(header: Mapping[str, Any]) -> float | None:
     """Patient age in years from the acquisition header (None when absent)."""
-    from imaging.qc import header_age_years
+    from ictus.imaging.qc import header_age_years
 
     return header_age_years(header)

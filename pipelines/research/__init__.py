@@ -1,0 +1,1 @@
+"""Research: labelled datasets, evaluation metrics and plots for notebooks."""
