@@ -13,7 +13,7 @@ export ICTUS_SHARED_DIR ?= $(SHARED)
 SYSDEPS ?= dcmtk dicom3tools chromium fonts-dejavu-core orthanc
 DEMO_DIR := build/demo
 
-.PHONY: demo test install install-dev sysdeps clean bench
+.PHONY: demo test typecheck install install-dev sysdeps clean bench
 
 $(VENV)/.runtime: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev sysdeps
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+# mypy on the installed names: build/typecheck/ictus/{imaging,models,pipelines} link to the
+# source folders, so imports of ictus.* resolve as they do after `pip install`.
+typecheck: $(VENV)/.dev
+	mkdir -p build/typecheck/ictus
+	touch build/typecheck/ictus/__init__.py
+	for p in imaging models pipelines; do ln -sfn ../../../$$p build/typecheck/ictus/$$p; done
+	cd build/typecheck && ../../$(PY) -m mypy --config-file ../../setup.cfg -p ictus
 
 bench: $(VENV)/.dev
 	$(PY) scripts/bench_ingest.py

@@ -40,6 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ictus.imaging.brain import as_image, to_lps
+from ictus.imaging.volume import index_to_lps, lps_to_index
 from ictus.imaging.stroke_atlas import (
     INFRATENTORIAL_LABELS,
     TERRITORY_LOBES,
@@ -105,18 +106,11 @@ class Anatomy:
 
     def index_to_lps(self, zyx: np.ndarray) -> np.ndarray:
         """LPS mm of voxel indices (N, 3) [z, y, x] on the grid."""
-        direction = np.array(self.grid.GetDirection()).reshape(3, 3)
-        spacing = np.array(self.grid.GetSpacing())
-        origin = np.array(self.grid.GetOrigin())
-        return origin + (np.asarray(zyx, dtype=float)[:, ::-1] * spacing) @ direction.T
+        return index_to_lps(self.grid, zyx)
 
     def lps_to_index(self, points_lps: np.ndarray) -> np.ndarray:
         """Continuous [z, y, x] indices of LPS points (N, 3) on the grid."""
-        direction = np.array(self.grid.GetDirection()).reshape(3, 3)
-        spacing = np.array(self.grid.GetSpacing())
-        origin = np.array(self.grid.GetOrigin())
-        ijk = (np.asarray(points_lps, dtype=float) - origin) @ direction / spacing
-        return ijk[:, ::-1]
+        return lps_to_index(self.grid, points_lps)
 
     def to_template(self, points_lps: np.ndarray) -> np.ndarray:
         """Template (MNI LPS) points of patient points (N, 3)."""
@@ -252,7 +246,7 @@ def _bspline(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform, mask
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b)))
+    return float(2.0 * np.count_nonzero(a & b) / max(1, int(np.count_nonzero(a) + np.count_nonzero(b))))
 
 
 def registration_quality(warped_template_brain: np.ndarray, patient_intracranial: np.ndarray,
@@ -313,10 +307,10 @@ def register_template(
         sample_mask = sitk.BinaryDilate(region, [6, 6, 6])  # 12 mm: the skull's inner edge is in
     try:
         shift = _centre_of_mass(atlas.brain_mask) - _centre_of_mass(brain_lps)
-        rigid = sitk.Euler3DTransform()
-        rigid.SetCenter(tuple(_centre_of_mass(brain_lps)))
-        rigid.SetTranslation(tuple(shift))
-        rigid = _run(fixed, moving, rigid, sample_mask, 80, [2, 1], [2.0, 0.0])
+        initial = sitk.Euler3DTransform()
+        initial.SetCenter(tuple(_centre_of_mass(brain_lps)))
+        initial.SetTranslation(tuple(shift))
+        rigid = _run(fixed, moving, initial, sample_mask, 80, [2, 1], [2.0, 0.0])
         affine = sitk.AffineTransform(3)
         rigid_e = sitk.Euler3DTransform(sitk.CompositeTransform(rigid).GetNthTransform(0)) \
             if isinstance(rigid, sitk.CompositeTransform) else sitk.Euler3DTransform(rigid)

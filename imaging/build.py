@@ -45,22 +45,31 @@ Decisions (each is a keyword-only tolerance of :func:`build_volume`):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from ictus.imaging.dicom_values import (
+    float_value,
+    float_values,
+    functional_item,
+    get_value,
+    int_value,
+    parse_age_years,
+    text_value,
+)
 from ictus.imaging.errors import InvalidInputError
-from ictus.imaging.volume import SourceSlice, Volume
+from ictus.imaging.volume import Acquisition, SourceSlice, Volume
 
 log = logging.getLogger(__name__)
 
@@ -103,25 +112,6 @@ _LOSSLESS_TRANSFER_SYNTAXES = frozenset(
     }
 )
 
-# Non-identifying attributes kept in Volume.header (plain values only).
-_HEADER_KEYWORDS = (
-    "Modality",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ConvolutionKernel",
-    "SliceThickness",
-    "KVP",
-    "XRayTubeCurrent",
-    "ContrastBolusAgent",
-    "PatientSex",
-    "BodyPartExamined",
-    "StudyDate",
-    "SeriesDescription",
-    "SeriesNumber",
-    "ImageType",
-)
-
-
 # ---------------------------------------------------------------------------
 # Decoded frames
 # ---------------------------------------------------------------------------
@@ -149,7 +139,7 @@ class FrameStack:
     study_instance_uid: str
     series_instance_uid: str
     frame_of_reference_uid: str
-    header: Mapping[str, Any]
+    acquisition: Acquisition
     qc_flags: tuple[str, ...]
     image: sitk.Image | None = None  # owner of ``hu``'s memory when ``hu`` is a view on it
 
@@ -173,7 +163,7 @@ class FrameStack:
             study_instance_uid=self.study_instance_uid,
             series_instance_uid=self.series_instance_uid,
             frame_of_reference_uid=self.frame_of_reference_uid,
-            header=self.header,
+            acquisition=self.acquisition,
             qc_flags=self.qc_flags,
             image=None,
         )
@@ -215,69 +205,18 @@ def _read_dataset(path: str) -> Dataset:
         ) from exc
 
 
-def _get(ds: Dataset | None, keyword: str, default: Any = None) -> Any:
-    """``ds.get(keyword)`` that reads a malformed value (wrong VR, bad bytes) as absent."""
-    if ds is None:
-        return default
+def _frame_group(ds: Dataset, frame_index: int) -> Dataset | None:
+    """The per-frame functional group of one frame, or None."""
+    per_frame = get_value(ds, "PerFrameFunctionalGroupsSequence")
     try:
-        value = ds.get(keyword, default)
-    except Exception:  # noqa: BLE001 - pydicom converts raw values lazily and fails in many ways
-        return default
-    return default if value is None else value
-
-
-def _int_attr(ds: Dataset, keyword: str, default: int) -> int | None:
-    """An integer attribute; ``default`` when absent or empty, None when present but not an integer."""
-    value = _get(ds, keyword)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _functional_item(ds: Dataset, frame_index: int, sequence: str) -> Dataset | None:
-    """The item of a functional-group ``sequence`` for one frame (per-frame first, then shared)."""
-    try:
-        per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
-        if per_frame is not None and frame_index < len(per_frame):
-            seq = _get(per_frame[frame_index], sequence)
-            if seq:
-                return seq[0]
-        shared = _get(ds, "SharedFunctionalGroupsSequence")
-        if shared:
-            seq = _get(shared[0], sequence)
-            if seq:
-                return seq[0]
+        return per_frame[frame_index] if per_frame is not None and frame_index < len(per_frame) else None
     except Exception:  # noqa: BLE001 - a sequence with a wrong VR reads as absent
         return None
-    return None
-
-
-def _floats(value: Any, count: int) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    if len(out) != count or not all(math.isfinite(v) for v in out):
-        return None
-    return out
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def _frame_refs(ds: Dataset, file_index: int, path: str, wanted: Sequence[int] | None) -> list[_FrameRef]:
     """Geometry and rescale of every wanted frame of one dataset (no pixels decoded)."""
-    n_frames = _int_attr(ds, "NumberOfFrames", 1) or 1
+    n_frames = int_value(ds, "NumberOfFrames", 1) or 1
     multi = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     indices = range(n_frames) if wanted is None else [int(f) - 1 for f in wanted]
     refs = []
@@ -285,30 +224,31 @@ def _frame_refs(ds: Dataset, file_index: int, path: str, wanted: Sequence[int] |
         if not 0 <= i < n_frames:
             raise InvalidInputError(f"file {path} has {n_frames} frames, frame {i + 1} was asked for")
         if multi:
-            pos_item = _functional_item(ds, i, "PlanePositionSequence")
-            ori_item = _functional_item(ds, i, "PlaneOrientationSequence")
-            meas_item = _functional_item(ds, i, "PixelMeasuresSequence")
-            pvt_item = _functional_item(ds, i, "PixelValueTransformationSequence")
-            position = _floats(_get(pos_item, "ImagePositionPatient"), 3)
-            orientation = _floats(_get(ori_item, "ImageOrientationPatient"), 6)
-            spacing = _floats(_get(meas_item, "PixelSpacing"), 2)
-            thickness = _float_or_none(_get(meas_item, "SliceThickness"))
-            slope = _float_or_none(_get(pvt_item, "RescaleSlope"))
-            intercept = _float_or_none(_get(pvt_item, "RescaleIntercept"))
+            group = _frame_group(ds, i)
+            pos_item = functional_item(ds, group, "PlanePositionSequence")
+            ori_item = functional_item(ds, group, "PlaneOrientationSequence")
+            meas_item = functional_item(ds, group, "PixelMeasuresSequence")
+            pvt_item = functional_item(ds, group, "PixelValueTransformationSequence")
+            position = float_values(pos_item, "ImagePositionPatient", 3)
+            orientation = float_values(ori_item, "ImageOrientationPatient", 6)
+            spacing = float_values(meas_item, "PixelSpacing", 2)
+            thickness = float_value(meas_item, "SliceThickness")
+            slope = float_value(pvt_item, "RescaleSlope")
+            intercept = float_value(pvt_item, "RescaleIntercept")
             # Fall back to top-level attributes (some converters write both).
-            position = position or _floats(_get(ds, "ImagePositionPatient"), 3)
-            orientation = orientation or _floats(_get(ds, "ImageOrientationPatient"), 6)
-            spacing = spacing or _floats(_get(ds, "PixelSpacing"), 2)
-            thickness = thickness if thickness is not None else _float_or_none(_get(ds, "SliceThickness"))
-            slope = slope if slope is not None else _float_or_none(_get(ds, "RescaleSlope"))
-            intercept = intercept if intercept is not None else _float_or_none(_get(ds, "RescaleIntercept"))
+            position = position or float_values(ds, "ImagePositionPatient", 3)
+            orientation = orientation or float_values(ds, "ImageOrientationPatient", 6)
+            spacing = spacing or float_values(ds, "PixelSpacing", 2)
+            thickness = thickness if thickness is not None else float_value(ds, "SliceThickness")
+            slope = slope if slope is not None else float_value(ds, "RescaleSlope")
+            intercept = intercept if intercept is not None else float_value(ds, "RescaleIntercept")
         else:
-            position = _floats(_get(ds, "ImagePositionPatient"), 3)
-            orientation = _floats(_get(ds, "ImageOrientationPatient"), 6)
-            spacing = _floats(_get(ds, "PixelSpacing"), 2)
-            thickness = _float_or_none(_get(ds, "SliceThickness"))
-            slope = _float_or_none(_get(ds, "RescaleSlope"))
-            intercept = _float_or_none(_get(ds, "RescaleIntercept"))
+            position = float_values(ds, "ImagePositionPatient", 3)
+            orientation = float_values(ds, "ImageOrientationPatient", 6)
+            spacing = float_values(ds, "PixelSpacing", 2)
+            thickness = float_value(ds, "SliceThickness")
+            slope = float_value(ds, "RescaleSlope")
+            intercept = float_value(ds, "RescaleIntercept")
         missing = [
             name
             for name, value in (
@@ -358,77 +298,45 @@ def _orthonormal_axes(orientation: Sequence[float], where: str) -> np.ndarray:
 
 def is_lossy(ds: Dataset) -> bool:
     """Whether a dataset's pixels went through lossy compression (now or before)."""
-    if str(_get(ds, "LossyImageCompression", "")).strip() == "01":
+    if str(get_value(ds, "LossyImageCompression", "")).strip() == "01":
         return True
     meta = getattr(ds, "file_meta", None)
-    ts = str(_get(meta, "TransferSyntaxUID", "")) if meta is not None else ""
+    ts = str(get_value(meta, "TransferSyntaxUID", "")) if meta is not None else ""
     return bool(ts) and ts not in _LOSSLESS_TRANSFER_SYNTAXES
 
 
-def _patient_age_years(value: Any) -> float | None:
-    match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY]?)\s*", str(value or ""))
-    if not match:
+def _holder(ds: Dataset, keyword: str) -> Dataset | None:
+    """The dataset holding ``keyword``: ``ds`` itself, or an item of its shared functional groups (Enhanced CT)."""
+    try:
+        if keyword in ds:
+            return ds
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared:
+            for element in shared[0]:
+                if element.VR == "SQ" and element.value and keyword in element.value[0]:
+                    return element.value[0]
+    except Exception:  # noqa: BLE001 - a malformed sequence is left out
         return None
-    number = float(match.group(1))
-    unit = match.group(2) or "Y"
-    return round(number / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[unit], 3)
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-friendly copy of a pydicom value."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return [_plain(v) for v in value]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) if isinstance(value, float) or type(value).__name__ in ("DSfloat", "DSdecimal") else int(value)
-    if type(value).__name__ in ("DSfloat", "DSdecimal"):
-        return float(value)
-    if type(value).__name__ == "IS":
-        return int(value)
-    return str(value)
-
-
-def _find_attribute(ds: Dataset, keyword: str) -> Any:
-    """An attribute at the top level, or inside the shared functional groups (Enhanced CT)."""
-    if keyword in ds:
-        return ds.get(keyword)
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        for element in shared[0]:
-            if element.VR == "SQ" and element.value:
-                item = element.value[0]
-                if keyword in item:
-                    return item.get(keyword)
     return None
 
 
-def header_summary(ds: Dataset) -> dict[str, Any]:
-    """A small, non-identifying dict of acquisition attributes (no names, no IDs)."""
-    out: dict[str, Any] = {}
-    for keyword in _HEADER_KEYWORDS:
-        try:
-            value = _find_attribute(ds, keyword)
-            if value is None or value == "":
-                continue
-            plain = _plain(value)
-        except Exception:  # noqa: BLE001 - a malformed value is left out of the summary
-            continue
-        if keyword in ("SliceThickness", "KVP", "XRayTubeCurrent"):
-            plain = _float_or_none(value)
-            if plain is None:
-                continue
-        if keyword == "ConvolutionKernel" and isinstance(plain, list):
-            plain = "\\".join(str(p) for p in plain)
-        out[keyword] = plain
-    age = _patient_age_years(_get(ds, "PatientAge"))
-    if age is not None:
-        out["PatientAgeYears"] = age
+def acquisition_from_dataset(ds: Dataset, *, lossy: bool = False) -> Acquisition:
+    """The non-identifying :class:`Acquisition` facts of one dataset (no names, no IDs)."""
     meta = getattr(ds, "file_meta", None)
-    if meta is not None and _get(meta, "TransferSyntaxUID"):
-        out["TransferSyntaxUID"] = str(_get(meta, "TransferSyntaxUID"))
-    out["SOPClassUID"] = str(_get(ds, "SOPClassUID", ""))
-    return out
+    age = parse_age_years(text_value(ds, "PatientAge"))
+    return Acquisition(
+        source_format="dicom",
+        modality=text_value(_holder(ds, "Modality"), "Modality"),
+        manufacturer=text_value(_holder(ds, "Manufacturer"), "Manufacturer"),
+        model_name=text_value(_holder(ds, "ManufacturerModelName"), "ManufacturerModelName"),
+        kernel=text_value(_holder(ds, "ConvolutionKernel"), "ConvolutionKernel"),
+        slice_thickness_mm=float_value(_holder(ds, "SliceThickness"), "SliceThickness"),
+        tube_voltage_kvp=float_value(_holder(ds, "KVP"), "KVP"),
+        contrast_agent=text_value(_holder(ds, "ContrastBolusAgent"), "ContrastBolusAgent"),
+        patient_age_years=None if age is None else round(age, 3),
+        lossy_compression=lossy,
+        transfer_syntax_uid=text_value(meta, "TransferSyntaxUID") if meta is not None else "",
+    )
 
 
 _NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
@@ -497,11 +405,11 @@ def _hu_from_stored(stored: np.ndarray, ds: Dataset, slope: float, intercept: fl
         np.multiply(stored, np.float32(slope), out=out, casting="unsafe")
     if intercept != 0.0:
         out += np.float32(intercept)
-    padding = _get(ds, "PixelPaddingValue")
+    padding = get_value(ds, "PixelPaddingValue")
     if isinstance(padding, int):  # an unresolved US/SS value (bytes) is ignored
-        pad_limit = _get(ds, "PixelPaddingRangeLimit")
+        pad_limit = get_value(ds, "PixelPaddingRangeLimit")
         pad = int(padding)
-        if _get(ds, "PixelRepresentation", 0) == 1 and pad > 32767 and stored.dtype.kind == "i":
+        if get_value(ds, "PixelRepresentation", 0) == 1 and pad > 32767 and stored.dtype.kind == "i":
             pad -= 65536  # stored as US but the pixels are signed
         if pad_limit is not None and isinstance(pad_limit, int):
             lo, hi = sorted((pad, int(pad_limit)))
@@ -515,7 +423,7 @@ def _hu_from_stored(stored: np.ndarray, ds: Dataset, slope: float, intercept: fl
 def _frame_of_reference(datasets: Sequence[Dataset], used: Sequence[int]) -> str:
     """The series' Frame of Reference UID: the one its files carry (the first found), or ""."""
     for i in used:
-        uid = str(_get(datasets[i], "FrameOfReferenceUID", "") or "").strip()
+        uid = str(get_value(datasets[i], "FrameOfReferenceUID", "") or "").strip()
         if uid:
             return uid
     return ""
@@ -525,19 +433,19 @@ def _check_image_header(ds: Dataset, path: str, max_dimension: int, max_voxels: 
     """Refuse, from the header alone, a file that cannot be one CT image of a series; returns (rows, columns)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InvalidInputError(f"file {path} has no pixel data; it is not an image, choose another series")
-    r, c = _int_attr(ds, "Rows", 0), _int_attr(ds, "Columns", 0)
+    r, c = int_value(ds, "Rows", 0), int_value(ds, "Columns", 0)
     if r is None or c is None or r <= 0 or c <= 0 or r > max_dimension or c > max_dimension:
         shown = "x".join("?" if v is None else str(v) for v in (r, c))
         raise InvalidInputError(
             f"file {path} claims {shown} pixels (limit {max_dimension}); refusing to decode it, re-export the series"
         )
-    samples = _int_attr(ds, "SamplesPerPixel", 1)
+    samples = int_value(ds, "SamplesPerPixel", 1)
     if samples != 1:
         raise InvalidInputError(
             f"file {path} has {samples if samples is not None else 'unreadable'} samples per pixel, not a CT image; "
             "choose another series"
         )
-    n_frames = _int_attr(ds, "NumberOfFrames", 1)
+    n_frames = int_value(ds, "NumberOfFrames", 1)
     n_frames = 1 if n_frames == 0 else n_frames  # as pydicom reads it: an empty count is one frame
     if n_frames is None or n_frames < 0 or n_frames * r * c > max_voxels:
         raise InvalidInputError(
@@ -615,7 +523,39 @@ def read_frames(
     with _quiet_pydicom(), ThreadPoolExecutor(max_workers=n_workers) as pool:
         datasets = list(pool.map(_read_dataset, paths))
 
-    # --- header checks, before anything is decoded ---------------------------
+    refs, (rows, cols) = _header_frame_refs(datasets, paths, frames, max_dimension, max_voxels)
+    refs, rescale_derived, rescale_assumed = _resolve_rescale(refs, paths)
+    total = len(refs) * rows * cols
+    if total > max_voxels:
+        raise InvalidInputError(
+            f"the series claims {len(refs)} frames of {rows}x{cols} pixels ({total} voxels, limit {max_voxels}); "
+            "refusing to allocate it"
+        )
+    first = refs[0]  # in file order: its orientation and pixel spacing are the series'
+    axes = _check_common_geometry(refs, paths, orientation_tolerance)
+    positions = np.array([r.position for r in refs], dtype=float)
+    along = positions @ axes[2]
+    order = np.argsort(along, kind="stable")
+    refs = [refs[i] for i in order]
+    positions, along = positions[order], along[order]
+
+    image, hu = _decode_frames(datasets, paths, refs, (rows, cols), n_workers)
+    if rescale_assumed:
+        _check_stored_values_are_hu(hu)
+    return _frame_stack(
+        datasets, paths, refs, hu, image,
+        reference=first, positions=positions, axes=axes, along=along, rescale_derived=rescale_derived,
+    )
+
+
+def _header_frame_refs(
+    datasets: Sequence[Dataset],
+    paths: Sequence[str],
+    frames: Mapping[str, Sequence[int]] | None,
+    max_dimension: int,
+    max_voxels: int,
+) -> tuple[list[_FrameRef], tuple[int, int]]:
+    """Header checks, before anything is decoded: every wanted frame's facts, and the common (rows, columns)."""
     rows = cols = None
     refs: list[_FrameRef] = []
     for index, (path, ds) in enumerate(zip(paths, datasets)):
@@ -637,14 +577,11 @@ def read_frames(
                 f"file {path} has a malformed image header ({type(exc).__name__}); remove it or re-export the series"
             ) from exc
     assert rows is not None and cols is not None
-    refs, rescale_derived, rescale_assumed = _resolve_rescale(refs, paths)
-    total = len(refs) * rows * cols
-    if total > max_voxels:
-        raise InvalidInputError(
-            f"the series claims {len(refs)} frames of {rows}x{cols} pixels ({total} voxels, limit {max_voxels}); "
-            "refusing to allocate it"
-        )
+    return refs, (rows, cols)
 
+
+def _check_common_geometry(refs: Sequence[_FrameRef], paths: Sequence[str], orientation_tolerance: float) -> np.ndarray:
+    """Refuse frames whose orientation or pixel spacing differ from the first; returns its orthonormal axes."""
     first = refs[0]
     axes = _orthonormal_axes(first.orientation, f"file {paths[first.file_index]}")
     for ref in refs[1:]:
@@ -658,14 +595,18 @@ def read_frames(
                 f"file {paths[ref.file_index]} has PixelSpacing {ref.pixel_spacing} while the series has "
                 f"{first.pixel_spacing}; the series mixes reconstructions, choose another"
             )
+    return axes
 
-    positions = np.array([r.position for r in refs], dtype=float)
-    along = positions @ axes[2]
-    order = np.argsort(along, kind="stable")
-    refs = [refs[i] for i in order]
-    positions, along = positions[order], along[order]
 
-    # --- decode once, straight into the sorted slots -------------------------
+def _decode_frames(
+    datasets: Sequence[Dataset],
+    paths: Sequence[str],
+    refs: Sequence[_FrameRef],
+    shape: tuple[int, int],
+    n_workers: int,
+) -> tuple[sitk.Image, np.ndarray]:
+    """Decode every file once, straight into the sorted slots; returns the image and its read-only HU view."""
+    rows, cols = shape
     image, hu = _writable_image((len(refs), rows, cols))
     slots_by_file: dict[int, list[tuple[int, _FrameRef]]] = {}
     for slot, ref in enumerate(refs):
@@ -673,7 +614,7 @@ def read_frames(
 
     def decode(file_index: int) -> None:
         ds = datasets[file_index]
-        n_frames = _int_attr(ds, "NumberOfFrames", 1) or 1
+        n_frames = int_value(ds, "NumberOfFrames", 1) or 1
         try:
             pixels = native_pixels(ds, n_frames, rows, cols)
             if pixels is None:
@@ -691,31 +632,53 @@ def read_frames(
                 "the file is damaged"
             )
         for slot, ref in slots_by_file[file_index]:
+            assert ref.slope is not None and ref.intercept is not None  # filled in by _resolve_rescale
             _hu_from_stored(pixels[ref.frame_index], ds, ref.slope, ref.intercept, hu[slot])
         # The encoded bytes are no longer needed: free them early.
         for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
             if keyword in ds:
                 del ds[keyword]
 
+    from ictus.imaging.dicom_io import _quiet_pydicom
+
     with _quiet_pydicom(), ThreadPoolExecutor(max_workers=n_workers) as pool:
         list(pool.map(decode, sorted(slots_by_file)))
     hu.flags.writeable = False
-    if rescale_assumed:
-        sample = hu[:, ::4, ::4]
-        air = float(np.percentile(sample, 0.5)) if sample.size else 0.0
-        if air > MAX_AIR_HU_WITHOUT_RESCALE:
-            raise InvalidInputError(
-                f"the series has no RescaleSlope/RescaleIntercept and its stored values are not Hounsfield units "
-                f"(air would be {air:.0f} HU); re-export the series with its modality rescale"
-            )
+    return image, hu
 
-    used = sorted(slots_by_file)
+
+def _check_stored_values_are_hu(hu: np.ndarray) -> None:
+    """With no rescale anywhere, refuse stored values whose air is not at Hounsfield-unit air."""
+    sample = hu[:, ::4, ::4]
+    air = float(np.percentile(sample, 0.5)) if sample.size else 0.0
+    if air > MAX_AIR_HU_WITHOUT_RESCALE:
+        raise InvalidInputError(
+            f"the series has no RescaleSlope/RescaleIntercept and its stored values are not Hounsfield units "
+            f"(air would be {air:.0f} HU); re-export the series with its modality rescale"
+        )
+
+
+def _frame_stack(
+    datasets: Sequence[Dataset],
+    paths: Sequence[str],
+    refs: Sequence[_FrameRef],
+    hu: np.ndarray,
+    image: sitk.Image,
+    *,
+    reference: _FrameRef,
+    positions: np.ndarray,
+    axes: np.ndarray,
+    along: np.ndarray,
+    rescale_derived: bool,
+) -> FrameStack:
+    """Assemble the :class:`FrameStack` of decoded, sorted frames with the series' UIDs and acquisition facts.
+
+    ``reference`` (the first frame in file order) gives the orientation and pixel spacing.
+    """
+    used = sorted({r.file_index for r in refs})
     lossy = any(is_lossy(datasets[i]) for i in used)
     head = datasets[refs[0].file_index]
-    header = header_summary(head)
-    if lossy:
-        header["LossyCompression"] = True
-    series_uids = {str(_get(datasets[i], "SeriesInstanceUID", "")) for i in used}
+    series_uids = {str(get_value(datasets[i], "SeriesInstanceUID", "")) for i in used}
     if len(series_uids) > 1:
         log.info("building one volume from %d SeriesInstanceUIDs", len(series_uids))
     return FrameStack(
@@ -723,16 +686,16 @@ def read_frames(
         positions_mm=positions,
         axes=axes,
         normal_positions_mm=along,
-        pixel_spacing_mm=(float(first.pixel_spacing[0]), float(first.pixel_spacing[1])),
+        pixel_spacing_mm=(float(reference.pixel_spacing[0]), float(reference.pixel_spacing[1])),
         slice_thickness_mm=tuple(r.slice_thickness for r in refs),
-        sop_instance_uids=tuple(str(_get(datasets[r.file_index], "SOPInstanceUID", "")) for r in refs),
+        sop_instance_uids=tuple(str(get_value(datasets[r.file_index], "SOPInstanceUID", "")) for r in refs),
         frame_numbers=tuple(r.frame_number for r in refs),
         paths=tuple(paths[r.file_index] for r in refs),
-        orientation=tuple(float(v) for v in first.orientation),  # type: ignore[arg-type]
-        study_instance_uid=str(_get(head, "StudyInstanceUID", "")).strip(),
-        series_instance_uid=str(_get(head, "SeriesInstanceUID", "")).strip(),
+        orientation=tuple(float(v) for v in reference.orientation),  # type: ignore[arg-type]
+        study_instance_uid=str(get_value(head, "StudyInstanceUID", "")).strip(),
+        series_instance_uid=str(get_value(head, "SeriesInstanceUID", "")).strip(),
         frame_of_reference_uid=_frame_of_reference(datasets, used),
-        header=header,
+        acquisition=acquisition_from_dataset(head, lossy=lossy),
         qc_flags=((FLAG_LOSSY,) if lossy else ()) + ((FLAG_RESCALE,) if rescale_derived else ()),
         image=image,
     )
@@ -857,90 +820,171 @@ def volume_from_frames(
         raise InvalidInputError(
             f"the series has {n} distinct slice(s), at least {max(1, min_slices)} are needed; choose a volumetric series"
         )
-    row_mm, col_mm = stack.pixel_spacing_mm  # DICOM: spacing between rows, between columns
-    x_axis, y_axis, normal = stack.axes
-    s = stack.normal_positions_mm
-    rows, cols = stack.hu.shape[1:]
-
-    # In-plane offset of every slice origin from the first one (non-zero = sheared stack).
-    delta = stack.positions_mm - stack.positions_mm[0]
-    off_cols = (delta @ x_axis) / col_mm  # in pixels along the column index
-    off_rows = (delta @ y_axis) / row_mm
-    tilted = bool(np.max(np.abs(off_cols)) > tilt_tolerance_px or np.max(np.abs(off_rows)) > tilt_tolerance_px)
-
-    if n == 1:
-        thickness = stack.slice_thickness_mm[0]
-        z_grid = s.copy()
-        z_mm = float(thickness) if thickness and thickness > 0 else 1.0
-        resample_z = False
-    else:
-        steps = np.diff(s)
-        median = float(np.median(steps))
-        thick = [t if (t is not None and t > 0) else 0.0 for t in stack.slice_thickness_mm]
-        for k, step in enumerate(steps):
-            expected = max(median, min(thick[k], thick[k + 1]))
-            if step <= max_gap_factor * expected:
-                continue
-            where = (
-                f"between slices {k + 1} and {k + 2} of {n} "
-                f"(at {s[k]:.1f} and {s[k + 1]:.1f} mm along the slice normal; expected spacing {expected:.2f} mm)"
-            )
-            if step > refuse_gap_factor * expected and step > max_gap_mm:
-                raise InvalidInputError(
-                    f"a gap of {step:.1f} mm {where} is too large to interpolate; "
-                    "the series is incomplete, re-send it or choose another series"
-                )
-            log.info("gap of %.1f mm %s interpolated", step, where)
-            if FLAG_GAP not in flags:
-                flags.append(FLAG_GAP)
-        uniform = bool(np.max(np.abs(steps - median)) <= spacing_tolerance_mm)
-        extent = float(s[-1] - s[0])
-        if uniform:
-            z_mm = extent / (n - 1)
-            z_grid = s.copy()
-            resample_z = False
-        else:
-            target = _smallest_common_step(steps, spacing_tolerance_mm)
-            n_out = int(round(extent / target)) + 1
-            z_mm = extent / (n_out - 1)
-            z_grid = s[0] + z_mm * np.arange(n_out)
-            z_grid[-1] = s[-1]
-            resample_z = True
-            flags.append(FLAG_VARIABLE_SPACING)
-
-    # Output in-plane grid: the union of all (translated) slices.
-    if tilted:
-        base_c, base_r = float(np.min(off_cols)), float(np.min(off_rows))
-        shift_c, shift_r = off_cols - base_c, off_rows - base_r
-        out_cols = cols + int(math.ceil(float(np.max(shift_c)) - 1e-6))
-        out_rows = rows + int(math.ceil(float(np.max(shift_r)) - 1e-6))
+    z = _slice_grid(
+        stack,
+        max_gap_factor=max_gap_factor,
+        refuse_gap_factor=refuse_gap_factor,
+        max_gap_mm=max_gap_mm,
+        spacing_tolerance_mm=spacing_tolerance_mm,
+    )
+    flags.extend(z.flags)
+    plane = _in_plane_grid(stack, tilt_tolerance_px)
+    if plane.tilted:
         flags.append(FLAG_TILT)
-    else:
-        base_c = base_r = 0.0
-        shift_c = shift_r = np.zeros(n)
-        out_cols, out_rows = cols, rows
-    n_out_slices = len(z_grid)
-    if n_out_slices * out_rows * out_cols > max_voxels:
+    n_out_slices = len(z.grid_mm)
+    if n_out_slices * plane.rows * plane.cols > max_voxels:
         raise InvalidInputError(
-            f"the corrected grid would be {out_cols}x{out_rows}x{n_out_slices} voxels (limit {max_voxels}); "
+            f"the corrected grid would be {plane.cols}x{plane.rows}x{n_out_slices} voxels (limit {max_voxels}); "
             "refusing to allocate it"
         )
 
-    if tilted or resample_z:
-        image, array = _writable_image((len(z_grid), out_rows, out_cols))
-        _resample_stack(stack.hu, s, z_grid, shift_r, shift_c, array)
+    image = _grid_image(stack, z, plane)
+    acquisition = dataclasses.replace(stack.acquisition, source_slice_count=n)
+    flags.extend(_missing_header_flags(stack, acquisition))
+    return Volume(
+        image=image,
+        study_instance_uid=stack.study_instance_uid,
+        series_instance_uid=stack.series_instance_uid,
+        frame_of_reference_uid=stack.frame_of_reference_uid,
+        sop_instance_uids=tuple(dict.fromkeys(stack.sop_instance_uids)),
+        source_slices=_source_slices(stack),
+        source_paths=tuple(dict.fromkeys(stack.paths)),
+        qc_flags=tuple(dict.fromkeys(flags)),
+        acquisition=acquisition,
+    )
+
+
+def _grid_image(stack: FrameStack, z: "_SliceGrid", plane: "_PlaneGrid") -> sitk.Image:
+    """The volume image on the output grid (the decoded buffer itself when nothing moves), with its geometry."""
+    row_mm, col_mm = stack.pixel_spacing_mm  # DICOM: spacing between rows, between columns
+    x_axis, y_axis, normal = stack.axes
+    s = stack.normal_positions_mm
+    if plane.tilted or z.resample:
+        image, array = _writable_image((len(z.grid_mm), plane.rows, plane.cols))
+        _resample_stack(stack.hu, s, z.grid_mm, plane.shift_rows, plane.shift_cols, array)
         del array
     elif stack.image is not None and np.shares_memory(stack.hu, sitk.GetArrayViewFromImage(stack.image)):
         image = stack.image  # the decoded buffer becomes the volume: no copy
     else:
         image = sitk.GetImageFromArray(stack.hu)
-
-    origin = stack.positions_mm[0] + base_c * col_mm * x_axis + base_r * row_mm * y_axis + (z_grid[0] - s[0]) * normal
-    image.SetSpacing((float(col_mm), float(row_mm), float(z_mm)))
+    origin = (
+        stack.positions_mm[0]
+        + plane.base_cols * col_mm * x_axis
+        + plane.base_rows * row_mm * y_axis
+        + (z.grid_mm[0] - s[0]) * normal
+    )
+    image.SetSpacing((float(col_mm), float(row_mm), float(z.spacing_mm)))
     image.SetOrigin(tuple(float(v) for v in origin))
     image.SetDirection(tuple(float(v) for v in np.column_stack([x_axis, y_axis, normal]).ravel()))
+    return image
 
-    source_slices = tuple(
+
+@dataclass(frozen=True)
+class _SliceGrid:
+    """Output positions along the slice normal, their spacing, and what it took to get them."""
+
+    grid_mm: np.ndarray  # position of every output slice along the normal
+    spacing_mm: float
+    resample: bool  # True when the output slices are not the input slices
+    flags: tuple[str, ...]
+
+
+def _slice_grid(
+    stack: FrameStack,
+    *,
+    max_gap_factor: float,
+    refuse_gap_factor: float,
+    max_gap_mm: float,
+    spacing_tolerance_mm: float,
+) -> _SliceGrid:
+    """The output slice positions: the input ones when evenly spaced, else a uniform grid (gaps checked)."""
+    s = stack.normal_positions_mm
+    n = len(s)
+    if n == 1:
+        thickness = stack.slice_thickness_mm[0]
+        return _SliceGrid(s.copy(), float(thickness) if thickness and thickness > 0 else 1.0, False, ())
+    steps = np.diff(s)
+    median = float(np.median(steps))
+    flags = [FLAG_GAP] if _check_gaps(stack, steps, median, max_gap_factor, refuse_gap_factor, max_gap_mm) else []
+    extent = float(s[-1] - s[0])
+    if bool(np.max(np.abs(steps - median)) <= spacing_tolerance_mm):
+        return _SliceGrid(s.copy(), extent / (n - 1), False, tuple(flags))
+    target = _smallest_common_step(steps, spacing_tolerance_mm)
+    n_out = int(round(extent / target)) + 1
+    z_mm = extent / (n_out - 1)
+    z_grid = s[0] + z_mm * np.arange(n_out)
+    z_grid[-1] = s[-1]
+    return _SliceGrid(z_grid, z_mm, True, tuple(flags + [FLAG_VARIABLE_SPACING]))
+
+
+def _check_gaps(
+    stack: FrameStack,
+    steps: np.ndarray,
+    median: float,
+    max_gap_factor: float,
+    refuse_gap_factor: float,
+    max_gap_mm: float,
+) -> bool:
+    """Whether a step is a gap to interpolate over; refuses a gap too large to interpolate."""
+    s = stack.normal_positions_mm
+    n = len(s)
+    thick = [t if (t is not None and t > 0) else 0.0 for t in stack.slice_thickness_mm]
+    found = False
+    for k, step in enumerate(steps):
+        expected = max(median, min(thick[k], thick[k + 1]))
+        if step <= max_gap_factor * expected:
+            continue
+        where = (
+            f"between slices {k + 1} and {k + 2} of {n} "
+            f"(at {s[k]:.1f} and {s[k + 1]:.1f} mm along the slice normal; expected spacing {expected:.2f} mm)"
+        )
+        if step > refuse_gap_factor * expected and step > max_gap_mm:
+            raise InvalidInputError(
+                f"a gap of {step:.1f} mm {where} is too large to interpolate; "
+                "the series is incomplete, re-send it or choose another series"
+            )
+        log.info("gap of %.1f mm %s interpolated", step, where)
+        found = True
+    return found
+
+
+@dataclass(frozen=True)
+class _PlaneGrid:
+    """The in-plane output grid: the union of all slices, each translated by its shift (pixels)."""
+
+    tilted: bool
+    rows: int
+    cols: int
+    base_rows: float  # offset of the grid origin from the first slice's, in pixels
+    base_cols: float
+    shift_rows: np.ndarray  # per slice
+    shift_cols: np.ndarray
+
+
+def _in_plane_grid(stack: FrameStack, tilt_tolerance_px: float) -> _PlaneGrid:
+    """The in-plane grid; slices whose origins move in-plane (a sheared, tilted stack) widen it."""
+    row_mm, col_mm = stack.pixel_spacing_mm
+    x_axis, y_axis, _ = stack.axes
+    rows, cols = stack.hu.shape[1:]
+    # In-plane offset of every slice origin from the first one (non-zero = sheared stack).
+    delta = stack.positions_mm - stack.positions_mm[0]
+    off_cols = (delta @ x_axis) / col_mm  # in pixels along the column index
+    off_rows = (delta @ y_axis) / row_mm
+    tilted = bool(np.max(np.abs(off_cols)) > tilt_tolerance_px or np.max(np.abs(off_rows)) > tilt_tolerance_px)
+    if not tilted:
+        zeros = np.zeros(len(stack))
+        return _PlaneGrid(False, int(rows), int(cols), 0.0, 0.0, zeros, zeros)
+    base_c, base_r = float(np.min(off_cols)), float(np.min(off_rows))
+    shift_c, shift_r = off_cols - base_c, off_rows - base_r
+    out_cols = cols + int(math.ceil(float(np.max(shift_c)) - 1e-6))
+    out_rows = rows + int(math.ceil(float(np.max(shift_r)) - 1e-6))
+    return _PlaneGrid(True, int(out_rows), int(out_cols), base_r, base_c, shift_r, shift_c)
+
+
+def _source_slices(stack: FrameStack) -> tuple[SourceSlice, ...]:
+    """The geometry of every source frame kept (for outputs mapped back onto the acquired slices)."""
+    rows, cols = stack.hu.shape[1:]
+    return tuple(
         SourceSlice(
             sop_instance_uid=uid,
             frame_number=frame,
@@ -952,23 +996,9 @@ def volume_from_frames(
         )
         for uid, frame, pos in zip(stack.sop_instance_uids, stack.frame_numbers, stack.positions_mm)
     )
-    header = dict(stack.header)
-    header["SourceSliceCount"] = n
-    flags.extend(_missing_header_flags(stack, header))
-    return Volume(
-        image=image,
-        study_instance_uid=stack.study_instance_uid,
-        series_instance_uid=stack.series_instance_uid,
-        frame_of_reference_uid=stack.frame_of_reference_uid,
-        sop_instance_uids=tuple(dict.fromkeys(stack.sop_instance_uids)),
-        source_slices=source_slices,
-        source_paths=tuple(dict.fromkeys(stack.paths)),
-        qc_flags=tuple(dict.fromkeys(flags)),
-        header=header,
-    )
 
 
-def _missing_header_flags(stack: FrameStack, header: Mapping[str, Any]) -> list[str]:
+def _missing_header_flags(stack: FrameStack, acquisition: Acquisition) -> list[str]:
     """Info flags for header facts that are absent and what is used instead (logged once each)."""
     flags = []
     if not stack.frame_of_reference_uid:
@@ -977,7 +1007,7 @@ def _missing_header_flags(stack: FrameStack, header: Mapping[str, Any]) -> list[
     if all(t is None or t <= 0 for t in stack.slice_thickness_mm):
         log.info("no SliceThickness in the series: the slice spacing stands in for it")
         flags.append(FLAG_THICKNESS)
-    if header.get("PatientAgeYears") is None:
+    if acquisition.patient_age_years is None:
         log.info("no PatientAge in the header: the paediatric check cannot be made")
         flags.append(FLAG_AGE_UNKNOWN)
     return flags

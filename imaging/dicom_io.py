@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import re
 import struct
@@ -31,6 +30,15 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.dicom_values import (
+    float_value,
+    float_values,
+    functional_item,
+    int_value,
+    parse_age_years,
+    sequence_item,
+    text_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,117 +160,49 @@ def safe_path_component(text: object, *, max_length: int = 64, default: str = "u
 
 
 # ---------------------------------------------------------------------------
-# header parsing helpers (each tolerates a missing or malformed value)
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # noqa: BLE001 - a malformed value reads as absent
-        return ""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value).strip()
-    return str(value).strip()
-
-
-def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | None:
-    if ds is None:
-        return None
-    try:
-        value = ds.get(keyword)
-        if value is None:
-            return None
-        values = [float(v) for v in (value if hasattr(value, "__len__") and not isinstance(value, str) else [value])]
-    except Exception:  # noqa: BLE001
-        return None
-    if len(values) != n or not all(math.isfinite(v) for v in values):
-        return None
-    return tuple(values)
-
-
-def _float(ds: Dataset | None, keyword: str) -> float | None:
-    values = _floats(ds, keyword, 1)
-    return values[0] if values else None
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return None if value is None or value == "" else int(value)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _item(ds: Dataset | None, keyword: str) -> Dataset | None:
-    """The first item of a sequence, or None."""
-    if ds is None:
-        return None
-    try:
-        seq = ds.get(keyword)
-        return seq[0] if seq else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
-_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
-_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
-
-
-def parse_age_years(text: str) -> float | None:
-    """Parse a DICOM AS value (``052Y``, ``006M``, ``010W``, ``003D``) into years."""
-    match = _AGE.match(text or "")
-    if not match:
-        return None
-    return int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2).upper()]
-
-
-def _functional(ds: Dataset, frame_group: Dataset | None, sequence: str) -> Dataset | None:
-    """A functional-group macro item, per-frame first, then shared."""
-    return _item(frame_group, sequence) or _item(_item(ds, "SharedFunctionalGroupsSequence"), sequence)
+# header parsing (the tolerant value readers are in ictus.imaging.dicom_values)
 
 
 def header_from_dataset(ds: Dataset, path: str, *, has_pixel_data: bool) -> InstanceHeader:
     """Build an :class:`InstanceHeader` from a dataset read without pixels."""
     meta = getattr(ds, "file_meta", None)
-    transfer_syntax = _text(meta, "TransferSyntaxUID") if meta is not None else ""
-    n_frames = _int(ds, "NumberOfFrames") or 1
+    transfer_syntax = text_value(meta, "TransferSyntaxUID") if meta is not None else ""
+    n_frames = int_value(ds, "NumberOfFrames") or 1
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") if "PerFrameFunctionalGroupsSequence" in ds else None
     enhanced = per_frame is not None or "SharedFunctionalGroupsSequence" in ds
 
-    orientation = _floats(ds, "ImageOrientationPatient", 6)
-    position = _floats(ds, "ImagePositionPatient", 3)
-    spacing = _floats(ds, "PixelSpacing", 2)
-    thickness = _float(ds, "SliceThickness")
-    kernel = _text(ds, "ConvolutionKernel")
-    contrast_agent = _text(ds, "ContrastBolusAgent")
+    orientation = float_values(ds, "ImageOrientationPatient", 6)
+    position = float_values(ds, "ImagePositionPatient", 3)
+    spacing = float_values(ds, "PixelSpacing", 2)
+    thickness = float_value(ds, "SliceThickness")
+    kernel = text_value(ds, "ConvolutionKernel")
+    contrast_agent = text_value(ds, "ContrastBolusAgent")
     contrast_administered: bool | None = None
     frame_positions: tuple[tuple[float, float, float], ...] = ()
 
     if enhanced:
         first = per_frame[0] if per_frame else None
-        orientation = orientation or _floats(_functional(ds, first, "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
-        measures = _functional(ds, first, "PixelMeasuresSequence")
-        spacing = spacing or _floats(measures, "PixelSpacing", 2)
-        thickness = thickness if thickness is not None else _float(measures, "SliceThickness")
-        kernel = kernel or _text(_functional(ds, first, "CTReconstructionSequence") or Dataset(), "ConvolutionKernel")
-        usage = _functional(ds, first, "ContrastBolusUsageSequence")
+        orientation = orientation or float_values(functional_item(ds, first, "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
+        measures = functional_item(ds, first, "PixelMeasuresSequence")
+        spacing = spacing or float_values(measures, "PixelSpacing", 2)
+        thickness = thickness if thickness is not None else float_value(measures, "SliceThickness")
+        kernel = kernel or text_value(functional_item(ds, first, "CTReconstructionSequence") or Dataset(), "ConvolutionKernel")
+        usage = functional_item(ds, first, "ContrastBolusUsageSequence")
         if usage is not None:
-            administered = _text(usage, "ContrastBolusAgentAdministered").upper()
+            administered = text_value(usage, "ContrastBolusAgentAdministered").upper()
             contrast_administered = administered == "YES" if administered else None
-        agent_item = _item(ds, "ContrastBolusAgentSequence")
+        agent_item = sequence_item(ds, "ContrastBolusAgentSequence")
         if agent_item is not None and not contrast_agent:
-            contrast_agent = _text(agent_item, "CodeMeaning") or "CODED AGENT"
-        positions = []
+            contrast_agent = text_value(agent_item, "CodeMeaning") or "CODED AGENT"
+        positions: list[tuple[float, ...]] = []
         for group in per_frame or ():
-            pos = _floats(_item(group, "PlanePositionSequence"), "ImagePositionPatient", 3)
+            pos = float_values(sequence_item(group, "PlanePositionSequence"), "ImagePositionPatient", 3)
             if pos is None:
                 positions = []
                 break
             positions.append(pos)
         if not positions:
-            shared_pos = _floats(_functional(ds, None, "PlanePositionSequence"), "ImagePositionPatient", 3)
+            shared_pos = float_values(functional_item(ds, None, "PlanePositionSequence"), "ImagePositionPatient", 3)
             if shared_pos is not None and n_frames == 1:
                 positions = [shared_pos]
         frame_positions = tuple(positions)  # type: ignore[arg-type]
@@ -272,22 +212,22 @@ def header_from_dataset(ds: Dataset, path: str, *, has_pixel_data: bool) -> Inst
 
     return InstanceHeader(
         path=path,
-        sop_class_uid=_text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta is not None else ""),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
-        modality=_text(ds, "Modality").upper(),
-        image_type=tuple(v.strip().upper() for v in _text(ds, "ImageType").split("\\") if v.strip()),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        instance_number=_int(ds, "InstanceNumber"),
-        acquisition_number=_int(ds, "AcquisitionNumber"),
-        manufacturer=_text(ds, "Manufacturer"),
-        body_part=_text(ds, "BodyPartExamined").upper(),
+        sop_class_uid=text_value(ds, "SOPClassUID") or (text_value(meta, "MediaStorageSOPClassUID") if meta is not None else ""),
+        sop_instance_uid=text_value(ds, "SOPInstanceUID"),
+        study_instance_uid=text_value(ds, "StudyInstanceUID"),
+        series_instance_uid=text_value(ds, "SeriesInstanceUID"),
+        frame_of_reference_uid=text_value(ds, "FrameOfReferenceUID"),
+        modality=text_value(ds, "Modality").upper(),
+        image_type=tuple(v.strip().upper() for v in text_value(ds, "ImageType").split("\\") if v.strip()),
+        series_description=text_value(ds, "SeriesDescription"),
+        series_number=int_value(ds, "SeriesNumber"),
+        instance_number=int_value(ds, "InstanceNumber"),
+        acquisition_number=int_value(ds, "AcquisitionNumber"),
+        manufacturer=text_value(ds, "Manufacturer"),
+        body_part=text_value(ds, "BodyPartExamined").upper(),
         transfer_syntax_uid=transfer_syntax,
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
+        rows=int_value(ds, "Rows"),
+        columns=int_value(ds, "Columns"),
         number_of_frames=n_frames,
         is_multiframe=enhanced or n_frames > 1,
         orientation=orientation,  # type: ignore[arg-type]
@@ -295,13 +235,13 @@ def header_from_dataset(ds: Dataset, path: str, *, has_pixel_data: bool) -> Inst
         frame_positions=frame_positions,
         pixel_spacing_mm=spacing,  # type: ignore[arg-type]
         slice_thickness_mm=thickness,
-        gantry_tilt_deg=_float(ds, "GantryDetectorTilt"),
+        gantry_tilt_deg=float_value(ds, "GantryDetectorTilt"),
         kernel=kernel,
         contrast_agent=contrast_agent,
         contrast_administered=contrast_administered,
-        kvp=_float(ds, "KVP"),
-        patient_age_years=parse_age_years(_text(ds, "PatientAge")),
-        lossy_compression=_text(ds, "LossyImageCompression") == "01",
+        kvp=float_value(ds, "KVP"),
+        patient_age_years=parse_age_years(text_value(ds, "PatientAge")),
+        lossy_compression=text_value(ds, "LossyImageCompression") == "01",
         has_pixel_data=has_pixel_data,
     )
 
@@ -417,8 +357,8 @@ def read_header(path: str) -> tuple[str, InstanceHeader | None]:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
             notify_header(ds)
             meta = getattr(ds, "file_meta", None)
-            transfer_syntax = _text(meta, "TransferSyntaxUID") if meta is not None else ""
-            media_class = _text(meta, "MediaStorageSOPClassUID") if meta is not None else ""
+            transfer_syntax = text_value(meta, "TransferSyntaxUID") if meta is not None else ""
+            media_class = text_value(meta, "MediaStorageSOPClassUID") if meta is not None else ""
             if "DirectoryRecordSequence" in ds or media_class == MEDIA_STORAGE_DIRECTORY_UID:
                 # A DICOMDIR is an index, not an instance; a vendor index under
                 # another name (Philips DIRFILE) counts as non-DICOM.
@@ -496,7 +436,7 @@ def _is_directory_object(path: Path) -> bool:
             if fp.read(132)[128:132] != b"DICM":
                 return False
         meta = pydicom.filereader.read_file_meta_info(str(path))
-        return _text(meta, "MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY_UID
+        return text_value(meta, "MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY_UID
     except Exception:  # noqa: BLE001
         return False
 
@@ -602,14 +542,14 @@ def scan(path: str | os.PathLike[str], *, max_workers: int | None = None) -> Sca
 
 
 def _rescale(ds: Dataset, frame_number: int | None) -> tuple[float, float]:
-    slope, intercept = _float(ds, "RescaleSlope"), _float(ds, "RescaleIntercept")
+    slope, intercept = float_value(ds, "RescaleSlope"), float_value(ds, "RescaleIntercept")
     if slope is None or intercept is None:
         group = None
         per_frame = ds.get("PerFrameFunctionalGroupsSequence") if frame_number else None
         if per_frame and 0 < frame_number <= len(per_frame):  # type: ignore[operator]
             group = per_frame[frame_number - 1]  # type: ignore[operator]
-        item = _functional(ds, group, "PixelValueTransformationSequence")
-        slope, intercept = _float(item, "RescaleSlope"), _float(item, "RescaleIntercept")
+        item = functional_item(ds, group, "PixelValueTransformationSequence")
+        slope, intercept = float_value(item, "RescaleSlope"), float_value(item, "RescaleIntercept")
     return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
 
 

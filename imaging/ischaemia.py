@@ -424,8 +424,9 @@ def _chronic_lesions(anatomy: "Anatomy", hu: np.ndarray, brain: np.ndarray, plan
                      ventricle_ml[other])
             continue
         mask[tuple(idx.T)] = True
+        cx, cy, cz = (float(v) for v in pts.mean(axis=0))
         lesions.append(ChronicLesion(side=side, volume_ml=volume_ml, mean_hu=float(hu[tuple(idx.T)].mean()),
-                                     regions=codes, centroid_lps_mm=tuple(float(v) for v in pts.mean(axis=0))))
+                                     regions=codes, centroid_lps_mm=(cx, cy, cz)))
     return tuple(sorted(lesions, key=lambda les: -les.volume_ml)), mask
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -43,11 +42,15 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ictus.imaging.brain import as_image, to_lps
+from ictus.imaging.volume import index_to_lps
 
 log = logging.getLogger(__name__)
 
+#: Defaults for a label map without a model card (BLAST-CT's classes); the pipeline passes
+#: the card's (``card.class_names_by_role("blood")`` / ``("oedema")``) to :func:`measure_labels`.
 BLOOD_CLASSES = ("IPH", "EAH", "IVH")
-MEASURED_CLASSES = ("IPH", "EAH", "IVH", "oedema")
+OEDEMA_CLASSES = ("oedema",)
+MEASURED_CLASSES = BLOOD_CLASSES + OEDEMA_CLASSES
 DEFAULT_MIN_LESION_ML = 0.5
 #: Fraction of a lesion's voxels on one side of the ideal midline to call it one-sided.
 HEMISPHERE_FRACTION = 0.9
@@ -117,7 +120,8 @@ class Measurements:
     ich: IchSummary
     abc2: AbcEstimate | None
     region_status: str  # "ok" or why regions are unavailable
-    kept_labels: np.ndarray = field(repr=False, default=None)  # label map without discarded components
+    kept_labels: np.ndarray | None = field(repr=False, default=None)  # label map without discarded components
+    blood_classes: tuple[str, ...] = BLOOD_CLASSES  # the classes summed into ``ich`` (from the model card)
 
 
 # -- anatomy look-ups ------------------------------------------------------------------------
@@ -132,13 +136,6 @@ class RegionLookup(Protocol):
 
 
 # -- measurements --------------------------------------------------------------------------
-
-
-def _index_to_lps(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    spacing = np.array(image.GetSpacing())
-    origin = np.array(image.GetOrigin())
-    return origin + (np.asarray(zyx, dtype=float)[:, ::-1] * spacing) @ direction.T
 
 
 def _hemisphere(points_lps: np.ndarray, plane: Any) -> str:
@@ -214,10 +211,16 @@ def measure_labels(
     atlas: RegionLookup | None = None,
     region_status: str | None = None,
     max_region_points: int = 2000,
+    blood_classes: Sequence[str] = BLOOD_CLASSES,
+    oedema_classes: Sequence[str] = OEDEMA_CLASSES,
+    abc2_class: str = "IPH",
 ) -> Measurements:
     """Per-class lesions, ICH summary and ABC/2 from a label map on ``reference``'s grid.
 
-    ``class_names[i]`` names label value ``i`` (0 = background). ``plane`` is an
+    ``class_names[i]`` names label value ``i`` (0 = background). ``blood_classes``
+    (haemorrhage subtypes, summed into the ICH summary) and ``oedema_classes`` are
+    measured, in that order; the caller takes them from the model card's class roles.
+    ABC/2 is estimated on the largest lesion of ``abc2_class``. ``plane`` is an
     ideal midline (:class:`ictus.imaging.midline.MidlinePlane`) for hemispheres;
     ``atlas`` (the registered :class:`ictus.imaging.anatomy.Anatomy`) gives region names and the
     supratentorial/infratentorial compartment of each lesion.
@@ -236,7 +239,7 @@ def measure_labels(
     if region_status is None:
         region_status = "ok" if atlas is not None else "region unavailable: no atlas registration"
 
-    for name in MEASURED_CLASSES:
+    for name in (*blood_classes, *oedema_classes):
         threshold = min_lesion_ml.get(name, DEFAULT_MIN_LESION_ML) if isinstance(min_lesion_ml, Mapping) else float(min_lesion_ml)
         if name not in class_names:
             classes[name] = ClassMeasurement(name, False, 0.0, 0, 0.0, min_lesion_ml=threshold)
@@ -259,7 +262,7 @@ def measure_labels(
             local = comp[box] == k
             idx = np.argwhere(local) + np.array([s.start for s in box])
             kept[tuple(idx.T)] = value
-            pts = _index_to_lps(image, idx)
+            pts = index_to_lps(image, idx)
             sample = pts if len(pts) <= max_region_points else pts[rng.choice(len(pts), max_region_points, replace=False)]
             region = atlas.region_of(sample) if atlas is not None else "region unavailable"
             compartment = atlas.compartment_of(sample) if atlas is not None else "unknown"
@@ -268,13 +271,14 @@ def measure_labels(
                 mean_p = float(np.mean(probabilities[value][box][local], dtype=np.float64))
             if agreement is not None:
                 mean_a = float(np.mean(agreement[box][local], dtype=np.float64))
+            cx, cy, cz = (float(c) for c in pts.mean(axis=0))
             lesions.append(Lesion(
                 class_name=name, volume_ml=vol, voxel_count=int(count),
-                centroid_lps_mm=tuple(float(c) for c in pts.mean(axis=0)),
+                centroid_lps_mm=(cx, cy, cz),
                 hemisphere=_hemisphere(sample, plane), region=region, compartment=compartment,
                 mean_probability=mean_p, mean_agreement=mean_a,
             ))
-            if name == "IPH" and vol > largest_iph_ml:
+            if name == abc2_class and vol > largest_iph_ml:
                 largest_iph_ml = vol
                 largest_iph = np.zeros(labels.shape, dtype=bool)
                 largest_iph[tuple(idx.T)] = True
@@ -286,9 +290,10 @@ def measure_labels(
             discarded_count=discarded, discarded_volume_ml=discarded_ml, min_lesion_ml=threshold,
         )
 
-    ich = _ich_summary(labels, kept, class_names, classes, probabilities, agreement)
+    ich = _ich_summary(labels, kept, class_names, classes, probabilities, agreement, tuple(blood_classes))
     abc = abc2_estimate(largest_iph, image) if largest_iph is not None else None
-    return Measurements(classes=classes, ich=ich, abc2=abc, region_status=region_status, kept_labels=kept)
+    return Measurements(classes=classes, ich=ich, abc2=abc, region_status=region_status, kept_labels=kept,
+                        blood_classes=tuple(blood_classes))
 
 
 def _ich_summary(
@@ -298,8 +303,9 @@ def _ich_summary(
     classes: Mapping[str, ClassMeasurement],
     probabilities: np.ndarray | None,
     agreement: np.ndarray | None,
+    blood_classes: Sequence[str] = BLOOD_CLASSES,
 ) -> IchSummary:
-    """ICH presence, volume, probability and confidence.
+    """ICH presence, volume, probability and confidence (blood: ``blood_classes``).
 
     - present: at least one kept IPH/EAH/IVH lesion;
     - probability: the ensemble-mean probability of blood (P(IPH)+P(EAH)+P(IVH)) averaged over
@@ -309,9 +315,9 @@ def _ich_summary(
       model labelled no blood at all; 1/0 for a label map without probabilities);
     - confidence: the mean agreement between members over the same voxels (None without agreement).
     """
-    blood_values = [class_names.index(c) for c in BLOOD_CLASSES if c in class_names]
-    total = float(sum(classes[c].volume_ml for c in BLOOD_CLASSES))
-    count = int(sum(classes[c].lesion_count for c in BLOOD_CLASSES))
+    blood_values = [class_names.index(c) for c in blood_classes if c in class_names]
+    total = float(sum(classes[c].volume_ml for c in blood_classes))
+    count = int(sum(classes[c].lesion_count for c in blood_classes))
     present = count > 0
     region = np.isin(kept, blood_values) if present else np.isin(labels, blood_values)
     probability = 1.0 if present else 0.0  # a label map without probabilities is taken as certain
@@ -321,8 +327,8 @@ def _ich_summary(
             blood_p = sum(probabilities[v][region].astype(np.float64) for v in blood_values)
             probability = float(np.mean(blood_p))
             if not present:
-                floor = max(min(classes[c].min_lesion_ml for c in BLOOD_CLASSES), 1e-9)
-                candidate_ml = float(sum(classes[c].discarded_volume_ml for c in BLOOD_CLASSES))
+                floor = max(min(classes[c].min_lesion_ml for c in blood_classes), 1e-9)
+                candidate_ml = float(sum(classes[c].discarded_volume_ml for c in blood_classes))
                 probability *= min(1.0, candidate_ml / floor)
         else:
             probability = 0.0

@@ -41,6 +41,7 @@ import SimpleITK as sitk
 from scipy import ndimage, optimize
 
 from ictus.imaging.brain import BrainResult, as_image, bin_axial, bin_factor, coarse_to_fine, disk, erode_axial, to_lps
+from ictus.imaging.volume import index_to_lps, lps_to_index
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +100,6 @@ class MidlineResult:
 # -- geometry helpers ---------------------------------------------------------------------
 
 
-def _index_to_lps(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:
-    """Continuous indices (N, 3) in [z, y, x] order to LPS points (N, 3)."""
-    zyx = np.atleast_2d(np.asarray(zyx, dtype=float))
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    spacing = np.array(image.GetSpacing())
-    origin = np.array(image.GetOrigin())
-    ijk = zyx[:, ::-1]
-    return origin + (ijk * spacing) @ direction.T
-
-
-def _lps_to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:
-    """LPS points (N, 3) to continuous indices (N, 3) in [z, y, x] order."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    spacing = np.array(image.GetSpacing())
-    origin = np.array(image.GetOrigin())
-    ijk = ((np.asarray(points) - origin) @ direction) / spacing
-    return ijk[:, ::-1]
-
-
 def _inplane_boundary(mask: np.ndarray) -> np.ndarray:
     eroded = ndimage.binary_erosion(mask, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool))
     return mask & ~eroded
@@ -150,10 +132,10 @@ def ideal_midline_plane(
     def to_world(zyx: np.ndarray) -> np.ndarray:
         fine = np.array(zyx, dtype=float)
         fine[:, 1:] = coarse_to_fine(fine[:, 1:], f)
-        return _index_to_lps(lps, fine)
+        return index_to_lps(lps, fine)
 
     def to_index(points: np.ndarray) -> np.ndarray:
-        idx = _lps_to_index(lps, points)
+        idx = lps_to_index(lps, points)
         idx[:, 1:] = (idx[:, 1:] - (f - 1) / 2.0) / f
         return idx
 
@@ -300,7 +282,7 @@ def measure_midline_shift(
         rows = np.flatnonzero(c2.any(axis=1))
         # x (index) of the ideal plane on each row, and the search window
         row_pts = np.column_stack([np.full(rows.size, z), coarse_to_fine(rows, f), np.full(rows.size, coarse_to_fine(0, f))])
-        row_lps = _index_to_lps(lps, row_pts)
+        row_lps = index_to_lps(lps, row_pts)
         d0 = plane.signed_distance_mm(row_lps)  # distance of coarse x-index 0 to the plane
         cosine = float(plane.normal @ np.array(lps.GetDirection()).reshape(3, 3)[:, 0])
         values = []
@@ -339,7 +321,7 @@ def measure_midline_shift(
     candidates = np.flatnonzero(supported)
     best = int(candidates[np.argmin(np.abs(vals_arr[candidates] - shift) - 1e-3 * rows_arr[candidates])])
     best_z = slice_index[best]
-    septum_z_mm = float(_index_to_lps(lps, np.array([[best_z, 0.0, 0.0]]))[0, 2])
+    septum_z_mm = float(index_to_lps(lps, np.array([[best_z, 0.0, 0.0]]))[0, 2])
     direction = "none" if abs(shift) < none_below_mm else ("left" if shift > 0 else "right")
     return MidlineResult(
         shift_mm=shift,

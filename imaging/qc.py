@@ -33,6 +33,7 @@ from ictus.imaging.brain import (
     fill_holes_axial,
     to_lps,
 )
+from ictus.imaging.volume import Acquisition
 
 log = logging.getLogger(__name__)
 
@@ -129,31 +130,13 @@ class QcReport:
         return "warning" if any(f.severity == "warning" for f in self.flags) else "ok"
 
 
-def header_age_years(header: Mapping[str, Any]) -> float | None:
-    """Patient age in years from the acquisition header, or None."""
-    for key in ("PatientAgeYears", "PatientAge_years", "patient_age_years"):
-        value = header.get(key)
-        if value not in (None, ""):
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-def _header_contrast(header: Mapping[str, Any]) -> str:
-    value = header.get("ContrastBolusAgent") or header.get("contrast_agent") or ""
-    text = str(value).strip()
-    return "" if text.upper() in ("", "NONE", "NO", "N", "0") else text
-
-
 def assess_qc(
     volume: Any,
     brain: BrainResult | None = None,
     *,
     extra_flags: Iterable[str] = (),
     patient_age_years: float | None = None,
-    header: Mapping[str, Any] | None = None,
+    acquisition: Acquisition | None = None,
     thick_slice_mm: float = 5.0,
     min_coverage_mm: float = 100.0,
     edge_brain_fraction: float = 0.25,
@@ -166,104 +149,175 @@ def assess_qc(
 ) -> QcReport:
     """The QC flags of a volume (a :class:`ictus.imaging.volume.Volume` or a HU image) and its brain result.
 
-    ``header`` defaults to ``volume.header`` (keys ``SliceThickness``,
-    ``ContrastBolusAgent``, ``PatientAgeYears``); ``extra_flags`` adds flags
-    from elsewhere (series selection); ``severities`` overrides the table.
+    ``acquisition`` defaults to ``volume.acquisition`` (slice thickness,
+    contrast agent and patient age are read from it); ``patient_age_years``
+    overrides its age; ``extra_flags`` adds flags from elsewhere (series
+    selection); ``severities`` overrides the table.
     """
     image = as_image(volume)
-    header = dict(getattr(volume, "header", {}) or {}) if header is None else dict(header)
-    severity_of = {k: v.severity for k, v in QC_FLAGS.items()}
-    severity_of.update(severities or {})
-    raised: dict[str, str] = {}
+    if acquisition is None:
+        acquisition = getattr(volume, "acquisition", None) or Acquisition()
+    raised: dict[str, str] = {}  # flag name -> detail, in the order raised (the first detail wins)
     measured: dict[str, Any] = {}
-
-    def raise_flag(name: str, detail: str = "") -> None:
-        if name not in raised:
-            raised[name] = detail
-
     for name in tuple(getattr(volume, "qc_flags", ())) + tuple(extra_flags):
-        raise_flag(name, "from ingest")
-
-    # slice thickness: the header value or the grid's z spacing, whichever is larger
+        raised.setdefault(name, "from ingest")
     lps = to_lps(image)
-    sx, sy, sz = lps.GetSpacing()
-    thickness = header.get("SliceThickness")
-    try:
-        thickness_mm = max(float(thickness), sz) if thickness not in (None, "") else sz
-    except (TypeError, ValueError):
-        thickness_mm = sz
-    measured["slice_thickness_mm"] = thickness_mm
-    if thickness_mm > thick_slice_mm + 1e-6:
-        raise_flag("thick_slices", f"{thickness_mm:.1f} mm > {thick_slice_mm:.1f} mm")
-
-    age = patient_age_years if patient_age_years is not None else header_age_years(header)
-    measured["patient_age_years"] = age
-    if age is not None and age < 18:
-        raise_flag("paediatric_patient", f"age {age:.0f} years")
-
-    agent = _header_contrast(header)
-    if agent:
-        raise_flag("contrast_suspected", "header ContrastBolusAgent is set")
-
+    _check_header(acquisition, lps.GetSpacing()[2], patient_age_years, thick_slice_mm, raised, measured)
     if brain is not None:
         measured["brain_volume_ml"] = brain.brain_volume_ml
         if not brain.brain_found:
-            raise_flag("no_brain_found", brain.reason)
+            raised.setdefault("no_brain_found", brain.reason)
         elif getattr(brain, "skull_stripped", False):
-            raise_flag("skull_stripped_input", brain.reason)
-        # everything below runs on a ~1 mm in-plane grid (block means); metal is counted at full resolution
-        f = bin_factor((sx, sy))
-        full_hu = sitk.GetArrayViewFromImage(lps)
-        hu = bin_axial(full_hu, f)
-        head = bin_axial(sitk.GetArrayFromImage(to_lps(brain.head_mask)), f) >= 0.5
-        intracranial = bin_axial(sitk.GetArrayFromImage(to_lps(brain.intracranial_mask)), f) >= 0.5
-        brain_arr = bin_axial(sitk.GetArrayFromImage(to_lps(brain.brain_mask)), f) >= 0.5
-        fine_voxel_ml = sx * sy * sz / 1000.0
-        sx, sy = sx * f, sy * f
-        voxel_ml = sx * sy * sz / 1000.0
-
-        # coverage: head extent along z, and brain cut at the first or last slice
-        z_head = np.flatnonzero(head.any(axis=(1, 2)))
-        coverage_mm = float((z_head[-1] - z_head[0] + 1) * sz) if z_head.size else 0.0
-        measured["head_coverage_mm"] = coverage_mm
+            raised.setdefault("skull_stripped_input", brain.reason)
+        grid = _binned_grid(lps, brain)
+        _check_coverage(grid, brain.brain_found, min_coverage_mm, edge_brain_fraction, raised, measured)
         if brain.brain_found:
-            areas = brain_arr.sum(axis=(1, 2)).astype(float)
-            peak = areas.max()
-            cut = [side for side, a in (("bottom", areas[0]), ("top", areas[-1])) if a >= edge_brain_fraction * peak]
-            measured["brain_cut_at"] = cut
-            if coverage_mm < min_coverage_mm or "top" in cut:
-                why = [f"head covered over {coverage_mm:.0f} mm"] if coverage_mm < min_coverage_mm else []
-                why += [f"brain cut at the {side} slice" for side in cut]
-                raise_flag("incomplete_head_coverage", "; ".join(why))
+            _check_dense_vessels(grid, contrast_range_hu, contrast_min_ml, contrast_margin_mm, raised, measured)
+        _check_metal(grid, metal_hu, metal_min_ml, raised, measured)
+    return QcReport(flags=_report_flags(raised, severities), measurements=measured)
 
-            # contrast: dense (150-400 HU) structures well inside the skull, on the slices where the
-            # cavity is wide (not the skull base or vertex), in components that touch no bone or
-            # calcification (> 400 HU smoothed)
-            ic_areas = intracranial.sum(axis=(1, 2))
-            wide = ic_areas >= 0.5 * ic_areas.max()
-            core = fill_holes_axial(erode_axial(intracranial, contrast_margin_mm, (sx, sy)))
-            core &= wide[:, None, None]
-            smooth = ndimage.gaussian_filter(hu, sigma=[0.0, 0.7 / sy, 0.7 / sx])
-            lo, hi = contrast_range_hu
-            candidates = core & (smooth >= lo)
-            lab, n = ndimage.label(candidates, structure=np.ones((3, 3, 3), bool))
-            dense_ml = 0.0
-            if n:
-                peak_hu = ndimage.maximum(smooth, lab, index=np.arange(1, n + 1))
-                sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-                dense_ml = float(sizes[peak_hu <= hi].sum() * voxel_ml)
-            measured["dense_intracranial_ml"] = dense_ml
-            if dense_ml >= contrast_min_ml:
-                raise_flag("contrast_suspected", f"{dense_ml:.1f} mL of {lo:.0f}-{hi:.0f} HU inside the skull")
 
-        # metal: very dense voxels in or near the cranial cavity
-        near = dilate_axial(intracranial, 15.0, (sx, sy)) if intracranial.any() else head
-        metal_fraction = bin_axial(np.asarray(full_hu) >= metal_hu, f)
-        metal_ml = float(metal_fraction[near].sum() * f * f * fine_voxel_ml)
-        measured["metal_ml"] = metal_ml
-        if metal_ml >= metal_min_ml:
-            raise_flag("streak_or_metal_artefact", f"{metal_ml:.2f} mL above {metal_hu:.0f} HU near the brain")
+def _check_header(
+    acquisition: Acquisition,
+    z_spacing_mm: float,
+    patient_age_years: float | None,
+    thick_slice_mm: float,
+    raised: dict[str, str],
+    measured: dict[str, Any],
+) -> None:
+    """Flags from acquisition facts: thick slices, paediatric patient, contrast agent named in the header."""
+    # slice thickness: the header value or the grid's z spacing, whichever is larger
+    thickness = acquisition.slice_thickness_mm
+    thickness_mm = max(float(thickness), z_spacing_mm) if thickness is not None else z_spacing_mm
+    measured["slice_thickness_mm"] = thickness_mm
+    if thickness_mm > thick_slice_mm + 1e-6:
+        raised.setdefault("thick_slices", f"{thickness_mm:.1f} mm > {thick_slice_mm:.1f} mm")
 
+    age = patient_age_years if patient_age_years is not None else acquisition.patient_age_years
+    measured["patient_age_years"] = age
+    if age is not None and age < 18:
+        raised.setdefault("paediatric_patient", f"age {age:.0f} years")
+
+    if acquisition.contrast_given:
+        raised.setdefault("contrast_suspected", "header ContrastBolusAgent is set")
+
+
+@dataclass(frozen=True)
+class _BinnedGrid:
+    """The image checks' arrays on a ~1 mm in-plane grid (block means); metal is counted at full resolution."""
+
+    full_hu: np.ndarray  # full resolution, [z, y, x] on the LPS-oriented grid
+    hu: np.ndarray
+    head: np.ndarray
+    intracranial: np.ndarray
+    brain: np.ndarray
+    factor: int  # in-plane binning factor
+    spacing_mm: tuple[float, float, float]  # (x, y, z) of the binned grid
+    fine_voxel_ml: float  # one full-resolution voxel
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one binned voxel in mL."""
+        sx, sy, sz = self.spacing_mm
+        return sx * sy * sz / 1000.0
+
+
+def _binned_grid(lps: sitk.Image, brain: BrainResult) -> _BinnedGrid:
+    """Bin the HU image and the brain result's masks in-plane to about 1 mm."""
+    sx, sy, sz = lps.GetSpacing()
+    f = bin_factor((sx, sy))
+    full_hu = sitk.GetArrayViewFromImage(lps)
+
+    def mask(image: sitk.Image) -> np.ndarray:
+        return bin_axial(sitk.GetArrayFromImage(to_lps(image)), f) >= 0.5
+
+    return _BinnedGrid(
+        full_hu=full_hu,
+        hu=bin_axial(full_hu, f),
+        head=mask(brain.head_mask),
+        intracranial=mask(brain.intracranial_mask),
+        brain=mask(brain.brain_mask),
+        factor=f,
+        spacing_mm=(sx * f, sy * f, sz),
+        fine_voxel_ml=sx * sy * sz / 1000.0,
+    )
+
+
+def _check_coverage(
+    grid: _BinnedGrid,
+    brain_found: bool,
+    min_coverage_mm: float,
+    edge_brain_fraction: float,
+    raised: dict[str, str],
+    measured: dict[str, Any],
+) -> None:
+    """Head extent along z, and a brain cut at the first or last slice."""
+    sz = grid.spacing_mm[2]
+    z_head = np.flatnonzero(grid.head.any(axis=(1, 2)))
+    coverage_mm = float((z_head[-1] - z_head[0] + 1) * sz) if z_head.size else 0.0
+    measured["head_coverage_mm"] = coverage_mm
+    if not brain_found:
+        return
+    areas = grid.brain.sum(axis=(1, 2)).astype(float)
+    peak = areas.max()
+    cut = [side for side, a in (("bottom", areas[0]), ("top", areas[-1])) if a >= edge_brain_fraction * peak]
+    measured["brain_cut_at"] = cut
+    if coverage_mm < min_coverage_mm or "top" in cut:
+        why = [f"head covered over {coverage_mm:.0f} mm"] if coverage_mm < min_coverage_mm else []
+        why += [f"brain cut at the {side} slice" for side in cut]
+        raised.setdefault("incomplete_head_coverage", "; ".join(why))
+
+
+def _check_dense_vessels(
+    grid: _BinnedGrid,
+    contrast_range_hu: tuple[float, float],
+    contrast_min_ml: float,
+    contrast_margin_mm: float,
+    raised: dict[str, str],
+    measured: dict[str, Any],
+) -> None:
+    """Contrast: dense (150-400 HU) structures well inside the skull.
+
+    Only on the slices where the cavity is wide (not the skull base or vertex),
+    in components that touch no bone or calcification (> 400 HU smoothed).
+    """
+    sx, sy, _ = grid.spacing_mm
+    ic_areas = grid.intracranial.sum(axis=(1, 2))
+    wide = ic_areas >= 0.5 * ic_areas.max()
+    core = fill_holes_axial(erode_axial(grid.intracranial, contrast_margin_mm, (sx, sy)))
+    core &= wide[:, None, None]
+    smooth = ndimage.gaussian_filter(grid.hu, sigma=[0.0, 0.7 / sy, 0.7 / sx])
+    lo, hi = contrast_range_hu
+    candidates = core & (smooth >= lo)
+    lab, n = ndimage.label(candidates, structure=np.ones((3, 3, 3), bool))
+    dense_ml = 0.0
+    if n:
+        peak_hu = ndimage.maximum(smooth, lab, index=np.arange(1, n + 1))
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+        dense_ml = float(sizes[peak_hu <= hi].sum() * grid.voxel_ml)
+    measured["dense_intracranial_ml"] = dense_ml
+    if dense_ml >= contrast_min_ml:
+        raised.setdefault("contrast_suspected", f"{dense_ml:.1f} mL of {lo:.0f}-{hi:.0f} HU inside the skull")
+
+
+def _check_metal(
+    grid: _BinnedGrid, metal_hu: float, metal_min_ml: float, raised: dict[str, str], measured: dict[str, Any]
+) -> None:
+    """Metal: very dense voxels in or near the cranial cavity (counted at full resolution)."""
+    sx, sy, _ = grid.spacing_mm
+    f = grid.factor
+    near = dilate_axial(grid.intracranial, 15.0, (sx, sy)) if grid.intracranial.any() else grid.head
+    metal_fraction = bin_axial(np.asarray(grid.full_hu) >= metal_hu, f)
+    metal_ml = float(metal_fraction[near].sum() * f * f * grid.fine_voxel_ml)
+    measured["metal_ml"] = metal_ml
+    if metal_ml >= metal_min_ml:
+        raised.setdefault("streak_or_metal_artefact", f"{metal_ml:.2f} mL above {metal_hu:.0f} HU near the brain")
+
+
+def _report_flags(raised: Mapping[str, str], severities: Mapping[str, str] | None) -> tuple[QcFlag, ...]:
+    """The raised flags with their severity (the table's, or an override) and description."""
+    severity_of = {k: v.severity for k, v in QC_FLAGS.items()}
+    severity_of.update(severities or {})
     flags = []
     for name, detail in raised.items():
         spec = QC_FLAGS.get(name)
@@ -272,4 +326,4 @@ def assess_qc(
             raise ValueError(f"QC severity {severity!r} for {name} is not one of {', '.join(SEVERITIES)}")
         description = spec.description if spec else f"Flag raised by ingest: {name}."
         flags.append(QcFlag(name=name, severity=severity, description=description, detail=detail))
-    return QcReport(flags=tuple(flags), measurements=measured)
+    return tuple(flags)

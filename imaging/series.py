@@ -408,7 +408,7 @@ def evaluate(candidates: Sequence[SeriesCandidate], rules: Mapping[str, Any] | N
 # grouping
 
 
-def _unit(v: Sequence[float]) -> np.ndarray | None:
+def _unit(v: Sequence[float] | np.ndarray) -> np.ndarray | None:
     arr = np.asarray(v, dtype=float)
     norm = float(np.linalg.norm(arr))
     return arr / norm if norm > 1e-6 else None

@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import urllib.error
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+from ictus.imaging.atomic import move_file, write_text
 from ictus.imaging.errors import InvalidInputError, ModelError
 from ictus.models.registry import Member, read_card_json
 from ictus.models.weights import (
     CARD_FILE,
     ENV_MODELS_DIR,
-    _atomic_write_text,
     _copy_checked,
     _download,
     _is_url,
@@ -524,7 +523,7 @@ def pull_asset(
             part.unlink(missing_ok=True)
             failed.append(f"{f.path} could not be written in {directory} ({exc})")
             continue
-        os.replace(part, target)
+        move_file(part, target)
         log.info("%s %s from %s (sha256 ok)", action, f.path, origin)
         report.files.append(PulledFile(f.path, action, origin, f.size_bytes))
 
@@ -543,4 +542,4 @@ def _write_card_copy(card: AssetCard, directory: Path) -> None:
     target = directory / CARD_FILE
     if card.card_path is not None and card.card_path.resolve() == target.resolve():
         return
-    _atomic_write_text(target, json.dumps(card.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_text(target, json.dumps(card.to_dict(), indent=2, ensure_ascii=False) + "\n")

@@ -19,7 +19,7 @@ import torch
 from onnx import helper
 
 from ictus.imaging.errors import ModelError
-from ictus.models.deepmedic import DeepMedic, deepmedic_for_state_dict
+from ictus.models.deepmedic.network import DeepMedic, PreActBlock, deepmedic_for_state_dict
 from ictus.models.onnx_build import INPUT_NAME, OPSET, OUTPUT_NAME, write_model_atomic
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,9 @@ def export_network(network: DeepMedic, *, metadata: Mapping[str, str] | None = N
     """Trace ``network`` (eval mode) with the legacy exporter into an ONNX model with dynamic axes."""
     network = network.eval()
     first = network.pathways[0]
-    channels = first.path[1].bn.num_features
+    block = first.path[1]
+    assert isinstance(block, PreActBlock)  # the path is DownSample, PreActBlock..., UpSample
+    channels = block.bn.num_features
     # The smallest valid input (85^3 for BLAST-CT) keeps tracing cheap; sizes are traced, not baked in.
     smallest = [(1 + n) * s for n, s in zip(first.shrink, first.scale)]
     example = torch.zeros((1, channels, *smallest), dtype=torch.float32)
@@ -37,7 +39,9 @@ def export_network(network: DeepMedic, *, metadata: Mapping[str, str] | None = N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter from the legacy exporter
         torch.onnx.export(
-            network, (example,), buffer, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            # the legacy exporter (dynamo=False) writes to a file-like object; torch types ``f`` as a path only
+            network, (example,), buffer,  # type: ignore[arg-type]
+            dynamo=False, opset_version=OPSET, do_constant_folding=True,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch", 2: "depth", 3: "height", 4: "width"},
                           OUTPUT_NAME: {0: "batch", 2: "out_depth", 3: "out_height", 4: "out_width"}})

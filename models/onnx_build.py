@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -31,7 +29,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ictus.imaging.atomic import atomic_path
 from ictus.imaging.errors import ModelError
+from ictus.models.hashing import file_sha256
 from ictus.models.legacy_pt import read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -312,8 +312,6 @@ def build_model(state: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] 
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file (the same digest the weights registry checks)."""
-    from ictus.models.weights import file_sha256
-
     return file_sha256(Path(path))
 
 
@@ -342,16 +340,10 @@ def convert_member(pt_path: str | Path, onnx_path: str | Path, *, metadata: Mapp
 def write_model_atomic(model: onnx.ModelProto, onnx_path: str | Path) -> Path:
     """Write an ONNX model via a temporary file in the same folder and a rename."""
     onnx_path = Path(onnx_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=onnx_path.parent)
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(model.SerializeToString())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, onnx_path)
+        with atomic_path(onnx_path) as tmp:
+            tmp.write_bytes(model.SerializeToString())
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise ModelError(f"Cannot write {onnx_path} ({exc.strerror or exc}); check the folder is writable.") from exc
     return onnx_path
 

@@ -1,8 +1,10 @@
 """The model registry: model cards as plain data.
 
 A card (``models/cards/<id>-<version>.json``) is the single source of truth for
-a model: id and version, class labels with standard codes, preprocessing
-(spacing, HU window, scaling), patch and context sizes, ensemble members with
+a model: id and version, class labels with standard codes and roles ("blood",
+"oedema", ...: :meth:`ModelCard.class_names_by_role`), preprocessing
+(spacing, HU window, scaling), patch and context sizes and the runtime's tile
+sizes and cost model (read by :class:`ictus.models.geometry.TileGeometry`), ensemble members with
 their sha256 and pinned upstream URLs, source, licence, citation, intended use
 and known limitations. This module imports no onnxruntime and no torch; the CLI
 takes its choices from it and its tests need no weights.
@@ -19,10 +21,17 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ictus.imaging.errors import ModelError
+from ictus.models.geometry import TileGeometry
 
 log = logging.getLogger(__name__)
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
+#: Class roles a card may give (``classes[].role``): what the pipeline measures and reports.
+CLASS_ROLES = ("background", "blood", "oedema", "other")
+#: Roles of cards that give none, by class name (the BLAST-CT classes).
+_LEGACY_ROLES = {"background": "background", "IPH": "blood", "EAH": "blood", "IVH": "blood", "oedema": "oedema"}
+#: The card triage uses when none is named (CLI ``--model`` default, ``TriageOptions.model``).
+DEFAULT_MODEL = "blast-ct"
 CARD_FORMAT = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MEMBER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -51,6 +60,8 @@ class ClassLabel:
     ``codes`` maps a role to a :class:`Code`: ``category`` and ``type`` (the
     DICOM SEG segmented property category and type, CIDs 7150/7151),
     ``anatomic_region`` (optional) and ``finding`` (the clinical concept).
+    ``role`` says what the class is to the pipeline (:data:`CLASS_ROLES`): "blood"
+    classes are haemorrhage subtypes, "oedema" is measured and reported on its own.
     """
 
     value: int
@@ -58,6 +69,7 @@ class ClassLabel:
     description: str
     codes: Mapping[str, Code] = field(default_factory=dict)
     code_note: str = ""
+    role: str = "other"
 
     def code(self, role: str) -> Code | None:
         """The code for ``role`` ("category", "type", "anatomic_region", "finding"), or None."""
@@ -179,6 +191,13 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def class_names_by_role(self, role: str) -> tuple[str, ...]:
+        """Names of the classes with ``role`` ("background", "blood", "oedema", "other"),
+        in label-value order, e.g. ``("IPH", "EAH", "IVH")`` for "blood"."""
+        if role not in CLASS_ROLES:
+            raise ModelError(f"unknown class role {role!r}; use one of {', '.join(CLASS_ROLES)}")
+        return tuple(c.name for c in self.classes if c.role == role)
 
     @property
     def member_names(self) -> tuple[str, ...]:
@@ -312,6 +331,8 @@ def card_from_dict(data: Mapping[str, Any], *, card_path: Path | None = None, bu
                 description=str(c.get("description", "")),
                 codes={role: _code(code, where) for role, code in (c.get("codes") or {}).items()},
                 code_note=str(c.get("code_note", "")),
+                role=str(c.get("role") or _LEGACY_ROLES.get(str(c.get("name")))
+                         or ("background" if int(c.get("value", -1)) == 0 else "other")),
             )
             for c in _require(data, "classes", where)
         )
@@ -389,6 +410,9 @@ def _check(card: ModelCard, where: str) -> None:
     problems: list[str] = []
     if [c.value for c in card.classes] != list(range(len(card.classes))):
         problems.append("class values must be 0..C-1 in order")
+    bad_roles = sorted({c.role for c in card.classes} - set(CLASS_ROLES))
+    if bad_roles:
+        problems.append(f"unknown class role(s) {', '.join(bad_roles)}; use {', '.join(CLASS_ROLES)}")
     if not card.members:
         problems.append("no members")
     names = [m.name for m in card.members]
@@ -409,6 +433,10 @@ def _check(card: ModelCard, where: str) -> None:
     lo_hi = card.preprocessing.window_hu
     if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
         problems.append("window_hu must be [low, high] with low < high")
+    try:
+        TileGeometry.from_card(card)  # the runtime's reading of the patch and runtime blocks
+    except ModelError as exc:
+        problems.append(str(exc).removesuffix("; fix the model card").removesuffix("; fix the card"))
     if problems:
         raise ModelError(f"model card {where} is invalid: {'; '.join(problems)}")
 

@@ -1,18 +1,27 @@
-"""Torch-free inference of a BLAST-CT-style ONNX ensemble on onnxruntime.
+"""Torch-free inference of an ONNX ensemble on onnxruntime, tiled as the model card says.
 
-``segment(volume, members, class_names=...)`` takes a HU :class:`Volume` and
-the members' ONNX files and returns a :class:`ictus.models.types.Segmentation` on the
+``segment(volume, members, class_names=..., geometry=...)`` takes a HU :class:`Volume`
+and the members' ONNX files and returns a :class:`ictus.models.types.Segmentation` on the
 volume's own grid. :class:`Ensemble` holds the onnxruntime sessions, so batch
-workers load them once and call :meth:`Ensemble.segment` per study.
+workers load them once and call :meth:`Ensemble.segment` per study;
+:meth:`Ensemble.from_card` takes everything model-specific from the card.
+
+The model's geometry (:class:`ictus.models.geometry.TileGeometry`: context per
+side, tile alignment, input/output relation, tile sizes, cost model) comes from
+the card's ``patch`` and ``runtime`` blocks; this module knows no architecture.
+The figures below are BLAST-CT's (DeepMedic, :mod:`ictus.models.deepmedic`):
+context 40, alignment 15.
 
 How it computes (see ``models/preprocess.py`` for the input side):
 
-- **Tiling.** Output tiles of ``tile_vox`` voxels (a multiple of 15) on the full
-  1 mm grid, each fed with a window of ``tile + 2*40`` voxels (the network's
-  context), edge-padded at the grid border like the reference. Tiles start on
-  multiples of 15 in the reference's grid, so the x3 and x5 pathways sample the
-  same voxels as the reference's 110^3 -> 30^3 patches: tiled == untiled == the
-  reference, for any tile size.
+- **Tiling.** Output tiles of ``tile_vox`` voxels (a multiple of the card's
+  ``tile_multiple_vox``, 15) on the full model grid, each fed with a window of
+  ``tile + 2 * context_vox`` voxels (``2*40``), edge-padded at the grid border like
+  the reference. Tiles start on multiples of the alignment in the reference's
+  grid, so for BLAST-CT the x3 and x5 pathways sample the same voxels as the
+  reference's 110^3 -> 30^3 patches: tiled == untiled == the reference, for any
+  tile size. A network whose output is as large as its input (``valid_input_offset_vox``
+  0, e.g. SegResNet) has its output cropped to the tile by the runtime.
 - **Tile skipping** (``skip="tissue"``, default): only tiles whose output
   region holds at least one voxel with HU strictly inside the window
   (-15..100 HU, soft tissue) inside the head box are computed; the others are
@@ -20,7 +29,7 @@ How it computes (see ``models/preprocess.py`` for the input side):
 - **Ensemble.** Mean of the members' softmax, labels = argmax.
   ``fast=True`` runs member 1 only. The default cascade
   (``cascade_threshold=0.3``): member 1 runs on every computed tile; in each
-  tile, members 2..N run only on the 15-voxel-aligned sub-brick that holds every
+  tile, members 2..N run only on the aligned sub-brick that holds every
   voxel where member 1's foreground probability (1 - p_background) is above
   0.3 (:func:`unsure_brick`), and the mean softmax of all members is used
   there. Elsewhere the result is member 1's (and ``agreement`` is 1). Since the
@@ -28,9 +37,10 @@ How it computes (see ``models/preprocess.py`` for the input side):
   the plain ensemble on those voxels. ``cascade_threshold=None`` runs every
   member on every tile (the plain ensemble).
 - **Precision.** ``precision="fp32"`` (default) runs the ONNX files as given;
-  ``"int8"`` runs static int8 copies in which only the full-resolution
-  pathway's layers 2-8 and the 1x1x1 head are quantised (QDQ, per-channel
-  weights; :func:`int8_nodes`), made once by :func:`quantize_member` and cached
+  ``"int8"`` runs static int8 copies in which only the convolutions the card
+  names are quantised (BLAST-CT: the full-resolution pathway's layers 2-8 and
+  the 1x1x1 head; QDQ, per-channel weights; :func:`select_int8_nodes`), made once
+  by :func:`quantize_member` and cached
   next to the model (or in the user cache). Measured on member 1: 99.5% of
   the labels of a lesion window unchanged, and 3.2x less CPU than the raw
   fp32 file, but only ~10% less than fp32 once denormals are flushed (below):
@@ -63,13 +73,14 @@ import SimpleITK as sitk
 
 from ictus.imaging.errors import InvalidInputError, ModelError
 from ictus.imaging.volume import Volume
+from ictus.models.geometry import TileGeometry
 from ictus.models.preprocess import ModelInput, preprocess, to_original_grid
+from ictus.models.registry import DEFAULT_MODEL
 from ictus.models.types import Segmentation
+from ictus.models.weights import user_cache_dir
 
 log = logging.getLogger(__name__)
 
-CONTEXT_VOX = 40  # network context per side: input 5k+80 -> output 5k
-PHASE_VOX = 15  # tiles start on multiples of this (x3 and x5 sub-sampling phase)
 DEFAULT_CASCADE_THRESHOLD = 0.3  # largest threshold that met the agreement criteria on all inputs (scripts/bench_model.py --agreement)
 SKIP_RULES = ("intracranial", "tissue", "none")
 DEFAULT_SKIP = "intracranial"
@@ -77,12 +88,13 @@ DEFAULT_SKIP = "intracranial"
 
 @dataclass(frozen=True)
 class TilingPlan:
-    """Output bricks on the full 1 mm grid: (start z/y/x, size z/y/x) each, sizes
-    multiples of 15, starts on multiples of 15."""
+    """Output bricks on the full model grid: (start z/y/x, size z/y/x) each, sizes and
+    starts multiples of the geometry's ``tile_multiple_vox``."""
 
     tile_vox: int
     tiles: tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...]
     n_candidates: int
+    geometry: TileGeometry
 
     @property
     def output_voxels(self) -> int:
@@ -90,26 +102,7 @@ class TilingPlan:
 
     @property
     def estimated_gmac(self) -> float:
-        return float(sum(member_gmac(size) for _, size in self.tiles))
-
-
-_WIDTHS = (30, 30, 40, 40, 40, 40, 50, 50)
-
-
-def member_gmac(out_size: Sequence[int]) -> float:
-    """Multiply-accumulates (G) of one DeepMedic member for an output brick
-    (sizes multiples of 15): the three pathways on their valid crops, then the
-    1x1x1 head. Used to choose tile sizes."""
-    total = 0.0
-    for factor in (1, 3, 5):
-        side = [o // factor + 16 for o in out_size]  # pathway input after sub-sampling
-        c_in = 1
-        for i, c_out in enumerate(_WIDTHS):
-            n = np.prod([s - 2 * (i + 1) for s in side])
-            total += 27.0 * c_in * c_out * n
-            c_in = c_out
-    total += float(np.prod(out_size)) * (150 * 250 + 250 * 250 + 250 * 5)
-    return total / 1e9
+        return float(sum(self.geometry.estimated_gmac(size) for _, size in self.tiles))
 
 
 def available_providers(providers: Sequence[str] | None = None) -> list[str]:
@@ -136,8 +129,10 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
 class Ensemble:
     """onnxruntime sessions for a list of ONNX members, created once and reusable.
 
+    ``geometry``: how to tile (from the card, :meth:`TileGeometry.from_card`).
     ``precision``: "fp32" (the files as given) or "int8" (cached static-int8
-    copies, see :func:`quantize_member`).
+    copies, see :func:`quantize_member`; ``int8_conv_patterns`` from the card's
+    ``runtime.int8``).
     """
 
     def __init__(
@@ -145,6 +140,7 @@ class Ensemble:
         members: Sequence[Path | str],
         *,
         class_names: Sequence[str],
+        geometry: TileGeometry,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         precision: str = "fp32",
@@ -152,18 +148,22 @@ class Ensemble:
         window_hu: tuple[float, float] = (-15.0, 100.0),
         model_id: str = "",
         model_version: str = "",
+        int8_conv_patterns: Sequence[str] = (),
     ) -> None:
         import onnxruntime as ort
 
+        pull = f"run `ictus models pull {model_id or DEFAULT_MODEL}`"
         if not members:
-            raise ModelError("no ensemble members were given; run `ictus models pull blast-ct`")
+            raise ModelError(f"no ensemble members were given; {pull}")
         if precision not in ("fp32", "int8"):
             raise ModelError(f"unknown precision {precision!r}; use 'fp32' or 'int8'")
         self.member_paths = [Path(m) for m in members]
         for path in self.member_paths:
             if not path.is_file():
-                raise ModelError(f"model file {path} is missing; run `ictus models pull blast-ct`")
+                raise ModelError(f"model file {path} is missing; {pull}")
         self.class_names = tuple(class_names)
+        self.geometry = geometry
+        self.int8_conv_patterns = tuple(int8_conv_patterns)
         self.spacing_mm = tuple(float(s) for s in spacing_mm)
         self.window_hu = (float(window_hu[0]), float(window_hu[1]))
         self.precision = precision
@@ -189,13 +189,33 @@ class Ensemble:
         self._sessions: list = [None] * len(self.member_paths)
         self._run_paths = [quantized_path(p) if precision == "int8" else p for p in self.member_paths]
 
+    @classmethod
+    def from_card(cls, card, members: Sequence[Path | str], **options) -> "Ensemble":
+        """An ensemble of ``members`` (ONNX files) with everything model-specific from
+        ``card`` (an :class:`ictus.models.registry.ModelCard`): class names, geometry,
+        spacing, HU window, id, version and int8 node patterns. ``options`` go to the
+        constructor (threads, providers, precision)."""
+        int8 = ((card.raw or {}).get("runtime") or {}).get("int8") or {}
+        return cls(
+            members,
+            class_names=card.class_names,
+            geometry=TileGeometry.from_card(card),
+            spacing_mm=tuple(card.preprocessing.spacing_mm),
+            window_hu=tuple(card.preprocessing.window_hu),
+            model_id=card.id,
+            model_version=card.version,
+            int8_conv_patterns=tuple(str(p) for p in int8.get("conv_name_patterns", ())),
+            **options,
+        )
+
     # -- sessions ---------------------------------------------------------
     def session(self, index: int):
         """The onnxruntime session of member ``index`` (created on first use)."""
         if self._sessions[index] is None:
             path = self._run_paths[index]
             if self.precision == "int8" and not path.is_file():
-                quantize_member(self.member_paths[index], path)
+                quantize_member(self.member_paths[index], path, geometry=self.geometry, window_hu=self.window_hu,
+                                conv_name_patterns=self.int8_conv_patterns)
             try:
                 self._sessions[index] = self._ort.InferenceSession(
                     load_without_denormals(path), self._options, providers=self.providers
@@ -205,8 +225,8 @@ class Ensemble:
         return self._sessions[index]
 
     def predict(self, index: int, window: np.ndarray) -> np.ndarray:
-        """Softmax probabilities [C, z, y, x] of member ``index`` for a normalised
-        input window [z+80, y+80, x+80] (each side 5k+80)."""
+        """Softmax probabilities [C, z, y, x] of member ``index`` on the output tile of a
+        normalised input window [z + 2c, y + 2c, x + 2c] (c: the geometry's context)."""
         session = self.session(index)
         name = session.get_inputs()[0].name
         logits = session.run(None, {name: window[None, None].astype(np.float32, copy=False)})[0][0]
@@ -215,6 +235,16 @@ class Ensemble:
                 f"model gives {logits.shape[0]} channels but the card names {len(self.class_names)} classes; "
                 "check the model card"
             )
+        g = self.geometry
+        expected = tuple(n - g.valid_input_offset_vox for n in window.shape)
+        if tuple(logits.shape[1:]) != expected:
+            raise ModelError(
+                f"model gives an output of {tuple(logits.shape[1:])} voxels for an input of {window.shape}, "
+                f"the card's patch block says {expected}; check the model card"
+            )
+        start = g.output_start_vox
+        if start:
+            logits = logits[(slice(None),) + tuple(slice(start, n - start) for n in logits.shape[1:])]
         return softmax(logits, axis=0)
 
     # -- whole volumes ------------------------------------------------------
@@ -239,8 +269,9 @@ class Ensemble:
             volume,
             spacing_mm=self.spacing_mm,  # type: ignore[arg-type]
             window_hu=self.window_hu,
-            tile_vox=tile_vox or 90,
-            context_vox=CONTEXT_VOX,
+            tile_vox=tile_vox or max(self.geometry.tile_candidates_vox),
+            context_vox=self.geometry.context_vox,
+            phase_vox=self.geometry.tile_multiple_vox,
             crop_to_head=crop_to_head,
         )
         t1 = time.perf_counter()
@@ -259,7 +290,8 @@ class Ensemble:
             resample_back_s=round(t3 - t2, 3),
             precision=self.precision,
             providers=list(self.providers),
-            method=describe_method(fast, len(indices), cascade_threshold, skip, stats["tile_vox"], self.precision),
+            method=describe_method(fast, len(indices), cascade_threshold, skip, stats["tile_vox"], self.precision,
+                                   geometry=self.geometry),
         )
         return Segmentation(
             probabilities=seg[0],
@@ -282,7 +314,9 @@ class Ensemble:
         cascade_threshold: float | None = DEFAULT_CASCADE_THRESHOLD,
     ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Ensemble probabilities float32 [C, *box] and agreement float16 [*box] on the model box."""
-        plan = choose_tile_vox(model_input, skip) if tile_vox is None else plan_tiles(model_input, tile_vox, skip=skip)
+        g = self.geometry
+        plan = (choose_tile_vox(model_input, g, skip) if tile_vox is None
+                else plan_tiles(model_input, tile_vox, g, skip=skip))
         n_classes = len(self.class_names)
         shape = model_input.array.shape
         probs = np.zeros((n_classes,) + shape, dtype=np.float32)
@@ -291,20 +325,21 @@ class Ensemble:
         member_tiles = [0] * len(indices)
         cascade_voxels = 0
         for start, size in plan.tiles:
-            window = extract_window(model_input, start, size)
+            window = extract_window(model_input, start, size, g)
             out_sl, box_sl = _tile_slices(model_input, start, size)
             first = self.predict(indices[0], window)[(slice(None),) + out_sl]
             member_tiles[0] += 1
             probs[(slice(None),) + box_sl] = first
             if len(indices) == 1:
                 continue
+            sub: tuple[tuple[int, ...], tuple[int, ...]] | None
             if cascade_threshold is None:
                 sub = (tuple(start), tuple(size))
             else:
-                sub = unsure_brick(first[0], cascade_threshold, start)
+                sub = unsure_brick(first[0], cascade_threshold, start, g.tile_multiple_vox)
                 if sub is None:
                     continue
-            sub_window = window if sub == (tuple(start), tuple(size)) else extract_window(model_input, *sub)
+            sub_window = window if sub == (tuple(start), tuple(size)) else extract_window(model_input, *sub, g)
             sub_out, sub_box = _tile_slices(model_input, *sub)
             inner = tuple(slice(b.start - t.start, b.stop - t.start) for b, t in zip(sub_box, box_sl))
             total = first[(slice(None),) + inner].copy()
@@ -353,16 +388,18 @@ class Ensemble:
 
 
 def describe_method(
-    fast: bool, n_members: int, cascade_threshold: float | None, skip: str, tile_vox: int, precision: str
+    fast: bool, n_members: int, cascade_threshold: float | None, skip: str, tile_vox: int, precision: str,
+    *, geometry: TileGeometry,
 ) -> str:
     """One line saying exactly what was computed (for findings provenance)."""
+    aligned = f"{geometry.tile_multiple_vox}-voxel-aligned"
     if fast or n_members == 1:
         ens = "member 1 only"
     elif cascade_threshold is None:
         ens = f"mean softmax of {n_members} members on every computed tile"
     else:
         ens = (
-            f"cascade: member 1 on every computed tile, members 2-{n_members} only on the 15-voxel-aligned "
+            f"cascade: member 1 on every computed tile, members 2-{n_members} only on the {aligned} "
             f"box of each tile's voxels where member 1 gives a foreground probability > {cascade_threshold:g} "
             "(mean softmax there)"
         )
@@ -372,19 +409,22 @@ def describe_method(
             what += " at least 8 dilation steps from the outside air (scalp dropped)"
         where = (
             f"head-box tiles of up to {tile_vox}^3 holding {what}, "
-            "each shrunk to the 15-voxel-aligned box of that tissue"
+            f"each shrunk to the {aligned} box of that tissue"
         )
     else:
         where = f"all head-box tiles of {tile_vox}^3"
-    return f"{ens}; {where}; 40-voxel context; {precision}"
+    return f"{ens}; {where}; {geometry.context_vox}-voxel context; {precision}"
 
 
-def plan_tiles(model_input: ModelInput, tile_vox: int, *, skip: str = DEFAULT_SKIP) -> TilingPlan:
+def plan_tiles(model_input: ModelInput, tile_vox: int, geometry: TileGeometry, *, skip: str = DEFAULT_SKIP) -> TilingPlan:
     """Bricks of at most ``tile_vox``^3 over the model input's region. With
     ``skip="tissue"`` a brick without soft tissue is dropped and each other brick
-    shrinks to the 15-voxel-aligned bounding box of its tissue voxels."""
-    if tile_vox <= 0 or tile_vox % PHASE_VOX:
-        raise InvalidInputError(f"tile size {tile_vox} is not a positive multiple of {PHASE_VOX}; choose e.g. 60")
+    shrinks to the aligned bounding box of its tissue voxels."""
+    phase = geometry.tile_multiple_vox
+    if tile_vox <= 0 or tile_vox % phase:
+        raise InvalidInputError(
+            f"tile size {tile_vox} is not a positive multiple of {phase}; choose e.g. {geometry.tile_candidates_vox[-1]}"
+        )
     if skip not in SKIP_RULES:
         raise InvalidInputError(f"unknown skip rule {skip!r}; use one of {', '.join(SKIP_RULES)}")
     mask = model_input.deep if skip == "intracranial" else model_input.tissue
@@ -401,32 +441,35 @@ def plan_tiles(model_input: ModelInput, tile_vox: int, *, skip: str = DEFAULT_SK
                     tiles.append((start, full))
                     continue
                 _, box_sl = _tile_slices(model_input, start, full)
-                brick = aligned_box(mask[box_sl], start)
+                brick = aligned_box(mask[box_sl], start, phase)
                 if brick is not None:
                     tiles.append(brick)
-    return TilingPlan(tile_vox=tile_vox, tiles=tuple(tiles), n_candidates=n)  # type: ignore[arg-type]
+    return TilingPlan(tile_vox=tile_vox, tiles=tuple(tiles), n_candidates=n, geometry=geometry)  # type: ignore[arg-type]
 
 
-def choose_tile_vox(model_input: ModelInput, skip: str = DEFAULT_SKIP, candidates=(30, 45, 60, 90)) -> TilingPlan:
-    """The plan with the fewest estimated multiply-accumulates among ``candidates``."""
-    plans = [plan_tiles(model_input, t, skip=skip) for t in candidates]
+def choose_tile_vox(
+    model_input: ModelInput, geometry: TileGeometry, skip: str = DEFAULT_SKIP, candidates: Sequence[int] | None = None
+) -> TilingPlan:
+    """The plan with the fewest estimated multiply-accumulates among ``candidates``
+    (default: the geometry's ``tile_candidates_vox``)."""
+    plans = [plan_tiles(model_input, t, geometry, skip=skip) for t in (candidates or geometry.tile_candidates_vox)]
     return min(plans, key=lambda p: p.estimated_gmac)
 
 
 def aligned_box(
-    mask: np.ndarray, start: Sequence[int]
+    mask: np.ndarray, start: Sequence[int], phase_vox: int
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
-    """The 15-voxel-aligned box (full-grid start, size) around the true voxels of
+    """The ``phase_vox``-aligned box (full-grid start, size) around the true voxels of
     ``mask``, a block whose first voxel sits at full-grid ``start`` (a multiple of
-    15); None when ``mask`` has no true voxel."""
+    ``phase_vox``); None when ``mask`` has no true voxel."""
     if not mask.any():
         return None
     lo, hi = [], []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         hit = np.flatnonzero(mask.any(axis=other))
-        lo.append(int(hit[0]) // PHASE_VOX * PHASE_VOX)
-        hi.append(-(-(int(hit[-1]) + 1) // PHASE_VOX) * PHASE_VOX)
+        lo.append(int(hit[0]) // phase_vox * phase_vox)
+        hi.append(-(-(int(hit[-1]) + 1) // phase_vox) * phase_vox)
     return (
         tuple(int(s) + a for s, a in zip(start, lo)),  # type: ignore[return-value]
         tuple(b - a for a, b in zip(lo, hi)),
@@ -434,14 +477,14 @@ def aligned_box(
 
 
 def unsure_brick(
-    p_background: np.ndarray, threshold: float, start: Sequence[int]
+    p_background: np.ndarray, threshold: float, start: Sequence[int], phase_vox: int
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
-    """The 15-voxel-aligned sub-brick (full-grid start, size) of a tile that holds
+    """The ``phase_vox``-aligned sub-brick (full-grid start, size) of a tile that holds
     every voxel where member 1's foreground probability ``1 - p_background``
     exceeds ``threshold``; None when there is no such voxel. ``p_background`` is
     member 1's background probability on the tile's output (cut at the region end),
-    ``start`` the tile's full-grid start (a multiple of 15)."""
-    return aligned_box((1.0 - p_background) > threshold, start)
+    ``start`` the tile's full-grid start (a multiple of ``phase_vox``)."""
+    return aligned_box((1.0 - p_background) > threshold, start, phase_vox)
 
 
 def _tile_slices(model_input: ModelInput, start: Sequence[int], size: Sequence[int]):
@@ -455,12 +498,16 @@ def _tile_slices(model_input: ModelInput, start: Sequence[int], size: Sequence[i
     return tuple(out_sl), tuple(box_sl)
 
 
-def extract_window(model_input: ModelInput, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """The network input for one output brick: [start-40, start+size+40) per axis in
-    full-grid coordinates, edge-padded beyond the grid (as the reference pads)."""
+def extract_window(
+    model_input: ModelInput, start: Sequence[int], size: Sequence[int], geometry: TileGeometry
+) -> np.ndarray:
+    """The network input for one output brick: [start - c, start + size + c) per axis in
+    full-grid coordinates (c: the geometry's context), edge-padded beyond the grid
+    (as the reference pads)."""
+    context = geometry.context_vox
     sl, pad = [], []
     for s, n, box0, box_n in zip(start, size, model_input.box_start, model_input.array.shape):
-        lo, hi = s - CONTEXT_VOX - box0, s + n + CONTEXT_VOX - box0
+        lo, hi = s - context - box0, s + n + context - box0
         a, b = max(lo, 0), min(hi, box_n)
         sl.append(slice(a, b))
         pad.append((a - lo, hi - b))
@@ -505,28 +552,36 @@ def load_without_denormals(path: Path) -> bytes:
 # -- int8 ------------------------------------------------------------------------
 def quantized_path(onnx_path: Path) -> Path:
     """Where the static-int8 copy of ``onnx_path`` is cached: next to it when that
-    folder is writable, else under the user cache (``$XDG_CACHE_HOME/ictus/int8``)."""
+    folder is writable, else under the user cache (``$XDG_CACHE_HOME/ictus/int8``,
+    :func:`ictus.models.weights.user_cache_dir`)."""
     onnx_path = Path(onnx_path)
     beside = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
     if beside.exists() or os.access(onnx_path.parent, os.W_OK):
         return beside
     digest = hashlib.sha256(str(onnx_path.resolve()).encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ictus" / "int8"
+    cache = user_cache_dir("int8")
     return cache / f"{onnx_path.stem}.{digest}.int8.onnx"
 
 
-def calibration_windows(n: int = 2, size_vox: int = 110, seed: int = 0) -> Iterator[np.ndarray]:
-    """Deterministic normalised calibration windows cut from :func:`synthetic_head_hu`
+def calibration_windows(
+    n: int = 2, *, size_vox: int, window_hu: tuple[float, float], seed: int = 0
+) -> Iterator[np.ndarray]:
+    """Deterministic calibration windows of ``size_vox``^3 (a valid input, e.g. the card's
+    ``input_size_vox``), normalised with ``window_hu``, cut from :func:`synthetic_head_hu`
     (1 mm): first one centred on its haemorrhage (blood, brain, skull, scalp and
     air in one window), then the head centre, the vertex and the side, so that
     the int8 activation ranges cover what a head CT produces."""
+    from ictus.imaging.phantom import head_hu
+
     shape = (150, 190, 160)
-    hu = synthetic_head_hu(shape_vox=shape, seed=seed)
-    lo, hi = -15.0, 100.0
+    hu, labels = head_hu(shape, haemorrhage_ml=_SYNTHETIC_HEAD["haemorrhage_ml"],
+                         haemorrhage_hu=_SYNTHETIC_HEAD["haemorrhage_hu"], noise_hu=_SYNTHETIC_HEAD["noise_hu"], seed=seed)
+    lo, hi = float(window_hu[0]), float(window_hu[1])
     norm = ((2.0 * np.clip(hu, lo, hi) - lo - hi) / (hi - lo)).astype(np.float32)
     centre = [s // 2 for s in shape]
+    blood = tuple(int(round(v)) for v in np.argwhere(labels > 0).mean(axis=0))
     centres = [
-        (centre[0] + 10, centre[1] + 10, centre[2] - 35),
+        blood,
         tuple(centre),
         (centre[0] + 60, centre[1], centre[2]),
         (centre[0], centre[1], centre[2] + 60),
@@ -538,68 +593,66 @@ def calibration_windows(n: int = 2, size_vox: int = 110, seed: int = 0) -> Itera
         yield np.ascontiguousarray(win)[None, None]
 
 
+#: The head of :func:`synthetic_head_hu` and of the calibration windows.
+_SYNTHETIC_HEAD = {"haemorrhage_ml": 30.0, "haemorrhage_hu": 70.0, "noise_hu": 4.0}
+
+
 def synthetic_head_hu(
     shape_vox: tuple[int, int, int] = (150, 190, 160),
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
     *,
-    haemorrhage_ml: float = 30.0,
-    haemorrhage_hu: float = 70.0,
+    haemorrhage_ml: float = _SYNTHETIC_HEAD["haemorrhage_ml"],
+    haemorrhage_hu: float = _SYNTHETIC_HEAD["haemorrhage_hu"],
     seed: int = 0,
 ) -> np.ndarray:
-    """A crude analytic head in HU, float32 [z, y, x] (``spacing_mm`` is z, y, x):
-    air, 5 mm scalp (40 HU), 7 mm skull (1200 HU), brain (35 HU), two ventricles
-    (5 HU) and a spherical haemorrhage of ``haemorrhage_ml`` in the right
-    hemisphere. For int8 calibration, tests and benchmarks."""
-    rng = np.random.default_rng(seed)
-    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * s for n, s in zip(shape_vox, spacing_mm)]
-    z, y, x = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
-    semi = np.array([75.0, 95.0, 78.0])  # outer head semi-axes (z, y, x), mm
+    """The project phantom's head in HU, float32 [z, y, x] (``spacing_mm`` is z, y, x),
+    centred on the grid, with a right basal-ganglia haemorrhage of ``haemorrhage_ml``
+    (:func:`ictus.imaging.phantom.head_hu`, 4 HU noise). For int8 calibration, tests
+    and benchmarks."""
+    from ictus.imaging.phantom import head_hu
 
-    def inside(shrink_mm: float, centre=(0.0, 0.0, 0.0), semi_mm=None) -> np.ndarray:
-        a = (semi if semi_mm is None else np.asarray(semi_mm)) - shrink_mm
-        return ((z - centre[0]) / a[0]) ** 2 + ((y - centre[1]) / a[1]) ** 2 + ((x - centre[2]) / a[2]) ** 2 <= 1.0
-
-    hu = np.full(tuple(shape_vox), -1000.0, dtype=np.float32)
-    hu[inside(0.0)] = 40.0
-    hu[inside(5.0)] = 1200.0
-    hu[inside(12.0)] = 35.0
-    for cx in (-8.0, 8.0):
-        hu[inside(0.0, (5.0, 0.0, cx), (12.0, 25.0, 5.0))] = 5.0
-    if haemorrhage_ml > 0:
-        r = (3.0 * haemorrhage_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-        c = (10.0, 10.0, -35.0)
-        hu[(z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r * r] = haemorrhage_hu
-    hu += rng.normal(0.0, 4.0, hu.shape).astype(np.float32)
+    hu, _ = head_hu(shape_vox, spacing_mm, haemorrhage_ml=haemorrhage_ml, haemorrhage_hu=haemorrhage_hu,
+                    noise_hu=_SYNTHETIC_HEAD["noise_hu"], seed=seed)
     return hu
 
 
-def int8_nodes(model) -> list[str]:
-    """The convolutions worth quantising: the full-resolution pathway's 3x3x3 layers
-    2..8 (most of the compute) and the 1x1x1 head. The first layer (one input
-    channel) and the x3/x5 pathways stay fp32: quantising every Conv flipped ~20%
-    of the labels of a lesion window, this selection ~0.5%. Node names come from
-    the state-dict keys (``path(1, 1, 1)2.path.N...``, ``fully_connected.N...``);
-    without them every Conv with more than one input channel is chosen."""
+def select_int8_nodes(model, conv_name_patterns: Sequence[str] = ()) -> list[str]:
+    """The convolutions to quantise: those whose node name matches one of
+    ``conv_name_patterns`` (regular expressions, ``re.search``; the card's
+    ``runtime.int8.conv_name_patterns``, e.g. DeepMedic's from
+    :func:`ictus.models.deepmedic.int8_conv_patterns`); when none is given or none
+    matches, every Conv with more than one input channel."""
+    import re
+
     from onnx import numpy_helper
 
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    chosen = [
-        n.name for n in convs
-        if ("(1, 1, 1)" in n.name and ".path.1." not in n.name) or n.name.startswith("fully_connected")
-    ]
+    compiled = [re.compile(p) for p in conv_name_patterns]
+    chosen = [n.name for n in convs if any(p.search(n.name) for p in compiled)]
     if chosen:
         return chosen
     inits = {t.name: t for t in model.graph.initializer}
     return [n.name for n in convs if n.input[1] in inits and numpy_helper.to_array(inits[n.input[1]]).shape[1] > 1]
 
 
-def quantize_member(onnx_path: Path, out_path: Path | None = None, *, n_calibration: int = 2) -> Path:
+def quantize_member(
+    onnx_path: Path,
+    out_path: Path | None = None,
+    *,
+    geometry: TileGeometry,
+    window_hu: tuple[float, float],
+    conv_name_patterns: Sequence[str] = (),
+    n_calibration: int = 2,
+) -> Path:
     """Write a static int8 copy of one member: QDQ, per-channel int8 weights, uint8
-    activations, MinMax calibration on :func:`calibration_windows`, only the
-    convolutions of :func:`int8_nodes` quantised."""
+    activations, MinMax calibration on :func:`calibration_windows` (of the geometry's
+    ``input_size_vox``, normalised with ``window_hu``), only the convolutions of
+    :func:`select_int8_nodes` quantised."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from ictus.imaging.atomic import move_file
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     onnx_path = Path(onnx_path)
@@ -608,7 +661,8 @@ def quantize_member(onnx_path: Path, out_path: Path | None = None, *, n_calibrat
 
     class _Reader(CalibrationDataReader):
         def __init__(self, name: str) -> None:
-            self._it = ({name: w} for w in calibration_windows(n_calibration))
+            self._it = ({name: w} for w in calibration_windows(
+                n_calibration, size_vox=geometry.input_size_vox, window_hu=window_hu))
 
         def get_next(self):
             return next(self._it, None)
@@ -627,17 +681,10 @@ def quantize_member(onnx_path: Path, out_path: Path | None = None, *, n_calibrat
         quantize_static(
             str(pre), str(partial), _Reader(name), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=["Conv"], nodes_to_quantize=int8_nodes(onnx.load(str(pre))),
+            op_types_to_quantize=["Conv"], nodes_to_quantize=select_int8_nodes(onnx.load(str(pre)), conv_name_patterns),
         )
-        os.replace(partial, out_path) if _same_fs(partial, out_path) else out_path.write_bytes(partial.read_bytes())
+        move_file(partial, out_path)  # a rename, or a copy next to out_path then a rename
     return out_path
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a.parent).st_dev == os.stat(b.parent).st_dev
-    except OSError:
-        return False
 
 
 def segment(
@@ -645,6 +692,7 @@ def segment(
     members: Sequence[Path | str],
     *,
     class_names: Sequence[str],
+    geometry: TileGeometry,
     threads: int | None = None,
     providers: Sequence[str] | None = None,
     fast: bool = False,
@@ -655,12 +703,12 @@ def segment(
 
     ``options`` go to :meth:`Ensemble.segment` (tile_vox, skip, cascade_threshold,
     members, crop_to_head) or to the constructor (spacing_mm, window_hu,
-    model_id, model_version).
+    model_id, model_version, int8_conv_patterns).
     """
-    ctor_keys = {"spacing_mm", "window_hu", "model_id", "model_version"}
+    ctor_keys = {"spacing_mm", "window_hu", "model_id", "model_version", "int8_conv_patterns"}
     ctor = {k: options.pop(k) for k in list(options) if k in ctor_keys}
     ensemble = Ensemble(
-        [members[0]] if fast else members, class_names=class_names, threads=threads,
+        [members[0]] if fast else members, class_names=class_names, geometry=geometry, threads=threads,
         providers=providers, precision=precision, **ctor,
     )
     return ensemble.segment(volume, fast=fast, **options)

@@ -36,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ictus.imaging.atomic import atomic_path
 from ictus.imaging.errors import InvalidInputError, ModelError
 from ictus.imaging.volume import Volume
 
@@ -127,8 +128,10 @@ def prepare_case(name: str, image_path: Path, mask_path: Path, config: TrainConf
     from ictus.models.preprocess import preprocess
 
     image = sitk.ReadImage(str(image_path), sitk.sitkFloat32)
+    sx, sy, sz = config.spacing_mm  # a tuple also when the config was built with lists
+    lo_hu, hi_hu = config.window_hu
     model_input = preprocess(
-        Volume(image=image), spacing_mm=tuple(config.spacing_mm), window_hu=tuple(config.window_hu),
+        Volume(image=image), spacing_mm=(sx, sy, sz), window_hu=(lo_hu, hi_hu),
         crop_to_head=True,
     )
     mask = sitk.ReadImage(str(mask_path))
@@ -153,7 +156,7 @@ def sample_patch(case: PreparedCase, patch_vox: int, rng: np.random.Generator, f
     idx = np.flatnonzero(pool)
     centre = np.unravel_index(int(idx[rng.integers(idx.size)]), pool.shape)
     half = patch_vox // 2
-    lo = [c - half for c in centre]
+    lo = [int(c) - half for c in centre]
     sl, pad = [], []
     for start, n in zip(lo, case.image.shape):
         a, b = max(start, 0), min(start + patch_vox, n)
@@ -177,9 +180,8 @@ def build_network(config: TrainConfig) -> torch.nn.Module:
 
 def save_checkpoint(path: Path, network: torch.nn.Module, config: TrainConfig, extra: dict[str, Any]) -> Path:
     """Write ``{"state_dict", "config", ...}`` atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": network.state_dict(), "config": asdict(config), **extra}, tmp)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({"state_dict": network.state_dict(), "config": asdict(config), **extra}, tmp)
     return path
 
 
@@ -223,10 +225,13 @@ def validate(network: torch.nn.Module, cases: Sequence[PreparedCase], config: Tr
             logits = sliding_window_inference(  # non-overlapping windows: batch norm makes them agree
                 x, (2 * config.patch_vox,) * 3, 1, network, overlap=0.0, padding_mode="constant", cval=-1.0
             )
+            assert isinstance(logits, torch.Tensor)  # the network returns one tensor
             pred = one_hot(logits.argmax(1, keepdim=True).cpu(), n_classes)
             ref = one_hot(torch.from_numpy(case.labels.astype(np.int64))[None, None], n_classes)
             metric(pred, ref)
-    values = metric.aggregate().cpu().numpy()  # [cases, C-1]
+    aggregated = metric.aggregate()
+    assert isinstance(aggregated, torch.Tensor)  # one tensor with reduction="none"
+    values = aggregated.cpu().numpy()  # [cases, C-1]
     metric.reset()
     per_class = {name: float(np.nanmean(values[:, i])) for i, name in enumerate(config.class_names[1:])}
     per_class["mean"] = float(np.nanmean(list(per_class.values())))

@@ -22,7 +22,6 @@ then renames it into place. No onnxruntime and no torch here; the converter
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
@@ -37,7 +36,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ictus.imaging.atomic import move_file, write_text
 from ictus.imaging.errors import InvalidInputError, ModelError
+from ictus.models.hashing import file_sha256
 from ictus.models.registry import Member, ModelCard
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,19 @@ _URL_RE = re.compile(r"^(https?|file)://", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------- locations
-def user_cache_dir() -> Path:
-    """The platform's per-user cache folder for Ictus models."""
+def user_cache_dir(kind: str = "models") -> Path:
+    """The platform's per-user cache folder for Ictus's ``kind`` of files ("models";
+    "int8" for the runtime's quantised copies): ``$XDG_CACHE_HOME/ictus/<kind>`` or
+    ``~/.cache/ictus/<kind>``, ``~/Library/Caches/ictus/<kind>`` on macOS,
+    ``%LOCALAPPDATA%\\ictus\\Cache\\<kind>`` on Windows. The only place that computes it."""
     if sys.platform == "win32":
         base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "ictus" / "Cache" / "models"
+        return Path(base) / "ictus" / "Cache" / kind
     if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "ictus" / "models"
+        return Path.home() / "Library" / "Caches" / "ictus" / kind
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "ictus" / "models"
+    return base / "ictus" / kind
 
 
 def models_home(models_dir: str | Path | None = None) -> tuple[Path, str]:
@@ -87,16 +91,7 @@ def install_dir(card: ModelCard, models_dir: str | Path | None = None) -> tuple[
     return home / card.id / card.version, origin
 
 
-# ----------------------------------------------------------------------- hashing
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
+# ----------------------------------------------------------------------- stamps
 def _stamp_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + STAMP_SUFFIX)
 
@@ -322,7 +317,7 @@ def convert_to_onnx(card: ModelCard, member: Member, weights_path: Path, onnx_pa
             f"check the weights with `ictus models verify {card.id}`"
         ) from exc
     if written is not None and Path(written) != onnx_path:
-        os.replace(written, onnx_path)
+        move_file(written, onnx_path)
     if not onnx_path.is_file():
         raise ModelError(f"the converter wrote no {onnx_path}; report this as a bug")
     try:
@@ -339,7 +334,7 @@ def convert_to_onnx(card: ModelCard, member: Member, weights_path: Path, onnx_pa
         "converted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "convert_s": round(time.monotonic() - t0, 2),
     }
-    _atomic_write_text(_stamp_path(onnx_path), json.dumps(stamp, indent=2) + "\n")
+    write_text(_stamp_path(onnx_path), json.dumps(stamp, indent=2) + "\n")
     return onnx_path
 
 
@@ -412,12 +407,6 @@ def _layouts(card: ModelCard, m: Member) -> list[str]:
 
 def _is_url(source: str | Path) -> bool:
     return isinstance(source, str) and bool(_URL_RE.match(source))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _refuse_mismatch(part: Path, m: Member, origin: str) -> None:
@@ -605,7 +594,7 @@ def pull(
             )
             action = "downloaded"
         _refuse_mismatch(part, m, origin)
-        os.replace(part, target)
+        move_file(part, target)
         log.info("%s %s from %s (sha256 ok)", action, m.file, origin)
         report.members.append(PulledMember(m.name, action, origin, m.size_bytes))
 
@@ -632,4 +621,4 @@ def _write_card_copy(card: ModelCard, directory: Path) -> None:
     target = directory / CARD_FILE
     if card.card_path is not None and card.card_path.resolve() == target.resolve():
         return
-    _atomic_write_text(target, json.dumps(card.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_text(target, json.dumps(card.to_dict(), indent=2, ensure_ascii=False) + "\n")

@@ -2,14 +2,15 @@
 
 >>> from ictus.pipelines.api import triage, plot_montage
 >>> result = triage("study/", fast=True)          # same code path as `ictus triage`
->>> result.findings["ich"]["present"], result.qc_flags
+>>> result.findings.ich.present, result.qc_flags
 >>> plot_montage(result)                           # axial slices with overlays
 
 - :func:`triage` / :class:`TriageResult` / :class:`TriageEngine` (from
   :mod:`ictus.pipelines.triage`): the result holds the HU ``volume``, the
   ``segmentation`` (per-class ``probabilities`` float16 [C, z, y, x] and
-  ``labels`` on the volume's grid), the ``findings`` dictionary, ``qc_flags``
-  and ``provenance``. Nothing here prints or exits; errors are
+  ``labels`` on the volume's grid), the typed ``findings`` record
+  (:class:`ictus.pipelines.findings.record.Findings`; ``findings.to_dict()`` is findings.json),
+  ``qc_flags`` and ``provenance``. Nothing here prints or exits; errors are
   :class:`ictus.imaging.errors.IctusError` subclasses. Runs inside
   :func:`ictus.pipelines.phi.phi_guard` (no patient identifier in logs, warnings
   or error messages). ``result.outputs`` lists what was written;

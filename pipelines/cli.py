@@ -73,7 +73,7 @@ class IctusGroup(click.Group):
         for name in names:
             loaded = self.commands.get(name)
             text = loaded.get_short_help_str(limit=limit) if loaded is not None else \
-                click.utils.make_default_short_help(COMMAND_HELP.get(name, ""), limit)
+                click.Command(name, help=COMMAND_HELP.get(name, "")).get_short_help_str(limit=limit)
             rows.append((name, text))
         if rows:
             with formatter.section("Commands"):

@@ -15,14 +15,29 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+from ictus.imaging.brain import BrainResult
+from ictus.imaging.measure import Measurements
+from ictus.imaging.midline import MidlineResult
+from ictus.imaging.series import SeriesCandidate, SeriesChoice
 from ictus.imaging.volume import Volume
+from ictus.models.registry import DEFAULT_MODEL, ModelCard
 from ictus.models.types import Segmentation
+from ictus.pipelines.findings.build import build_findings
+from ictus.pipelines.findings.priority import Priority, load_rules
+from ictus.pipelines.findings.record import Findings, Provenance
+from ictus.pipelines.writers import ALL_OUTPUTS
+
+if TYPE_CHECKING:  # types only: the stroke analyses are imported when they run
+    import numpy as np
+
+    from ictus.imaging.anatomy import Anatomy
+    from ictus.imaging.ischaemia import IschaemiaResult
+    from ictus.imaging.vessels import DenseArteryResult
 
 log = logging.getLogger(__name__)
 
-ALL_OUTPUTS = ("json", "seg", "sr", "sc", "report")
 LOBAR_ATLAS_CARD = "blast-ct-atlas"
 #: Registered ventricles are dilated by this much before blood in them is counted as IVH.
 IVH_VENTRICLE_DILATION_MM = 2.0
@@ -32,7 +47,7 @@ IVH_VENTRICLE_DILATION_MM = 2.0
 class TriageOptions:
     """Everything that changes what triage does (plain data, picklable for workers)."""
 
-    model: str = "blast-ct"  # a card id ("blast-ct", "blast-ct:v1") or a path to a card file/folder
+    model: str = DEFAULT_MODEL  # a card id ("blast-ct", "blast-ct:v1") or a path to a card file/folder
     models_dir: str | None = None  # overrides $ICTUS_MODELS_DIR and the user cache
     fast: bool = False  # one member instead of the ensemble
     members: str | None = None  # explicit member selection ("1,2"), overrides fast
@@ -54,7 +69,8 @@ class TriageResult:
     - ``volume``: the HU volume that was analysed (LPS, QC flags inside).
     - ``segmentation``: probabilities/labels/agreement on the volume's grid (None when
       the study was indeterminate before the model ran, e.g. no brain).
-    - ``findings``: the ``findings.json`` dictionary (schema in pipelines/schemas).
+    - ``findings``: the typed :class:`ictus.pipelines.findings.record.Findings`
+      (``findings.to_dict()`` is findings.json; after the writers ran it holds their ``outputs`` block).
     - ``choice``: every series with its score or rejection reason.
     - ``brain``, ``midline``, ``measurements``: the intermediate measurement objects.
     - ``anatomy``, ``ischaemia``, ``dense_artery``: the registered template and the stroke analyses.
@@ -63,28 +79,35 @@ class TriageResult:
 
     volume: Volume
     segmentation: Segmentation | None
-    findings: Mapping[str, Any]
-    choice: Any = None
-    card: Any = None
-    brain: Any = None
-    midline: Any = None
-    measurements: Any = None
+    findings: Findings
+    choice: SeriesChoice | None = None
+    card: ModelCard | None = None
+    brain: BrainResult | None = None
+    midline: MidlineResult | None = None
+    measurements: Measurements | None = None
     outputs: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    anatomy: Any = None  # ictus.imaging.anatomy.Anatomy (template registration), None when not run
-    ischaemia: Any = None  # ictus.imaging.ischaemia.IschaemiaResult
-    dense_artery: Any = None  # ictus.imaging.vessels.DenseArteryResult
+    anatomy: "Anatomy | None" = None  # template registration, None when not run
+    ischaemia: "IschaemiaResult | None" = None
+    dense_artery: "DenseArteryResult | None" = None
 
     @property
-    def priority(self) -> str:
-        return str(self.findings.get("priority"))
+    def priority(self) -> Priority:
+        """The triage priority."""
+        return self.findings.priority
 
     @property
     def qc_flags(self) -> tuple[str, ...]:
-        return tuple(self.findings.get("qc", {}).get("flags", ()))
+        """The QC flag names (the writers' flags included once they ran)."""
+        return self.findings.qc_flags
 
     @property
-    def provenance(self) -> Mapping[str, Any]:
-        return self.findings.get("provenance", {})
+    def provenance(self) -> Provenance:
+        """The provenance (versions, models, series used)."""
+        return self.findings.provenance
+
+    def findings_dict(self) -> dict[str, Any]:
+        """``findings.json`` as a dict (what the writers wrote, ``outputs`` block included)."""
+        return self.findings.to_dict()
 
 
 class _Timer:
@@ -115,13 +138,13 @@ class TriageEngine:
 
         base = options or TriageOptions()
         self.options = dataclasses.replace(base, **overrides) if overrides else base
-        self._card = None
+        self._card: ModelCard | None = None
         self._members: list[Any] | None = None
         self._ensemble = None
 
     # -- model --------------------------------------------------------------
     @property
-    def card(self):
+    def card(self) -> ModelCard:
         """The model card (loaded on first use)."""
         if self._card is None:
             from ictus.models.registry import get_card
@@ -138,15 +161,8 @@ class TriageEngine:
             opts = self.options
             selection = opts.members or ("fast" if opts.fast else None)
             self._members = resolve_members(self.card, opts.models_dir, selection)
-            self._ensemble = Ensemble(
-                [m.onnx_path for m in self._members],
-                class_names=self.card.class_names,
-                threads=opts.threads,
-                providers=opts.providers,
-                spacing_mm=tuple(self.card.preprocessing.spacing_mm),
-                window_hu=tuple(self.card.preprocessing.window_hu),
-                model_id=self.card.id,
-                model_version=self.card.version,
+            self._ensemble = Ensemble.from_card(  # class names, geometry, spacing, window from the card
+                self.card, [m.onnx_path for m in self._members], threads=opts.threads, providers=opts.providers,
             )
         return self._ensemble
 
@@ -164,8 +180,6 @@ class TriageEngine:
     # -- the pipeline -------------------------------------------------------
     def run(self, path: str | Path, out_dir: str | Path | None = None) -> TriageResult:
         """Triage the study at ``path``; write outputs into ``out_dir`` when given."""
-        from ictus.pipelines.findings.priority import load_rules
-
         opts = self.options
         timer = _Timer()
         load_rules(opts.priority_rules)  # a bad rules file fails before any work
@@ -173,15 +187,14 @@ class TriageEngine:
         return self.run_volume(volume, out_dir, choice=choice, timer=timer)
 
     def run_volume(
-        self, volume: Volume, out_dir: str | Path | None = None, *, choice: Any = None, timer: _Timer | None = None
+        self, volume: Volume, out_dir: str | Path | None = None, *, choice: SeriesChoice | None = None,
+        timer: _Timer | None = None,
     ) -> TriageResult:
         """Triage an already built HU volume (e.g. read from NIfTI by the notebook API or
         ``ictus evaluate``): the stages after ``load_volume``, exactly as :meth:`run`."""
         from ictus.imaging.brain import segment_brain
         from ictus.imaging.midline import measure_midline_shift
-        from ictus.imaging.qc import assess_qc, header_age_years
-        from ictus.pipelines.findings.record import build_findings, findings_to_dict
-        from ictus.pipelines.findings.priority import load_rules
+        from ictus.imaging.qc import assess_qc
 
         opts = self.options
         timer = timer or _Timer()
@@ -192,7 +205,7 @@ class TriageEngine:
         with timer.stage("brain"):
             brain = segment_brain(volume)
         with timer.stage("qc"):
-            qc = assess_qc(volume, brain, extra_flags=volume.qc_flags, header=volume.header)
+            qc = assess_qc(volume, brain, extra_flags=volume.qc_flags, acquisition=volume.acquisition)
 
         segmentation = measurements = midline = anatomy = ischaemia = dense = None
         stroke_reason = "stroke analysis switched off" if not opts.stroke else "not computed"
@@ -215,7 +228,8 @@ class TriageEngine:
                 measurements, ivh_moved_ml = self._measure(volume, segmentation, midline, anatomy)
             if anatomy is not None and anatomy.registered:
                 plane = midline.ideal_plane if midline is not None else None
-                blood = _blood_on_grid(measurements, segmentation.class_names, volume, anatomy)
+                blood = _blood_on_grid(measurements, segmentation.class_names, volume, anatomy,
+                                       self.card.class_names_by_role("blood"))
                 from ictus.imaging.ischaemia import assess_ischaemia, load_ischaemia_rules
                 from ictus.imaging.vessels import detect_dense_artery
 
@@ -243,12 +257,11 @@ class TriageEngine:
                 ischaemia=ischaemia,
                 dense_artery=dense,
                 stroke_reason=stroke_reason,
-                age_years=header_age_years(volume.header),
+                age_years=volume.acquisition.patient_age_years,
                 ivh_relabelled_ml=ivh_moved_ml,
             )
-        doc = findings_to_dict(findings)
         result = TriageResult(
-            volume=volume, segmentation=segmentation, findings=doc, choice=choice, card=self.card,
+            volume=volume, segmentation=segmentation, findings=findings, choice=choice, card=self.card,
             brain=brain, midline=midline, measurements=measurements, anatomy=anatomy, ischaemia=ischaemia,
             dense_artery=dense,
         )
@@ -261,21 +274,23 @@ class TriageEngine:
             written = write_outputs(result, out_dir, outputs=opts.outputs, lang=opts.lang)
             log.info("outputs written in %.2f s", time.perf_counter() - t0)  # after findings.json: not in it
             result = dataclasses.replace(result, outputs=written,
-                                         findings=findings_with_outputs(doc, written, out_dir))
+                                         findings=findings_with_outputs(findings, written, out_dir))
         return result
 
 
-    def _measure(self, volume: Volume, segmentation: Segmentation, midline: Any, anatomy: Any) -> tuple[Any, float | None]:
+    def _measure(self, volume: Volume, segmentation: Segmentation, midline: MidlineResult | None,
+                 anatomy: "Anatomy | None") -> tuple[Measurements, float | None]:
         """Lesion measurements; blood inside the registered ventricles is counted as IVH first."""
         from ictus.imaging.measure import measure_labels
         from ictus.pipelines.findings.stroke import relabel_ivh_by_location
 
         labels, moved_ml = segmentation.labels, None
         registered = anatomy is not None and anatomy.registered
-        if registered and anatomy.ventricles is not None:
+        if anatomy is not None and registered and anatomy.ventricles is not None:
             ventricles = anatomy.mask_on(anatomy.ventricles, volume.image, dilate_mm=IVH_VENTRICLE_DILATION_MM)
             labels, moved_ml = relabel_ivh_by_location(labels, segmentation.class_names, ventricles,
-                                                       volume.voxel_volume_ml)
+                                                       volume.voxel_volume_ml,
+                                                       blood_classes=self.card.class_names_by_role("blood"))
         if anatomy is None:
             region_status = "region unavailable: stroke analysis switched off"
         elif not registered:
@@ -288,18 +303,21 @@ class TriageEngine:
         measurements = measure_labels(
             labels, volume, segmentation.class_names, probabilities=segmentation.probabilities,
             agreement=segmentation.agreement, plane=midline.ideal_plane if midline is not None else None,
-            atlas=anatomy if registered else None, region_status=region_status, **kwargs,
+            atlas=anatomy if registered else None, region_status=region_status,
+            blood_classes=self.card.class_names_by_role("blood"),
+            oedema_classes=self.card.class_names_by_role("oedema"), **kwargs,
         )
         return measurements, moved_ml
 
 
-def _blood_on_grid(measurements: Any, class_names: Sequence[str], volume: Volume, anatomy: Any) -> Any:
+def _blood_on_grid(measurements: Measurements, class_names: Sequence[str], volume: Volume, anatomy: "Anatomy",
+                   blood_classes: Sequence[str]) -> "np.ndarray | None":
     """The kept blood lesions (volume grid) as a bool mask on the anatomy's analysis grid."""
     import numpy as np
     import SimpleITK as sitk
 
-    kept = getattr(measurements, "kept_labels", None)
-    blood_values = [class_names.index(c) for c in ("IPH", "EAH", "IVH") if c in class_names]
+    kept = measurements.kept_labels
+    blood_values = [class_names.index(c) for c in blood_classes if c in class_names]
     if kept is None or not blood_values or not np.isin(kept, blood_values).any():
         return None
     mask = sitk.GetImageFromArray(np.isin(kept, blood_values).astype(np.uint8))
@@ -308,7 +326,7 @@ def _blood_on_grid(measurements: Any, class_names: Sequence[str], volume: Volume
     return sitk.GetArrayFromImage(out).astype(bool)
 
 
-def candidate_files(candidate: Any) -> tuple[list[str], dict[str, list[int]] | None]:
+def candidate_files(candidate: SeriesCandidate) -> tuple[list[str], dict[str, list[int]] | None]:
     """Files of a series candidate, and the frame numbers to keep from multi-frame files."""
     files = [str(f) for f in candidate.files]
     frames: dict[str, list[int]] = {}
@@ -318,7 +336,8 @@ def candidate_files(candidate: Any) -> tuple[list[str], dict[str, list[int]] | N
     return files, (frames or None)
 
 
-def load_volume(path: str | Path, series_uid: str | None = None, *, timer: _Timer | None = None) -> tuple[Volume, Any]:
+def load_volume(path: str | Path, series_uid: str | None = None, *, timer: _Timer | None = None
+                ) -> tuple[Volume, SeriesChoice]:
     """Scan ``path``, choose the series (or take ``series_uid``) and build its HU volume.
 
     Returns the volume (scan flags such as ``stale_dicomdir`` added to its QC

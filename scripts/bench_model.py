@@ -78,6 +78,13 @@ def study_dirs(work: Path) -> dict[str, Path]:
     return out
 
 
+def blast_ct_card():
+    """The shipped BLAST-CT card (geometry, classes, window for the runtime)."""
+    from ictus.models.registry import get_card
+
+    return get_card("blast-ct")
+
+
 def load_volume(study: Path):
     from ictus.imaging.build import build_volume
 
@@ -92,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     c0 = time.process_time()
     volume = load_volume(Path(args.study))
-    ens = Ensemble(members, class_names=NAMES, threads=args.threads, precision=args.precision)
+    ens = Ensemble.from_card(blast_ct_card(), members, threads=args.threads, precision=args.precision)
     seg = ens.segment(volume, fast=args.mode == "fast", **json.loads(args.options))
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
@@ -180,9 +187,9 @@ def agreement(volume, members: list[Path], threads: int, thresholds=(0.02, 0.05,
 
     mi = preprocess(volume, tile_vox=90)
     shape = mi.array.shape
-    plan_i = choose_tile_vox(mi, "intracranial")  # the runtime's default plan
+    ens = Ensemble.from_card(blast_ct_card(), members, threads=threads)
+    plan_i = choose_tile_vox(mi, ens.geometry, "intracranial")  # the runtime's default plan
     result: dict = {"tiles_intracranial": [len(plan_i.tiles), plan_i.tile_vox]}
-    ens = Ensemble(members, class_names=NAMES, threads=threads)
     acc = np.zeros((len(NAMES),) + shape, np.float32)
     t0 = time.perf_counter()
     first = None
@@ -196,7 +203,7 @@ def agreement(volume, members: list[Path], threads: int, thresholds=(0.02, 0.05,
     acc /= len(members)
     plain = acc.argmax(0)
     m1_none, _, _ = ens.predict_box(mi, [0], tile_vox=60, skip="none")
-    m1_int8, _, _ = Ensemble(members[:1], class_names=NAMES, threads=threads, precision="int8").predict_box(
+    m1_int8, _, _ = Ensemble.from_card(blast_ct_card(), members[:1], threads=threads, precision="int8").predict_box(
         mi, [0], tile_vox=60, skip="tissue")
 
     def assemble(thr: float | None, n_members: int) -> tuple[np.ndarray, int]:
@@ -209,7 +216,7 @@ def agreement(volume, members: list[Path], threads: int, thresholds=(0.02, 0.05,
             lab[sl] = first[(slice(None),) + sl].argmax(0)
             if n_members == 1:
                 continue
-            sub = (tuple(start), tuple(size)) if thr is None else unsure_brick(first[0][sl], thr, start)
+            sub = (tuple(start), tuple(size)) if thr is None else unsure_brick(first[0][sl], thr, start, ens.geometry.tile_multiple_vox)
             if sub is None:
                 continue
             sub_sl = _tile_slices(mi, *sub)[1]
@@ -245,7 +252,7 @@ def reference_check(volume, member1: Path, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     mi = preprocess(volume, crop_to_head=False)
-    ens = Ensemble([member1], class_names=NAMES, threads=threads)
+    ens = Ensemble.from_card(blast_ct_card(), [member1], threads=threads)
     t0 = time.perf_counter()
     ours, _, _ = ens.predict_box(mi, [0], tile_vox=90, skip="none")
     ours_s = time.perf_counter() - t0
@@ -293,11 +300,12 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     members = members_dir(args.work)
     if args.precision == "int8":
-        from ictus.models.runtime import quantize_member, quantized_path
+        from ictus.models.runtime import Ensemble, quantized_path
 
-        for m in members:
+        ens = Ensemble.from_card(blast_ct_card(), members, precision="int8")
+        for k, m in enumerate(members):
             if not quantized_path(m).exists():
-                quantize_member(m)
+                ens.session(k)  # quantises once, as the runtime does
     report: dict = {"cpu_count": os.cpu_count(), "threads": args.threads, "load_avg_start": os.getloadavg()}
     studies = study_dirs(args.work)
     if args.only:

@@ -58,7 +58,7 @@ def analyse(volume: Any, template: Any) -> dict[str, Any]:
 
 def phantom_case(template: Any, **spec_kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Render a template phantom (no DICOM round trip) and analyse it; returns (truth, analysis)."""
-    from ictus.imaging.stroke_phantom import StrokePhantomSpec, render_stroke_phantom
+    from ictus.imaging.phantom.stroke import StrokePhantomSpec, render_stroke_phantom
 
     spec = StrokePhantomSpec(**spec_kwargs)
     render = render_stroke_phantom(spec, template)

@@ -36,13 +36,13 @@ def test_triage_matches_the_cli_and_prints_nothing(tiny: Path, tmp_path: Path, c
     seg = result.segmentation
     x, y, z = result.volume.size
     assert seg.probabilities.shape == (5, z, y, x) and seg.labels.shape == (z, y, x)
-    assert isinstance(result.qc_flags, tuple) and result.provenance["models"][0]["id"] == "tiny-segresnet"
+    assert isinstance(result.qc_flags, tuple) and result.provenance.models[0].id == "tiny-segresnet"
     code, _, stderr = cli_runner("triage", study, "--model", tiny, "--out", tmp_path / "o", "--outputs", "json",
                                  "--threads", "2")
     assert code == 0, stderr
     cli = json.loads((tmp_path / "o" / "findings.json").read_text())
     for key in ("priority", "findings_reported", "ich", "oedema", "midline_shift_mm", "qc"):
-        assert cli[key] == result.findings[key], key
+        assert cli[key] == result.findings_dict()[key], key
 
 
 def test_triage_volume_on_nifti_equals_dicom(tiny: Path) -> None:

@@ -21,9 +21,19 @@ def _phantom(**kwargs):
     return phantom_volume(PhantomSpec(**spec))
 
 
+@functools.lru_cache(maxsize=None)
+def _phantom_truth(**kwargs):
+    """The PhantomTruth of ``_phantom(**kwargs)`` (truth is kept apart from the Volume)."""
+    from ictus.imaging.phantom import PhantomSpec, phantom_with_truth
+
+    spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=5.0, z_coverage_mm=170.0)
+    spec.update(kwargs)
+    return phantom_with_truth(PhantomSpec(**spec))[1]
+
+
 def test_phantom_brain_found_with_plausible_volume():
     vol = _phantom()
-    truth = vol.header["phantom_ground_truth"]
+    truth = _phantom_truth()
     result = segment_brain(vol)
     assert result.brain_found, result.reason
     # our "brain" is intracranial soft tissue: parenchyma + ventricles, less the thin CSF rim

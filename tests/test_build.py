@@ -153,8 +153,9 @@ def test_ge_head_flags_and_uniform_grid(ge_volume):
     # The normal is tilted 18.5 degrees from the scanner z axis.
     assert np.degrees(np.arccos(direction[2, 2])) == pytest.approx(18.5, abs=0.1)
     assert 3.9 < volume.spacing_mm[2] < 4.1  # the 4 mm block keeps its resolution
-    assert "PatientName" not in volume.header and "PatientID" not in volume.header
-    assert volume.header["ConvolutionKernel"] == "STD+"
+    assert "PatientName" not in repr(volume.acquisition) and "PatientID" not in repr(volume.acquisition)
+    assert volume.acquisition.kernel == "STD+"
+    assert volume.acquisition.source_format == "dicom"
 
 
 def test_ge_head_matches_dcm2niix(ge_volume, tmp_path):
@@ -326,8 +327,11 @@ def test_regular_stack_is_sorted_and_kept_as_is(tmp_path):
     # Slice i was written with value 40 + i, so sorted by z the order is 1, 2, 0, 3.
     assert volume.array()[:, 0, 0].tolist() == [41.0, 42.0, 40.0, 43.0]
     assert volume.qc_flags == ()
-    assert volume.header["PatientAgeYears"] == 62
-    assert "SECRET" not in repr(volume.header) and "Secret" not in repr(volume.header)
+    assert volume.acquisition.patient_age_years == 62
+    assert volume.acquisition.source_slice_count == 4
+    assert volume.acquisition.manufacturer == "Test" and volume.acquisition.modality == "CT"
+    assert volume.acquisition.slice_thickness_mm == 5.0 and not volume.acquisition.lossy_compression
+    assert "SECRET" not in repr(volume.acquisition) and "Secret" not in repr(volume.acquisition)
 
 
 def test_duplicate_slices_are_dropped(tmp_path):

@@ -54,3 +54,13 @@ def test_installed_code_lives_under_one_namespace(tmp_path):
     mine = subprocess.run([sys.executable, "-c", "import models, ictus.models.registry; print(models.MINE)"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert mine.returncode == 0 and mine.stdout.strip() == "True", mine.stderr
+
+
+def test_source_folders_are_not_top_level_packages():
+    """Even from the repository root, where the source folders sit on sys.path,
+    ``import models`` fails and says what to import instead."""
+    for name in ("imaging", "models", "pipelines"):
+        proc = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0
+        assert f"import ictus.{name}" in proc.stderr

@@ -14,14 +14,14 @@ from ictus.imaging.midline import measure_midline_shift
 from ictus.imaging.qc import assess_qc
 from ictus.imaging.volume import volume_from_array
 from ictus.models.types import Segmentation
+from ictus.pipelines.findings.build import build_findings, model_provenance
+from ictus.pipelines.findings.priority import Priority
 from ictus.pipelines.findings.record import (
     DISCLAIMER,
     SCHEMA_VERSION,
-    build_findings,
     findings_to_dict,
     findings_to_json,
     load_schema,
-    model_provenance,
     summary_lines,
 )
 
@@ -35,12 +35,22 @@ CARD = {
 
 @functools.lru_cache(maxsize=None)
 def _phantom(**kwargs):
-    from ictus.imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_with_truth
 
     spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=5.0, z_coverage_mm=170.0)
     spec.update(kwargs)
-    vol = phantom_volume(PhantomSpec(**spec))
+    vol, truth = phantom_with_truth(PhantomSpec(**spec))
+    _TRUTHS[id(vol.image)] = truth
     return vol
+
+
+#: PhantomTruth of each phantom made here, by its image (volumes derived with
+#: with_flags or dataclasses.replace share it); truth never rides in the Volume.
+_TRUTHS: dict = {}
+
+
+def _truth(vol):
+    return _TRUTHS[id(vol.image)]
 
 
 def _segmentation_from_truth(labels: np.ndarray) -> Segmentation:
@@ -60,7 +70,7 @@ def _findings(vol, *, seg=True, **kwargs):
     qc = assess_qc(vol, brain)
     segmentation = measurements = None
     if seg and brain.brain_found:
-        segmentation = _segmentation_from_truth(vol.header["phantom_labels"])
+        segmentation = _segmentation_from_truth(_truth(vol).labels)
         measurements = measure_labels(segmentation.labels, vol, NAMES, probabilities=segmentation.probabilities,
                                       agreement=segmentation.agreement, plane=midline.ideal_plane)
     return build_findings(vol, segmentation, measurements=measurements, brain=brain, midline=midline, qc=qc,
@@ -75,7 +85,7 @@ def _validate(doc):
 
 def test_large_iph_with_shift_is_critical_and_valid():
     vol = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=35.0, oedema_rim_mm=3.0, midline_shift_mm=6.0)
-    truth = vol.header["phantom_ground_truth"]
+    truth = _truth(vol)
     f = _findings(vol)
     doc = json.loads(findings_to_json(f))
     _validate(doc)
@@ -98,8 +108,9 @@ def test_large_iph_with_shift_is_critical_and_valid():
     assert doc["provenance"]["series_used"]["series_instance_uid"] == vol.series_instance_uid
     assert doc["timings_s"] == {"brain": 0.5, "segment": 12.0}
     assert doc["disclaimer"] == DISCLAIMER and "not a diagnostic device" in DISCLAIMER
-    lines = summary_lines(doc)
+    lines = summary_lines(f)
     assert lines[0].startswith("priority: critical") and "IPH" in lines[1]
+    assert f.priority is Priority.CRITICAL and f.ich.subtypes["IPH"].present and f.to_dict() == doc
     assert any(line.startswith("midline shift:") and "left" in line for line in lines)
 
 
@@ -135,7 +146,8 @@ def test_no_brain_is_indeterminate_and_reports_nothing():
     doc = findings_to_dict(f)
     _validate(doc)
     assert doc["priority"] == "indeterminate"
-    assert summary_lines(doc)[1] == "haemorrhage: not assessed"
+    assert summary_lines(f)[1] == "haemorrhage: not assessed"
+    assert f.qc.indeterminate and "no_brain_found" in f.qc_flags
     assert "no_brain_found" in doc["qc"]["flags"]
     assert doc["findings_reported"] is False
     assert doc["ich"]["present"] is None and doc["ich"]["total_volume_ml"] is None
@@ -164,7 +176,9 @@ def test_no_patient_identifiers_in_the_json():
     vol = vol.with_flags()
     import dataclasses
 
-    vol = dataclasses.replace(vol, header={**vol.header, "PatientName": "Doe^Jane", "PatientID": "ID-12345"})
+    # identifying text that reached the free-text acquisition fields must not reach the JSON either
+    acquisition = dataclasses.replace(vol.acquisition, manufacturer="Doe^Jane", model_name="ID-12345")
+    vol = dataclasses.replace(vol, acquisition=acquisition)
     text = findings_to_json(_findings(vol))
     assert "Doe" not in text and "ID-12345" not in text
     assert json.loads(text)["priority"] == "critical"  # IVH
@@ -193,12 +207,12 @@ def test_model_provenance_from_the_registered_card():
     card = get_card("blast-ct")
     seg = _segmentation_from_truth(np.zeros((2, 2, 2), np.uint8))
     entry = model_provenance(card, seg)[0]
-    assert entry["id"] == card.id and entry["version"] == card.version
-    assert [m["name"] for m in entry["members"]] == list(seg.members_used)
-    assert all(len(m["sha256"]) == 64 for m in entry["members"])
+    assert entry.id == card.id and entry.version == card.version
+    assert [m.name for m in entry.members] == list(seg.members_used)
+    assert all(len(m.sha256) == 64 for m in entry.members)
 
 
 def test_model_provenance_mapping():
     entries = model_provenance(CARD)
-    assert entries[0]["id"] == "blast-ct" and len(entries[0]["members"]) == 3
+    assert entries[0].id == "blast-ct" and len(entries[0].members) == 3
     assert model_provenance(None, None) == []

@@ -115,7 +115,7 @@ def test_patient_age_present_gives_no_age_flag(tmp_path):
         ds.PatientAge = "067Y"
 
     volume, _ = load_volume(ge_copy(tmp_path, edit))
-    assert "patient_age_unknown" not in volume.qc_flags and volume.header["PatientAgeYears"] == 67
+    assert "patient_age_unknown" not in volume.qc_flags and volume.acquisition.patient_age_years == 67
 
 
 # ---------------------------------------------------------------------------

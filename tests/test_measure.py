@@ -20,11 +20,12 @@ MIDLINE_X0 = MidlinePlane(a_mm=0.0, b=0.0, c=0.0, yc_mm=0.0, zc_mm=0.0)
 
 @functools.lru_cache(maxsize=None)
 def _phantom(**kwargs):
-    from ictus.imaging.phantom import PhantomSpec, phantom_volume
+    """(Volume, PhantomTruth) of a phantom."""
+    from ictus.imaging.phantom import PhantomSpec, phantom_with_truth
 
     spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=2.5, z_coverage_mm=170.0)
     spec.update(kwargs)
-    return phantom_volume(PhantomSpec(**spec))
+    return phantom_with_truth(PhantomSpec(**spec))
 
 
 CASES = [(kind, ml) for kind in ("IPH", "EAH", "IVH") for ml in (5.0, 15.0, 30.0, 60.0)]
@@ -33,9 +34,8 @@ CASES = [(kind, ml) for kind in ("IPH", "EAH", "IVH") for ml in (5.0, 15.0, 30.0
 @pytest.mark.parametrize("kind, volume_ml", CASES)
 def test_volumes_of_known_haemorrhages(kind, volume_ml):
     side = "both" if (kind == "IVH" and volume_ml > 30) else "right"
-    vol = _phantom(haemorrhage=kind, haemorrhage_volume_ml=volume_ml, haemorrhage_side=side)
-    truth = vol.header["phantom_ground_truth"]
-    labels = vol.header["phantom_labels"]
+    vol, truth = _phantom(haemorrhage=kind, haemorrhage_volume_ml=volume_ml, haemorrhage_side=side)
+    labels = truth.labels
     on_grid = truth["volumes_ml"][kind]["on_grid_ml"]
 
     exact = measure_labels(labels, vol, NAMES, min_lesion_ml=0.0, plane=MIDLINE_X0)
@@ -65,9 +65,8 @@ def test_volumes_of_known_haemorrhages(kind, volume_ml):
 
 
 def test_oedema_rim_is_measured():
-    vol = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=20.0, oedema_rim_mm=3.0)
-    truth = vol.header["phantom_ground_truth"]
-    m = measure_labels(vol.header["phantom_labels"], vol, NAMES, min_lesion_ml=0.0)
+    vol, truth = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=20.0, oedema_rim_mm=3.0)
+    m = measure_labels(truth.labels, vol, NAMES, min_lesion_ml=0.0)
     assert m.classes["oedema"].volume_ml == pytest.approx(truth["volumes_ml"]["oedema"]["on_grid_ml"], rel=1e-6)
     assert not m.ich.total_volume_ml > m.classes["IPH"].volume_ml + 1e-9  # oedema is not blood
 
@@ -125,6 +124,22 @@ def test_probability_and_confidence_come_from_the_model_output():
     assert not none.ich.present and none.ich.probability == 0.0
 
 
+def test_class_lists_come_from_the_caller():
+    """Blood and oedema classes are parameters (the pipeline passes the card's roles)."""
+    vol = _grid()
+    labels = np.zeros((20, 60, 60), np.uint8)
+    labels[5:10, 10:30, 10:30] = 1
+    labels[12:16, 40:50, 40:50] = 2
+    names = ("bg", "bleed", "swelling")
+    m = measure_labels(labels, vol, names, blood_classes=("bleed",), oedema_classes=("swelling",), abc2_class="bleed")
+    assert list(m.classes) == ["bleed", "swelling"] and m.blood_classes == ("bleed",)
+    assert m.ich.present and m.ich.total_volume_ml == pytest.approx(m.classes["bleed"].volume_ml)
+    assert m.classes["swelling"].present and m.abc2 is not None
+    default = measure_labels(labels, vol, NAMES)
+    assert list(default.classes) == ["IPH", "EAH", "IVH", "oedema"]
+    assert default.ich.total_volume_ml == pytest.approx(default.classes["IPH"].volume_ml + default.classes["EAH"].volume_ml)
+
+
 def test_abc2_on_a_box_and_a_cylinder():
     vol = _grid(shape=(20, 60, 60), spacing=(0.5, 0.5, 5.0))
     labels = np.zeros((20, 60, 60), bool)
@@ -161,17 +176,17 @@ class _Lookup:
 
 
 def test_regions_and_compartment_come_from_the_anatomy():
-    vol = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=15.0, haemorrhage_side="left",
-                   haemorrhage_location="thalamus", slice_thickness_mm=5.0)
-    m = measure_labels(vol.header["phantom_labels"], vol, NAMES, atlas=_Lookup(), plane=MIDLINE_X0)
+    vol, truth = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=15.0, haemorrhage_side="left",
+                          haemorrhage_location="thalamus", slice_thickness_mm=5.0)
+    m = measure_labels(truth.labels, vol, NAMES, atlas=_Lookup(), plane=MIDLINE_X0)
     lesion = m.classes["IPH"].lesions[0]
     assert lesion.region == "LeftLobe" and lesion.compartment == "supratentorial"
     assert m.region_status == "ok"
 
 
 def test_no_anatomy_gives_no_region():
-    vol = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=15.0, slice_thickness_mm=5.0)
-    m = measure_labels(vol.header["phantom_labels"], vol, NAMES)
+    vol, truth = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=15.0, slice_thickness_mm=5.0)
+    m = measure_labels(truth.labels, vol, NAMES)
     lesion = m.classes["IPH"].lesions[0]
     assert lesion.region == "region unavailable" and lesion.compartment == "unknown"
     assert m.region_status.startswith("region unavailable")

@@ -15,11 +15,12 @@ from tests.conftest import shared_dicom
 
 @functools.lru_cache(maxsize=None)
 def _phantom(**kwargs):
-    from ictus.imaging.phantom import PhantomSpec, phantom_volume
+    """(Volume, PhantomTruth) of a phantom."""
+    from ictus.imaging.phantom import PhantomSpec, phantom_with_truth
 
     spec = dict(matrix=160, pixel_spacing_mm=1.25, slice_thickness_mm=5.0, z_coverage_mm=170.0)
     spec.update(kwargs)
-    return phantom_volume(PhantomSpec(**spec))
+    return phantom_with_truth(PhantomSpec(**spec))
 
 
 @pytest.mark.parametrize(
@@ -27,8 +28,7 @@ def _phantom(**kwargs):
     [(0.0, None), (3.0, "left"), (6.0, "right"), (10.0, "left"), (15.0, "right")],
 )
 def test_known_shift_on_phantom(shift_mm, direction):
-    vol = _phantom(midline_shift_mm=shift_mm, midline_shift_direction=direction)
-    truth = vol.header["phantom_ground_truth"]
+    vol, truth = _phantom(midline_shift_mm=shift_mm, midline_shift_direction=direction)
     result = measure_midline_shift(vol, segment_brain(vol))
     assert result.shift_mm is not None, result.reason
     assert abs(result.shift_mm - truth["midline_shift_signed_mm"]) <= 1.5
@@ -38,8 +38,7 @@ def test_known_shift_on_phantom(shift_mm, direction):
 
 
 def test_shift_with_a_haemorrhage_and_thin_slices():
-    vol = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=40.0, midline_shift_mm=8.0, slice_thickness_mm=2.5)
-    truth = vol.header["phantom_ground_truth"]
+    vol, truth = _phantom(haemorrhage="IPH", haemorrhage_volume_ml=40.0, midline_shift_mm=8.0, slice_thickness_mm=2.5)
     result = measure_midline_shift(vol, segment_brain(vol))
     assert abs(result.shift_mm - truth["midline_shift_signed_mm"]) <= 1.5
     assert result.direction == truth["midline_shift_direction"]

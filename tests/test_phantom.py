@@ -571,7 +571,7 @@ def test_refuses_non_empty_folder_and_writes_atomically(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ph, "_slice_dataset", boom)
+    monkeypatch.setattr(ph.dicom, "_slice_dataset", boom)
     with pytest.raises(OutputError, match="cannot write"):
         ph.write_phantom(spec, out, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study"]  # no temporary folder left
@@ -582,14 +582,39 @@ def test_refuses_non_empty_folder_and_writes_atomically(tmp_path, monkeypatch):
 
 
 def test_phantom_volume_for_other_modules():
-    vol = ph.phantom_volume(small(haemorrhage="EAH", haemorrhage_volume_ml=15, n_slices=30))
+    vol, truth = ph.phantom_with_truth(small(haemorrhage="EAH", haemorrhage_volume_ml=15, n_slices=30))
     assert vol.size == (128, 128, 30)
     assert vol.spacing_mm == pytest.approx((1.8, 1.8, 5.0))
-    labels = vol.header["phantom_labels"]
+    assert vol.acquisition.source_format == "phantom" and vol.acquisition.slice_thickness_mm == 5.0
+    assert truth["volumes_ml"]["EAH"]["nominal_ml"] == 15
+    labels = truth.labels
     assert labels.shape == vol.array().shape
     assert (labels == LABELS["EAH"]).sum() * vol.voxel_volume_ml == pytest.approx(15, rel=0.06)
     with pytest.raises(InvalidInputError):
         ph.phantom_volume(small(gantry_tilt_deg=10))
+
+
+def test_phantom_volume_carries_no_truth_and_matches_the_render():
+    spec = small(haemorrhage="IPH", haemorrhage_volume_ml=10, n_slices=12)
+    vol = ph.phantom_volume(spec)
+    vol2, truth = ph.phantom_with_truth(spec)
+    np.testing.assert_array_equal(vol.array(), vol2.array())
+    np.testing.assert_array_equal(vol.array(), ph.render_phantom(spec).hu)
+    assert not hasattr(vol, "header") and vol.acquisition.patient_age_years == spec.patient_age_years
+    assert truth.labels.shape == vol.array().shape and truth["haemorrhage"]["type"] == "IPH"
+
+
+def test_head_hu_is_deterministic_and_centred():
+    hu, labels = ph.head_hu((40, 48, 44), (4.0, 4.0, 4.0), haemorrhage_ml=20.0, seed=1)
+    hu2, _ = ph.head_hu((40, 48, 44), (4.0, 4.0, 4.0), haemorrhage_ml=20.0, seed=1)
+    np.testing.assert_array_equal(hu, hu2)
+    assert hu.dtype == np.float32 and hu.shape == labels.shape == (40, 48, 44)
+    assert (labels == LABELS["IPH"]).sum() * 64 / 1000 == pytest.approx(20.0, rel=0.25)
+    x_blood = np.argwhere(labels > 0)[:, 2].mean()
+    assert x_blood < (44 - 1) / 2  # the right hemisphere: lower x in LPS
+    assert hu[20, 24, 22] < 60 and hu.max() > 1000 and hu.min() < -900  # brain at the centre, skull, air
+    none, lab0 = ph.head_hu((20, 24, 22), (8.0, 8.0, 8.0), haemorrhage_ml=0.0)
+    assert not lab0.any()
 
 
 def test_sample_phantom_matches_the_render_on_its_own_grid():

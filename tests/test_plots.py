@@ -10,19 +10,24 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
-from ictus.imaging.phantom import PhantomSpec, phantom_volume  # noqa: E402
+from ictus.imaging.phantom import PhantomSpec, phantom_with_truth  # noqa: E402
 from ictus.pipelines.research.plots import choose_slices, plot_bland_altman, plot_midline, plot_montage, plot_roc  # noqa: E402
 
 SMALL = dict(matrix=96, pixel_spacing_mm=2.4, slice_thickness_mm=5.0)
 
 
 @pytest.fixture(scope="module")
-def shifted():
-    return phantom_volume(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=30.0, midline_shift_mm=6.0, **SMALL))
+def shifted_case():
+    return phantom_with_truth(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=30.0, midline_shift_mm=6.0, **SMALL))
 
 
-def test_montage_overlays_the_lesion(shifted, tmp_path: Path) -> None:
-    labels = shifted.header["phantom_labels"]
+@pytest.fixture(scope="module")
+def shifted(shifted_case):
+    return shifted_case[0]
+
+
+def test_montage_overlays_the_lesion(shifted, shifted_case, tmp_path: Path) -> None:
+    labels = shifted_case[1].labels
     fig = plot_montage(shifted, labels, n_slices=6)
     zs = np.flatnonzero(labels.any(axis=(1, 2)))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
@@ -66,3 +71,14 @@ def test_roc_and_bland_altman_from_rows(tmp_path: Path) -> None:
     fig = plot_bland_altman(rows)
     assert "bias -0.12 mL" in fig.axes[0].get_title()
     assert plot_roc(rows, tmp_path / "r.png").is_file()
+
+
+def test_plots_and_evaluation_do_not_import_each_other() -> None:
+    """The Bland-Altman statistic lives in research.stats, so plots need not import evaluate."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ictus.pipelines.research.plots as p, ictus.pipelines.research.stats as s; "
+            "print('ictus.pipelines.research.evaluate' in sys.modules, p.bland_altman is s.bland_altman)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]

@@ -108,9 +108,18 @@ def test_bad_rules_files(tmp_path):
         load_rules(broken)
 
 
+def test_one_priority_enum_orders_the_levels():
+    from ictus.pipelines.findings.priority import Priority
+
+    assert PRIORITIES == tuple(p.value for p in Priority) == ("critical", "urgent", "routine", "indeterminate")
+    assert Priority.CRITICAL.at_least("urgent") and Priority.URGENT.at_least(Priority.URGENT)
+    assert not Priority.ROUTINE.at_least("urgent") and not Priority.INDETERMINATE.at_least("urgent")
+    assert str(Priority.CRITICAL) == "critical" and Priority.CRITICAL.rank < Priority.ROUTINE.rank
+
+
 def test_findings_object_is_accepted():
     from ictus.imaging.volume import volume_from_array
-    from ictus.pipelines.findings.record import build_findings
+    from ictus.pipelines.findings.build import build_findings
     import numpy as np
 
     vol = volume_from_array(np.zeros((2, 2, 2)))

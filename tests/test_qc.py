@@ -56,7 +56,7 @@ def test_contrast_from_header_and_from_dense_vessels():
     vol = _phantom(contrast=True)
     report = assess_qc(vol, segment_brain(vol))
     assert "contrast_suspected" in report.names and report.indeterminate
-    no_header = dataclasses.replace(vol, header={k: v for k, v in vol.header.items() if k != "ContrastBolusAgent"})
+    no_header = dataclasses.replace(vol, acquisition=dataclasses.replace(vol.acquisition, contrast_agent=""))
     report = assess_qc(no_header, segment_brain(no_header))
     assert "contrast_suspected" in report.names, report.measurements
     detail = {f.name: f.detail for f in report.flags}["contrast_suspected"]

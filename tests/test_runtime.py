@@ -16,10 +16,12 @@ import SimpleITK as sitk
 from ictus.imaging.errors import InvalidInputError, ModelError
 from ictus.imaging.volume import volume_from_array
 from ictus.models.preprocess import preprocess
+from ictus.models.deepmedic import member_gmac
+from ictus.models.geometry import TileGeometry
+from ictus.models.registry import get_card
 from ictus.models.runtime import (
     Ensemble,
     extract_window,
-    member_gmac,
     plan_tiles,
     segment,
     softmax,
@@ -29,6 +31,7 @@ from ictus.models.runtime import (
 from conftest import blast_ct_weights
 
 NAMES = ("background", "IPH", "EAH", "oedema", "IVH")
+GEOMETRY = TileGeometry.from_card(get_card("blast-ct"))  # context 40, tiles aligned to 15
 
 
 def _dummy_member(path: Path, weights, bias) -> Path:
@@ -81,7 +84,7 @@ def head():
 
 # -- stand-in members: the machinery ------------------------------------------------
 def test_output_on_the_original_grid(dummies, head):
-    seg = segment(head, dummies, class_names=NAMES, threads=1, cascade_threshold=None)
+    seg = segment(head, dummies, class_names=NAMES, geometry=GEOMETRY, threads=1, cascade_threshold=None)
     z, y, x = head.array().shape
     assert seg.probabilities.shape == (5, z, y, x) and seg.probabilities.dtype == np.float16
     assert seg.labels.shape == (z, y, x) and seg.labels.dtype == np.uint8
@@ -97,7 +100,7 @@ def test_output_on_the_original_grid(dummies, head):
 
 
 def test_tiled_equals_untiled(dummies, head):
-    ens = Ensemble(dummies[:1], class_names=NAMES, threads=1)
+    ens = Ensemble(dummies[:1], class_names=NAMES, geometry=GEOMETRY, threads=1)
     mi = preprocess(head, tile_vox=90)
     p15, _, _ = ens.predict_box(mi, [0], tile_vox=15, skip="none")
     p90, _, _ = ens.predict_box(mi, [0], tile_vox=90, skip="none")
@@ -105,11 +108,11 @@ def test_tiled_equals_untiled(dummies, head):
 
 
 def test_ensemble_mean_equals_manual_mean(dummies, head):
-    ens = Ensemble(dummies, class_names=NAMES, threads=1)
+    ens = Ensemble(dummies, class_names=NAMES, geometry=GEOMETRY, threads=1)
     mi = preprocess(head, tile_vox=30)
-    plan = plan_tiles(mi, 30, skip="none")
+    plan = plan_tiles(mi, 30, GEOMETRY, skip="none")
     start, size = plan.tiles[len(plan.tiles) // 2]
-    window = extract_window(mi, start, size)
+    window = extract_window(mi, start, size, GEOMETRY)
     manual = np.mean([ens.predict(k, window) for k in range(3)], axis=0)
     probs, agreement, _ = ens.predict_box(mi, [0, 1, 2], tile_vox=30, skip="none", cascade_threshold=None)
     sl = tuple(slice(s - b, s - b + n) for s, b, n in zip(start, mi.box_start, size))
@@ -120,9 +123,9 @@ def test_ensemble_mean_equals_manual_mean(dummies, head):
 
 
 def test_fast_is_member_one(dummies, head):
-    fast = segment(head, dummies, class_names=NAMES, threads=1, fast=True)
-    one = segment(head, dummies[:1], class_names=NAMES, threads=1)
-    both = segment(head, dummies, class_names=NAMES, threads=1, cascade_threshold=None)
+    fast = segment(head, dummies, class_names=NAMES, geometry=GEOMETRY, threads=1, fast=True)
+    one = segment(head, dummies[:1], class_names=NAMES, geometry=GEOMETRY, threads=1)
+    both = segment(head, dummies, class_names=NAMES, geometry=GEOMETRY, threads=1, cascade_threshold=None)
     np.testing.assert_array_equal(fast.probabilities, one.probabilities)
     assert fast.members_used == ("m1.onnx",)
     assert np.all(fast.agreement == 1)
@@ -130,13 +133,13 @@ def test_fast_is_member_one(dummies, head):
 
 
 def test_cascade_runs_later_members_only_where_member_one_is_unsure(dummies, head):
-    ens = Ensemble(dummies, class_names=NAMES, threads=1)
+    ens = Ensemble(dummies, class_names=NAMES, geometry=GEOMETRY, threads=1)
     mi = preprocess(head, tile_vox=30)
     plain, _, _ = ens.predict_box(mi, [0, 1, 2], tile_vox=30, cascade_threshold=None)
     first, _, _ = ens.predict_box(mi, [0], tile_vox=30)
     thr = 0.2
     casc, agreement, stats = ens.predict_box(mi, [0, 1, 2], tile_vox=30, cascade_threshold=thr)
-    plan = plan_tiles(mi, 30)
+    plan = plan_tiles(mi, 30, GEOMETRY)
     n_unsure = n_partial = 0
     for start, size in plan.tiles:
         sl = tuple(slice(s - b, s - b + n) for s, b, n in zip(start, mi.box_start, size))
@@ -162,16 +165,16 @@ def test_cascade_runs_later_members_only_where_member_one_is_unsure(dummies, hea
 
 def test_air_only_volume_computes_nothing(dummies):
     vol = volume_from_array(np.full((10, 40, 40), -1000, np.float32), spacing_mm=(2.0, 2.0, 5.0))
-    seg = segment(vol, dummies, class_names=NAMES, threads=1)
+    seg = segment(vol, dummies, class_names=NAMES, geometry=GEOMETRY, threads=1)
     assert seg.info["tiles_computed"] == 0
     assert np.all(seg.labels == 0) and np.all(seg.probabilities[0] == 1)
 
 
 def test_skip_rules_keep_the_tissue(dummies, head):
     mi = preprocess(head, tile_vox=60)
-    every = plan_tiles(mi, 60, skip="none")
-    tissue = plan_tiles(mi, 60, skip="tissue")
-    deep = plan_tiles(mi, 60, skip="intracranial")
+    every = plan_tiles(mi, 60, GEOMETRY, skip="none")
+    tissue = plan_tiles(mi, 60, GEOMETRY, skip="tissue")
+    deep = plan_tiles(mi, 60, GEOMETRY, skip="intracranial")
     assert deep.estimated_gmac <= tissue.estimated_gmac < every.estimated_gmac
     for plan, mask in ((tissue, mi.tissue), (deep, mi.deep)):
         covered = np.zeros(mi.array.shape, bool)
@@ -182,20 +185,22 @@ def test_skip_rules_keep_the_tissue(dummies, head):
 
 def test_bad_arguments(dummies, head, tmp_path):
     with pytest.raises(ModelError):
-        Ensemble([tmp_path / "missing.onnx"], class_names=NAMES)
+        Ensemble([tmp_path / "missing.onnx"], class_names=NAMES, geometry=GEOMETRY)
     with pytest.raises(ModelError):
-        Ensemble([], class_names=NAMES)
+        Ensemble([], class_names=NAMES, geometry=GEOMETRY)
     with pytest.raises(ModelError):
-        Ensemble(dummies, class_names=NAMES[:3], threads=1).segment(head, fast=True)
+        Ensemble(dummies, class_names=NAMES[:3], geometry=GEOMETRY, threads=1).segment(head, fast=True)
     with pytest.raises(InvalidInputError):
-        Ensemble(dummies, class_names=NAMES, threads=1).segment(head, tile_vox=20)
+        Ensemble(dummies, class_names=NAMES, geometry=GEOMETRY, threads=1).segment(head, tile_vox=20)
 
 
 def test_softmax_and_cost_model():
     x = np.random.default_rng(0).normal(size=(5, 3, 4, 2)).astype(np.float32) * 30
     p = softmax(x)
     np.testing.assert_allclose(p.sum(0), 1, atol=1e-6)
-    assert member_gmac((60, 60, 60)) / 60**3 < member_gmac((30, 30, 30)) / 30**3
+    params = {k: v for k, v in GEOMETRY.cost_model.items() if k not in ("kind", "note")}
+    assert member_gmac((60, 60, 60), **params) / 60**3 < member_gmac((30, 30, 30), **params) / 30**3
+    assert GEOMETRY.estimated_gmac((60, 60, 60)) == member_gmac((60, 60, 60), **params)
 
 
 # -- real members --------------------------------------------------------------------
@@ -212,11 +217,11 @@ def real_members(tmp_path_factory):
 
 def _lesion_roi():
     """A small ROI (1 mm grid 11 x 13 x 28) of the project phantom, across a 10 mL IPH."""
-    from ictus.imaging.phantom import PhantomSpec, phantom_volume
+    from ictus.imaging.phantom import PhantomSpec, phantom_with_truth
 
-    vol = phantom_volume(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=10, matrix=128,
-                                     pixel_spacing_mm=1.5, partial_volume_samples=1))
-    labels = vol.header["phantom_labels"]
+    vol, truth = phantom_with_truth(PhantomSpec(haemorrhage="IPH", haemorrhage_volume_ml=10, matrix=128,
+                                                pixel_spacing_mm=1.5, partial_volume_samples=1))
+    labels = truth.labels
     z, y, x = (int(np.median(a)) for a in np.nonzero(labels == 1))
     roi = sitk.RegionOfInterest(vol.image, (19, 9, 3), (x - 9, y - 4, z - 1))
     return vol.with_image(roi)
@@ -237,7 +242,7 @@ def test_real_member_tiled_untiled_and_reference_agree(real_members):
 
     members, weights = real_members
     roi = _lesion_roi()
-    ens = Ensemble(members[:1], class_names=NAMES, threads=2)
+    ens = Ensemble(members[:1], class_names=NAMES, geometry=GEOMETRY, threads=2)
     mi = preprocess(roi, tile_vox=30, crop_to_head=False)
     assert max(mi.grid_size) <= 29  # one reference patch covers it
     p15, _, st = ens.predict_box(mi, [0], tile_vox=15, skip="none")
@@ -275,15 +280,17 @@ def test_real_int8_close_to_fp32(real_members, tmp_path):
     from ictus.models.runtime import quantize_member
 
     members, _ = real_members
-    q = quantize_member(members[0], tmp_path / "m1.int8.onnx", n_calibration=1)
+    q = quantize_member(members[0], tmp_path / "m1.int8.onnx", geometry=GEOMETRY, window_hu=(-15.0, 100.0),
+                        conv_name_patterns=get_card("blast-ct").raw["runtime"]["int8"]["conv_name_patterns"],
+                        n_calibration=1)
     import onnx
 
     assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(q)).graph.node) > 0
     roi = _lesion_roi()
     mi = preprocess(roi, tile_vox=30, crop_to_head=False)
-    window = extract_window(mi, mi.region_start, (30, 30, 30))
-    fp32 = Ensemble(members[:1], class_names=NAMES, threads=2).predict(0, window)
-    int8 = Ensemble([q], class_names=NAMES, threads=2).predict(0, window)
+    window = extract_window(mi, mi.region_start, (30, 30, 30), GEOMETRY)
+    fp32 = Ensemble(members[:1], class_names=NAMES, geometry=GEOMETRY, threads=2).predict(0, window)
+    int8 = Ensemble([q], class_names=NAMES, geometry=GEOMETRY, threads=2).predict(0, window)
     assert np.mean(fp32.argmax(0) == int8.argmax(0)) > 0.98
     assert np.abs(fp32 - int8).mean() < 0.01
 
@@ -305,13 +312,13 @@ def test_unsure_brick_is_the_aligned_box_of_the_unsure_voxels():
     from ictus.models.runtime import unsure_brick
 
     p_bg = np.ones((45, 45, 30), np.float32)
-    assert unsure_brick(p_bg, 0.05, (15, 30, 45)) is None
+    assert unsure_brick(p_bg, 0.05, (15, 30, 45), 15) is None
     p_bg[16, 3, 29] = 0.9  # foreground 0.1: unsure at 0.05, not at 0.2
     p_bg[20, 14, 20] = 0.5
-    assert unsure_brick(p_bg, 0.05, (15, 30, 45)) == ((30, 30, 60), (15, 15, 15))
-    assert unsure_brick(p_bg, 0.2, (15, 30, 45)) == ((30, 30, 60), (15, 15, 15))
+    assert unsure_brick(p_bg, 0.05, (15, 30, 45), 15) == ((30, 30, 60), (15, 15, 15))
+    assert unsure_brick(p_bg, 0.2, (15, 30, 45), 15) == ((30, 30, 60), (15, 15, 15))
     p_bg[44, 0, 0] = 0.0
-    assert unsure_brick(p_bg, 0.2, (15, 30, 45)) == ((30, 30, 45), (30, 15, 30))
+    assert unsure_brick(p_bg, 0.2, (15, 30, 45), 15) == ((30, 30, 45), (30, 15, 30))
 
 
 def test_cuda_provider_is_chosen_when_onnxruntime_offers_it(monkeypatch):

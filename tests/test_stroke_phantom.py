@@ -1,4 +1,4 @@
-"""The template-based stroke phantom (ictus.imaging.stroke_phantom) and ``ictus phantom --stroke``."""
+"""The template-based stroke phantom (ictus.imaging.phantom.stroke) and ``ictus phantom --stroke``."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from ictus.imaging.errors import InvalidInputError
 from ictus.imaging.stroke_atlas import ASPECTS_CODES, VESSEL_COURSES, aspects_label, load_template_atlas
-from ictus.imaging.stroke_phantom import (
+from ictus.imaging.phantom.stroke import (
     StrokePhantomSpec,
     expected_aspects,
     render_stroke_phantom,

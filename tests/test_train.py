@@ -30,7 +30,11 @@ def test_card_is_accepted_and_complete(tiny: Path) -> None:
     card = load_card(tiny.parent)
     assert card.class_names == ("background", "IPH", "EAH", "oedema", "IVH")
     assert card.preprocessing.spacing_mm == (2.0, 2.0, 2.0) and card.preprocessing.window_hu == (-15.0, 100.0)
-    assert card.patch.context_vox == 40 and card.patch.is_valid_input_size(101)
+    # SegResNet's own geometry (3 levels: sizes multiples of 4), not DeepMedic's 40/15
+    assert (card.patch.valid_input_offset_vox, card.patch.valid_input_step_vox, card.patch.tile_multiple_vox) == (0, 4, 4)
+    assert card.patch.context_vox == 8 and card.patch.is_valid_input_size(100) and not card.patch.is_valid_input_size(101)
+    assert raw_runtime(card)["cost_model"]["kind"] == "per_input_voxel"
+    assert raw_runtime(card)["cost_model"]["gmac_per_input_voxel"] > 0
     assert card.class_label("IPH").code("finding").code_value == "274100004"  # codes from the shipped card
     member = card.members[0]
     assert member.sha256 == file_sha256(tiny.parent / member.file)
@@ -57,25 +61,57 @@ def test_tampered_onnx_is_refused(tiny: Path, tmp_path: Path) -> None:
         resolve_members(load_card(copy))
 
 
-def test_exported_graph_is_the_network_cropped(tiny: Path) -> None:
-    """ONNX on a window of odd size n gives n - 80 voxels equal to the torch network's centre."""
+def raw_runtime(card):
+    return card.to_dict()["runtime"]
+
+
+def test_exported_graph_is_the_network(tiny: Path) -> None:
+    """The ONNX graph is the network itself: same-size output for any multiple of 4 per axis."""
     import onnxruntime as ort
 
-    from ictus.models.monai_export import CroppedSegmenter
     from ictus.models.train import load_checkpoint
 
     network, config, _ = load_checkpoint(tiny.parent.parent / "best.pt")
+    assert config.size_multiple_vox == 4
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (1, 1, 93, 90, 101)).astype(np.float32)
+    x = rng.uniform(-1, 1, (1, 1, 24, 16, 36)).astype(np.float32)
     session = ort.InferenceSession(str(tiny.parent / "model_1.onnx"), providers=["CPUExecutionProvider"])
     out = session.run(None, {"image": x})[0]
-    assert out.shape == (1, 5, 13, 10, 21)
+    assert out.shape == (1, 5, 24, 16, 36)
     with torch.no_grad():
-        ref = CroppedSegmenter(network, config.size_multiple_vox)(torch.from_numpy(x)).numpy()
-        # by hand: sizes 93, 90, 101 -> 92, 88, 100 (multiples of 4) starting at 0, 1, 0
-        full = network(torch.from_numpy(x[:, :, 0:92, 1:89, 0:100])).numpy()
+        ref = network(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, ref, atol=1e-3)
-    np.testing.assert_allclose(out, full[:, :, 40:53, 39:49, 40:61], atol=1e-3)
+
+
+def test_runtime_tiles_the_exported_model_by_its_card(tiny: Path) -> None:
+    """Through the runtime: each tile's output is the network's output on its window, cropped
+    by the card's context; the plan's tiles are multiples of 4 and the cost model is SegResNet's."""
+    from ictus.models.registry import load_card
+    from ictus.models.runtime import Ensemble, extract_window, plan_tiles, synthetic_head_hu
+    from ictus.models.preprocess import preprocess
+    from ictus.imaging.volume import volume_from_array
+    from ictus.models.train import load_checkpoint
+
+    card = load_card(tiny.parent)
+    ens = Ensemble.from_card(card, [tiny.parent / "model_1.onnx"], threads=1)
+    g = ens.geometry
+    assert (g.context_vox, g.tile_multiple_vox, g.output_start_vox) == (8, 4, 8)
+    hu = synthetic_head_hu((40, 48, 44), (4.0, 4.0, 4.0))
+    vol = volume_from_array(hu, spacing_mm=(4.0, 4.0, 4.0))
+    mi = preprocess(vol, spacing_mm=card.preprocessing.spacing_mm, window_hu=card.preprocessing.window_hu,
+                    tile_vox=24, context_vox=g.context_vox, phase_vox=g.tile_multiple_vox)
+    plan = plan_tiles(mi, 24, g, skip="none")
+    start, size = plan.tiles[0]
+    window = extract_window(mi, start, size, g)
+    network, _, _ = load_checkpoint(tiny.parent.parent / "best.pt")
+    with torch.no_grad():
+        logits = network(torch.from_numpy(window[None, None])).numpy()[0]
+    crop = logits[:, 8:-8, 8:-8, 8:-8]
+    ref = np.exp(crop - crop.max(0)) / np.exp(crop - crop.max(0)).sum(0)
+    np.testing.assert_allclose(ens.predict(0, window), ref, atol=1e-4)
+    probs, _, stats = ens.predict_box(mi, [0])
+    assert stats["tile_vox"] % 4 == 0 and stats["tiles_computed"] > 0
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
 
 
 def test_triage_with_the_exported_model_without_torch(tiny: Path) -> None:

@@ -41,15 +41,15 @@ def ich_result(engine, ich_study, tmp_path_factory):
 def test_ich_phantom_findings_match_the_truth(ich_result, ich_study):
     truth = _truth(ich_study)
     f = ich_result.findings
-    assert f["ich"]["present"] is True
+    assert f.ich.present is True
     iph_true = truth["volumes_ml"]["IPH"]["on_grid_ml"]
-    iph = f["ich"]["subtypes"]["IPH"]["volume_ml"]
+    iph = f.ich.subtypes["IPH"].volume_ml
     assert abs(iph - iph_true) / iph_true < 0.15, (iph, iph_true)
-    assert abs(f["midline_shift_mm"] - truth["midline_shift_mm"]) <= 1.5
-    assert f["midline_shift_direction"] == truth["midline_shift_direction"]
-    assert f["priority"] == "critical"  # >= 5 mm shift (and about 30 mL of blood)
-    lesion = f["ich"]["subtypes"]["IPH"]["lesions"][0]
-    assert lesion["hemisphere"] == truth["haemorrhage"]["hemisphere"]
+    assert abs(f.midline_shift_mm - truth["midline_shift_mm"]) <= 1.5
+    assert f.midline_shift_direction == truth["midline_shift_direction"]
+    assert f.priority == "critical"  # >= 5 mm shift (and about 30 mL of blood)
+    lesion = f.ich.subtypes["IPH"].lesions[0]
+    assert lesion.hemisphere == truth["haemorrhage"]["hemisphere"]
 
 
 def test_findings_json_is_written_and_valid(ich_result):
@@ -60,7 +60,7 @@ def test_findings_json_is_written_and_valid(ich_result):
     path = Path(ich_result.outputs["json"][0])
     doc = json.loads(path.read_text())
     jsonschema.validate(doc, load_schema())
-    assert doc == json.loads(json.dumps(ich_result.findings))
+    assert doc == json.loads(json.dumps(ich_result.findings_dict()))
     for stage in ("scan", "select", "volume", "brain", "segment", "midline", "measure"):
         assert stage in doc["timings_s"]
     assert doc["provenance"]["models"][0]["members"][0]["name"] == "model_1"
@@ -80,35 +80,35 @@ def test_no_haemorrhage_phantom_is_routine(engine, tmp_path):
     study = tmp_path / "normal"
     write_phantom(PhantomSpec(haemorrhage=None, **SMALL), study)
     f = engine.run(study).findings
-    assert f["ich"]["total_volume_ml"] < 1.0, f["ich"]
-    assert f["midline_shift_mm"] is None or f["midline_shift_mm"] <= 1.5
+    assert f.ich.total_volume_ml < 1.0, f.ich
+    assert f.midline_shift_mm is None or f.midline_shift_mm <= 1.5
     # the geometric phantom is not anatomical: the template does not register, so the
     # ischaemic findings are not assessed and the study is indeterminate, never routine
-    assert f["priority"] == "indeterminate", f["priority_reasons"]
-    assert "registration_failed" in f["qc"]["flags"] and f["ischaemia"]["assessed"] is False
+    assert f.priority == "indeterminate", f.priority_reasons
+    assert "registration_failed" in f.qc.flags and f.ischaemia.assessed is False
     import dataclasses
 
     haemorrhage_only = TriageEngine(dataclasses.replace(engine.options, stroke=False))
-    assert haemorrhage_only.run(study).findings["priority"] == "routine"
+    assert haemorrhage_only.run(study).findings.priority == "routine"
 
 
 def test_real_ge_head_no_large_ich_and_no_shift(engine):
     study = shared_dicom("ge-head-tilt-variable-spacing")
     f = engine.run(study).findings
-    assert f["ich"]["present"] is not None
-    assert (f["ich"]["total_volume_ml"] or 0.0) < 5.0, f["ich"]
-    if f["midline_shift_mm"] is not None:
-        assert f["midline_shift_mm"] <= 2.0
-    assert "gantry_tilt_corrected" in f["qc"]["flags"]
+    assert f.ich.present is not None
+    assert (f.ich.total_volume_ml or 0.0) < 5.0, f.ich
+    if f.midline_shift_mm is not None:
+        assert f.midline_shift_mm <= 2.0
+    assert "gantry_tilt_corrected" in f.qc.flags
 
 
 def test_plastic_skull_is_indeterminate_without_running_the_model(fast_models_dir):
     study = shared_dicom("philips-head-phantom-tilted")
     result = triage(study, models_dir=str(fast_models_dir), fast=True, outputs=("json",))
     f = result.findings
-    assert f["priority"] == "indeterminate"
-    assert "no_brain_found" in f["qc"]["flags"]
-    assert f["ich"]["present"] is None
+    assert f.priority == "indeterminate"
+    assert "no_brain_found" in f.qc.flags
+    assert f.ich.present is None
     assert result.segmentation is None
 
 
@@ -180,14 +180,14 @@ def test_total_blood_on_phantoms_where_the_model_sees_it(engine, tmp_path, kind,
     write_phantom(PhantomSpec(haemorrhage=kind, haemorrhage_volume_ml=volume_ml, **SMALL), study)
     truth = _truth(study)["volumes_ml"][kind]["on_grid_ml"]
     f = engine.run(study).findings
-    assert f["ich"]["present"] is True
-    assert abs(f["ich"]["total_volume_ml"] - truth) / truth < 0.2, (f["ich"]["total_volume_ml"], truth)
-    assert f["priority"] in ("urgent", "critical")
+    assert f.ich.present is True
+    assert abs(f.ich.total_volume_ml - truth) / truth < 0.2, (f.ich.total_volume_ml, truth)
+    assert f.priority in ("urgent", "critical")
 
 
 def test_large_extra_axial_blood_is_detected(engine, tmp_path):
     study = tmp_path / "study"
     write_phantom(PhantomSpec(haemorrhage="EAH", haemorrhage_volume_ml=30.0, **SMALL), study)
     f = engine.run(study).findings
-    assert f["ich"]["present"] is True and f["ich"]["subtypes"]["EAH"]["present"] is True
-    assert f["priority"] in ("urgent", "critical")
+    assert f.ich.present is True and f.ich.subtypes["EAH"].present is True
+    assert f.priority in ("urgent", "critical")

@@ -7,11 +7,12 @@ import os
 import numpy as np
 import pytest
 
+from ictus.imaging import atomic
 from ictus.imaging.errors import OutputError
 from ictus.imaging.volume import volume_from_array
 from ictus.models.registry import get_card
 from ictus.pipelines.triage import TriageResult
-from ictus.pipelines.writers import atomic, report, write_outputs
+from ictus.pipelines.writers import report, write_outputs
 from tests.writers_support import findings_for, segmentation_from_labels
 
 
@@ -85,7 +86,7 @@ def test_outputs_fail_one_by_one_and_findings_json_says_which(small_result, tmp_
     written = write_outputs(small_result, out, outputs=("json", "report"))
     assert set(written) == {"json", "report"}
     assert (out / "report.pdf").exists() or "report.pdf" in (written.status["report"].reason or "")
-    changed = dataclasses.replace(small_result, findings={**small_result.findings, "priority": "routine"})
+    changed = dataclasses.replace(small_result, findings=dataclasses.replace(small_result.findings, priority="routine"))
 
     def boom(*args, **kwargs):
         raise RuntimeError("renderer crashed")

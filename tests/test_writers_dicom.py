@@ -19,12 +19,14 @@ import pydicom
 import pytest
 
 from ictus.imaging.build import build_volume
+from ictus.pipelines.findings.record import ClassFinding, IchFinding, QcFinding
 from ictus.pipelines.writers import write_outputs
 from ictus.pipelines.writers.seg import labels_on_source_frames
 from tests.conftest import shared_dicom
 from tests.writers_support import (
     blob_result,
     dciodvfy_errors,
+    make_findings,
     phantom_result,
     require_tool,
     segmentation_from_labels,
@@ -186,15 +188,15 @@ def test_sr_renders_in_dsrdump_with_the_findings_numbers(tilted):
     f = result.findings
     nums = _num_items(text)
     volumes = [v for name, v, unit in nums if name == "Volume" and unit == "ml"]
-    assert f["ich"]["subtypes"]["IPH"]["volume_ml"] > 20
-    assert f["ich"]["subtypes"]["IPH"]["volume_ml"] in volumes
-    assert f["ich"]["total_volume_ml"] in volumes
-    assert f["oedema"]["volume_ml"] in volumes
-    assert ("Midline shift", f["midline_shift_mm"], "mm") in nums
-    assert ("Probability of intracranial hemorrhage", f["ich"]["probability"], "1") in nums
+    assert f.ich.subtypes["IPH"].volume_ml > 20
+    assert f.ich.subtypes["IPH"].volume_ml in volumes
+    assert f.ich.total_volume_ml in volumes
+    assert f.oedema.volume_ml in volumes
+    assert ("Midline shift", f.midline_shift_mm, "mm") in nums
+    assert ("Probability of intracranial hemorrhage", f.ich.probability, "1") in nums
     assert '(,,"Intracranial hemorrhage")=(52101004,SCT,"Present")' in text
     assert '"Referenced Segment")=(SG image,,1)' in text
-    assert f'="{f["priority"]}"' in text
+    assert f'="{f.priority}"' in text
     assert "gantry_tilt_corrected" in text
     assert "triage aid" in text
     assert '"Observer Type")=(121007,DCM,"Device")' in text
@@ -211,7 +213,7 @@ def test_sr_renders_in_dsrdump_with_the_findings_numbers(tilted):
     assert group.tracking_identifier == "IPH (ictus)"
     assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
     assert [(m.name.meaning, m.value, m.unit.value) for m in group.get_measurements()] == [
-        ("Volume", f["ich"]["subtypes"]["IPH"]["volume_ml"], "ml")]
+        ("Volume", f.ich.subtypes["IPH"].volume_ml, "ml")]
 
 
 def test_key_images_are_marked_triage_output_with_overlays(tilted):
@@ -235,11 +237,11 @@ def test_key_images_are_marked_triage_output_with_overlays(tilted):
 def test_no_lesion_gives_sr_and_key_images_but_no_seg(tilted, tmp_path):
     result, _, _ = tilted
     empty = np.zeros_like(result.segmentation.labels)
-    findings = dict(result.findings)
-    findings["ich"] = {"present": False, "probability": 0.02, "total_volume_ml": 0.0,
-                       "subtypes": {n: {"present": False, "volume_ml": 0.0} for n in ("IPH", "EAH", "IVH")}}
-    findings["oedema"] = {"volume_ml": 0.0}
-    findings["priority"] = "routine"
+    findings = dataclasses.replace(
+        result.findings, priority="routine",
+        ich=IchFinding(present=False, probability=0.02, total_volume_ml=0.0,
+                       subtypes={n: ClassFinding(present=False, volume_ml=0.0) for n in ("IPH", "EAH", "IVH")}),
+        oedema=ClassFinding(present=None, volume_ml=0.0))
     quiet = dataclasses.replace(result, segmentation=segmentation_from_labels(empty), findings=findings)
     paths = write_outputs(quiet, tmp_path / "out", outputs=DICOM_OUTPUTS)
     assert "seg" not in paths and not (tmp_path / "out" / "seg.dcm").exists()
@@ -252,12 +254,7 @@ def test_no_lesion_gives_sr_and_key_images_but_no_seg(tilted, tmp_path):
 
 def test_indeterminate_study_without_model_still_gets_sr_key_images_and_report(tilted, tmp_path):
     result, _, _ = tilted
-    findings = {
-        "schema_version": "1.0", "priority": "indeterminate",
-        "ich": {"present": None, "probability": None, "total_volume_ml": None, "subtypes": {}},
-        "oedema": {"volume_ml": None}, "midline_shift_mm": None, "midline_shift_direction": None,
-        "qc": {"flags": ["no_brain_found"]},
-    }
+    findings = make_findings(priority="indeterminate", qc=QcFinding(flags=("no_brain_found",)))
     bare = dataclasses.replace(result, segmentation=None, card=None, midline=None, findings=findings)
     paths = write_outputs(bare, tmp_path / "out", lang="ru")
     assert "seg" not in paths and {"json", "sr", "sc", "report"} <= set(paths)

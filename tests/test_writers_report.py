@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ictus.imaging.errors import OutputError
+from ictus.pipelines.findings.record import DISCLAIMER
 from ictus.pipelines.writers import ALL_OUTPUTS, common, write_outputs
 from ictus.pipelines.writers.json_out import findings_json_text
 from tests.writers_support import phantom_result, require_tool, with_pipeline_findings
@@ -36,13 +37,13 @@ def study(tmp_path_factory):
 
 
 def _key_numbers(findings) -> list[str]:
-    ich = findings["ich"]
+    ich = findings.ich
     return [
-        f"{ich['subtypes']['IPH']['volume_ml']:.1f}",
-        f"{ich['total_volume_ml']:.1f}",
-        f"{findings['oedema']['volume_ml']:.1f}",
-        f"{findings['midline_shift_mm']:.1f}",
-        f"{ich['probability']:.2f}",
+        f"{ich.subtypes['IPH'].volume_ml:.1f}",
+        f"{ich.total_volume_ml:.1f}",
+        f"{findings.oedema.volume_ml:.1f}",
+        f"{findings.midline_shift_mm:.1f}",
+        f"{ich.probability:.2f}",
     ]
 
 
@@ -67,11 +68,11 @@ def test_html_report_is_self_contained_and_has_the_numbers(study, lang):
     assert f'<html lang="{lang}">' in html
     assert re.findall(r'src="([^"]*)"', html) and all(s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]*)"', html))
     assert "<link" not in html and "http://" not in html and "https://" not in html
-    model = result.findings["provenance"]["models"][0]
-    assert model["members"] and all(member["sha256"] in html for member in model["members"])
-    assert result.findings["ich"]["abc2"]["volume_ml"] > 0 and m["abc2"] in html
-    lesion = result.findings["ich"]["subtypes"]["IPH"]["lesions"][0]
-    assert m[f"hemisphere_{lesion['hemisphere']}"] in html  # the phantom's bleed side, translated
+    model = result.findings.models[0]
+    assert model.members and all(member.sha256 in html for member in model.members)
+    assert result.findings.ich.abc2.volume_ml > 0 and m["abc2"] in html
+    lesion = result.findings.ich.subtypes["IPH"].lesions[0]
+    assert m[f"hemisphere_{lesion.hemisphere}"] in html  # the phantom's bleed side, translated
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -121,6 +122,9 @@ def test_catalogues_are_complete_and_translated():
         assert all(not re.search("[\u0400-\u04ff]", en[k]) for k in en)
         assert re.search("[\u0400-\u04ff]", m["disclaimer"])
     assert re.search("[әғқңөұүһі]", common.load_messages("kk")["disclaimer"])  # Kazakh, not Russian
+    raw_en = json.loads((common.LOCALES_DIR / "en.json").read_text(encoding="utf-8"))
+    assert raw_en["disclaimer"] == en["disclaimer"] == DISCLAIMER  # one English text, translated by the others
+    assert set(common.LANGUAGES) == {p.stem for p in common.LOCALES_DIR.glob("*.json")}
     for lang in LANGS:  # format fields agree across languages
         m = common.load_messages(lang)
         for key in ("key_image_lesion", "key_image_midline", "key_image_slice"):
@@ -141,7 +145,7 @@ def test_findings_json_round_trips(study):
     result, paths, _ = study
     written = json.loads(Path(paths["en"]["json"][0]).read_text(encoding="utf-8"))
     outputs = written.pop("outputs")  # findings.json is written last and lists every output
-    assert written == result.findings
+    assert written == result.findings.to_dict()
     assert {k: v["status"] for k, v in outputs.items()} == dict.fromkeys(("json", "seg", "sr", "sc", "report"), "written")
     text = findings_json_text({"a": np.float32(1.5), "b": np.int64(3), "c": (1, 2), "d": np.array([1.0])})
     assert json.loads(text) == {"a": 1.5, "b": 3, "c": [1, 2], "d": [1.0]}

@@ -16,6 +16,8 @@ from ictus.imaging.phantom import PhantomSpec, write_phantom
 from ictus.imaging.volume import Volume
 from ictus.models.registry import get_card
 from ictus.models.types import Segmentation
+from ictus.pipelines.findings.record import (BrainFinding, ClassFinding, Findings, IchFinding, LocationFinding,
+                                           MidlineFinding, ModelProvenance, Provenance, QcFinding, SeriesUsed)
 from ictus.pipelines.triage import TriageResult
 
 CLASS_NAMES = ("background", "IPH", "EAH", "oedema", "IVH")
@@ -38,37 +40,50 @@ def volume_ml(volume: Volume, labels: np.ndarray, value: int) -> float:
     return float((labels == value).sum()) * volume.voxel_volume_ml
 
 
+def empty_provenance(volume: Volume | None = None, models: tuple[ModelProvenance, ...] = ()) -> Provenance:
+    """Provenance with the given models, of ``volume``'s series (or of none)."""
+    series = SeriesUsed("", volume.series_instance_uid if volume is not None else "", "", 0, (0, 0, 0), (0.0, 0.0, 0.0))
+    return Provenance(ictus_version="0.1.0", models=models, series_used=series)
+
+
+def make_findings(**fields: Any) -> Findings:
+    """A findings record with empty parts (no clinical value, no stroke blocks), ``fields`` replacing them."""
+    base: dict[str, Any] = dict(
+        schema_version="1.0", study_instance_uid="", series_instance_uid="", priority="indeterminate",
+        priority_reasons=(), findings_reported=True,
+        ich=IchFinding(present=None, probability=None, total_volume_ml=None, subtypes={}),
+        oedema=ClassFinding(present=None, volume_ml=None), midline_shift_mm=None, midline_shift_direction=None,
+        midline=MidlineFinding(computed=False, measured=False, reason="not computed"),
+        brain=BrainFinding(found=None, volume_ml=None, reason="not computed"), qc=QcFinding(),
+        location=LocationFinding("", "not computed", "", None, ""), min_lesion_ml=None,
+        provenance=empty_provenance(), timings_s={},
+    )
+    base.update(fields)
+    return Findings(**base)
+
+
 def findings_for(volume: Volume, labels: np.ndarray, *, shift_mm: float | None, direction: str | None,
-                 priority: str = "critical", probability: float = 0.93) -> dict[str, Any]:
-    """A findings dictionary with the keys of the findings.json schema, from the labels."""
+                 priority: str = "critical", probability: float = 0.93) -> Findings:
+    """A findings record (haemorrhage, oedema, midline, QC flags, provenance) from the labels."""
     iph, eah, oed, ivh = (round(volume_ml(volume, labels, v), 1) for v in (1, 2, 3, 4))
     total = round(iph + eah + ivh, 1)
-    return {
-        "schema_version": "1.0",
-        "study_instance_uid": volume.study_instance_uid,
-        "series_instance_uid": volume.series_instance_uid,
-        "priority": priority,
-        "ich": {
-            "present": total > 0,
-            "probability": probability,
-            "total_volume_ml": total,
-            "subtypes": {
-                "IPH": {"present": iph > 0, "volume_ml": iph},
-                "EAH": {"present": eah > 0, "volume_ml": eah},
-                "IVH": {"present": ivh > 0, "volume_ml": ivh},
-            },
-        },
-        "oedema": {"volume_ml": oed},
-        "midline_shift_mm": shift_mm,
-        "midline_shift_direction": direction,
-        "qc": {"flags": list(volume.qc_flags)},
-        "provenance": {
-            "ictus": "0.1.0",
-            "models": [{"id": "blast-ct", "version": "v1", "sha256": "95f76e8b16fe42b6aa49388cb798e282c55cd70191544f4417445bb87803f99f"}],
-            "series": volume.series_instance_uid,
-        },
-        "timings_s": {"scan": 0.05, "build_volume": 0.2, "segment": 9.8},
-    }
+    return make_findings(
+        study_instance_uid=volume.study_instance_uid,
+        series_instance_uid=volume.series_instance_uid,
+        priority=priority,
+        ich=IchFinding(present=total > 0, probability=probability, total_volume_ml=total, subtypes={
+            "IPH": ClassFinding(present=iph > 0, volume_ml=iph),
+            "EAH": ClassFinding(present=eah > 0, volume_ml=eah),
+            "IVH": ClassFinding(present=ivh > 0, volume_ml=ivh),
+        }),
+        oedema=ClassFinding(present=None, volume_ml=oed),
+        midline_shift_mm=shift_mm,
+        midline_shift_direction=direction,
+        qc=QcFinding(flags=tuple(volume.qc_flags)),
+        provenance=empty_provenance(volume, (ModelProvenance(
+            "blast-ct", "v1", (), (), "95f76e8b16fe42b6aa49388cb798e282c55cd70191544f4417445bb87803f99f"),)),
+        timings_s={"scan": 0.05, "build_volume": 0.2, "segment": 9.8},
+    )
 
 
 def phantom_result(out_dir: Path, *, n_slices: int = 30, tilt_deg: float = 0.0, shift_mm: float = 6.0,
@@ -145,7 +160,7 @@ def with_pipeline_findings(result: TriageResult) -> TriageResult:
     import dataclasses
 
     from ictus.imaging.measure import measure_labels
-    from ictus.pipelines.findings.record import build_findings, findings_to_dict
+    from ictus.pipelines.findings.build import build_findings
 
     seg = result.segmentation
     probabilities = np.zeros((len(CLASS_NAMES),) + seg.labels.shape, np.float16)
@@ -157,7 +172,7 @@ def with_pipeline_findings(result: TriageResult) -> TriageResult:
                                   agreement=seg.agreement, plane=plane, region_status="no atlas in tests")
     findings = build_findings(result.volume, seg, measurements=measurements, midline=result.midline,
                               card_info=result.card, timings_s={"segment": 9.8})
-    return dataclasses.replace(result, segmentation=seg, findings=findings_to_dict(findings))
+    return dataclasses.replace(result, segmentation=seg, findings=findings)
 
 
 # -- stroke fixtures: fake anatomy / ischaemia / dense-artery objects with the attributes the writers read --
@@ -218,10 +233,9 @@ def with_stroke(result: TriageResult, *, registered: bool = True, affected: dict
     labels, rel = fake_aspects_labels(grid, midline_x)
     anatomy = SimpleNamespace(grid=grid, aspects=labels, registered=registered, quality_dice=0.91 if registered else 0.42)
     if not registered:
-        findings = dict(result.findings)
         isch = stroke.ischaemia_finding(None, "registration_failed: template overlap 0.42")
         art = stroke.dense_artery_finding(None, "registration_failed: template overlap 0.42")
-        findings.update(_stroke_blocks(result, anatomy, isch, art))
+        findings = dataclasses.replace(result.findings, **_stroke_blocks(result, anatomy, isch, art))
         return dataclasses.replace(result, anatomy=anatomy, ischaemia=None, dense_artery=None, findings=findings)
     rows = []
     affected_mask = np.zeros_like(labels)
@@ -260,23 +274,20 @@ def with_stroke(result: TriageResult, *, registered: bool = True, affected: dict
                                 reason="ok", caution="")
     isch = stroke.ischaemia_finding(isch_obj, "ok")
     art = stroke.dense_artery_finding(dense_obj, "ok")
-    findings = dict(result.findings)
-    findings.update(_stroke_blocks(result, anatomy, isch, art))
+    findings = dataclasses.replace(result.findings, **_stroke_blocks(result, anatomy, isch, art))
     return dataclasses.replace(result, anatomy=anatomy, ischaemia=isch_obj, dense_artery=dense_obj, findings=findings)
 
 
 def _stroke_blocks(result: TriageResult, anatomy: Any, isch: Any, art: Any) -> dict[str, Any]:
-    """The findings.json stroke keys from the typed records (as ictus.pipelines.findings.record makes them)."""
+    """The stroke parts of the findings record (as ictus.pipelines.findings.build makes them)."""
     from ictus.pipelines.findings import stroke
-    from ictus.pipelines.findings.record import _plain
 
-    ich = result.findings.get("ich") or {}
-    summary = stroke.stroke_summary(ich.get("present"), ich.get("total_volume_ml"), isch, art)
-    ich_score = stroke.IchScoreFinding(volume_ge_30_ml=bool((ich.get("total_volume_ml") or 0) >= 30),
+    ich = result.findings.ich
+    summary = stroke.stroke_summary(ich.present, ich.total_volume_ml, isch, art)
+    ich_score = stroke.IchScoreFinding(volume_ge_30_ml=bool((ich.total_volume_ml or 0) >= 30),
                                        ivh_present=False, infratentorial_origin=False, age_ge_80=None,
-                                       imaging_points=int((ich.get("total_volume_ml") or 0) >= 30))
+                                       imaging_points=int((ich.total_volume_ml or 0) >= 30))
     return {
-        "ischaemia": _plain(isch), "dense_artery": _plain(art),
-        "anatomy": _plain(stroke.anatomy_finding(anatomy, 0.7)), "ich_score": _plain(ich_score),
-        "stroke_summary": _plain(summary),
+        "ischaemia": isch, "dense_artery": art, "anatomy": stroke.anatomy_finding(anatomy, 0.7),
+        "ich_score": ich_score, "stroke_summary": summary,
     }

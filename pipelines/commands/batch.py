@@ -15,12 +15,20 @@ see SOURCES and DIR at the same paths).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from ictus.pipelines.commands.triage import parse_outputs
-from ictus.pipelines.triage import ALL_OUTPUTS, TriageOptions
+from ictus.pipelines.commands.options import (
+    fast_option,
+    lang_option,
+    model_option,
+    models_dir_option,
+    outputs_option,
+    parse_outputs,
+)
+from ictus.pipelines.triage import TriageOptions
 
 
 @click.command("batch")
@@ -30,13 +38,12 @@ from ictus.pipelines.triage import ALL_OUTPUTS, TriageOptions
               help="Worker processes (0: in this process).")
 @click.option("--scheduler", default=None, help="'local' (Dask LocalCluster) or tcp://HOST:PORT (Dask scheduler).")
 @click.option("--resume", is_flag=True, help="Skip studies whose outputs exist and whose input hash is unchanged.")
-@click.option("--fast", is_flag=True, help="One ensemble member instead of the full ensemble.")
-@click.option("--model", default="blast-ct", show_default=True, help="Model card id, or a path to a card.")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None, envvar="ICTUS_MODELS_DIR",
-              help="Where model weights live (default: $ICTUS_MODELS_DIR, then the user cache).")
+@fast_option()
+@model_option()
+@models_dir_option()
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads per worker (default: cores / workers).")
-@click.option("--outputs", default=",".join(ALL_OUTPUTS), show_default=True, help="Outputs to write.")
-@click.option("--lang", type=click.Choice(["en", "ru", "kk"]), default="en", show_default=True)
+@outputs_option()
+@lang_option()
 @click.option("--no-stroke", is_flag=True,
               help="Skip the template anatomy and the ischaemic findings (as `ictus triage --no-stroke`).")
 @click.option("--engine", default=None, hidden=True, help="module:callable making the engine (tests, load runs).")
@@ -59,7 +66,7 @@ def command(sources: tuple[Path, ...], out_dir: Path, workers: int, scheduler: s
     if not no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), unit="study", desc="ictus batch", file=click.get_text_stream("stderr"))
+        bar = tqdm(total=len(jobs), unit="study", desc="ictus batch", file=sys.stderr)
 
     def on_row(row: dict) -> None:
         if bar is not None:

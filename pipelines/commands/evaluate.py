@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ictus.pipelines.commands.options import fast_option, model_option, models_dir_option
 from ictus.pipelines.research.datasets import LAYOUTS
 
 
@@ -26,10 +27,9 @@ def _fmt(value: object) -> str:
 @click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Label CSV (CQ500 reads.csv, default DATASET/reads.csv; RSNA stage_2_train.csv, required).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--model", default="blast-ct", show_default=True, help="Model card id, or a path to a card file/folder.")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None, envvar="ICTUS_MODELS_DIR",
-              help="Where model weights live.")
-@click.option("--fast", is_flag=True, help="One ensemble member instead of the full ensemble.")
+@model_option()
+@models_dir_option("Where model weights live.")
+@fast_option()
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads.")
 @click.option("--prevalence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Prevalence at which PPV and NPV are stated.")

@@ -43,7 +43,7 @@ def command(config_path: Path, show_status: bool, orthanc_url: str | None, once:
         click.echo(json.dumps(status_from_file(config.spool_dir), indent=2))
         return
     if orthanc_url:
-        from ictus.pipelines.pacs.listener import load_engine_factory
+        from ictus.pipelines.pacs.handover import load_engine_factory
         from ictus.pipelines.pacs.orthanc import OrthancClient, OrthancPoller
 
         poller = OrthancPoller(OrthancClient(orthanc_url), load_engine_factory(config.engine)(config.triage),
@@ -56,7 +56,7 @@ def command(config_path: Path, show_status: bool, orthanc_url: str | None, once:
         return
     listener = Listener(config)
     listener.start()
-    _on_signals(listener._stop.set)
+    _on_signals(listener.request_stop)
     click.echo(f"ictus: listening as {config.ae_title} on {config.host}:{listener.bound_port}", err=True)
     listener.wait()
     listener.stop()

@@ -7,7 +7,7 @@ Writes ``OUT_DIR/series-002-axial/CT0001.dcm...`` (plus a lateral scout with
 haemorrhage that does not fit), 5 the stroke atlas is missing, 6 the folder cannot be
 written or is not empty.
 
-With ``--stroke`` the phantom is the CT template's anatomy (:mod:`ictus.imaging.stroke_phantom`)
+With ``--stroke`` the phantom is the CT template's anatomy (:mod:`ictus.imaging.phantom.stroke`)
 under a random or given pose, with optional early ischaemic change in ASPECTS regions, a
 hyperdense artery, raised haematocrit, a calcified arterial wall and an old infarct; it
 writes the series and ``ground_truth.json`` (no label image).
@@ -285,7 +285,7 @@ def _stroke_command(ctx: click.Context, given: set[str], *, out_dir: Path, slice
                     noise_hu: float, seed: int, force: bool, as_json: bool, **o: Any) -> None:
     from ictus.imaging.errors import ModelError
     from ictus.imaging.stroke_atlas import STROKE_ATLAS_FILES, load_template_atlas, missing_files
-    from ictus.imaging.stroke_phantom import StrokePhantomSpec, write_stroke_phantom
+    from ictus.imaging.phantom.stroke import StrokePhantomSpec, write_stroke_phantom
 
     geometric = sorted(n for n in given if n not in _SHARED and n not in _STROKE_ONLY)
     if geometric:

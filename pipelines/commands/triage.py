@@ -16,20 +16,19 @@ from pathlib import Path
 
 import click
 
-from ictus.pipelines.triage import ALL_OUTPUTS, TriageOptions, TriageEngine
+from ictus.pipelines.commands.options import (
+    fast_option,
+    lang_option,
+    model_option,
+    models_dir_option,
+    outputs_option,
+    parse_outputs,
+)
+from ictus.pipelines.findings.priority import Priority
+from ictus.pipelines.findings.record import DISCLAIMER, summary_lines
+from ictus.pipelines.triage import TriageEngine, TriageOptions
 
-DISCLAIMER = "Ictus is a triage aid, not a diagnostic device: every study must be read by a radiologist."
-PRIORITY_ORDER = ("routine", "indeterminate", "urgent", "critical")
 EXIT_FAIL_ON = 10
-
-
-def parse_outputs(text: str) -> tuple[str, ...]:
-    """``json,seg,sr`` -> a tuple of known output kinds (usage error on an unknown one)."""
-    wanted = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
-    unknown = [w for w in wanted if w not in ALL_OUTPUTS]
-    if unknown or not wanted:
-        raise click.BadParameter(f"unknown output {', '.join(unknown) or '(none)'}; choose from {','.join(ALL_OUTPUTS)}")
-    return wanted
 
 
 def warn_failed_outputs(outputs: object) -> None:
@@ -49,15 +48,14 @@ def warn_failed_outputs(outputs: object) -> None:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: STUDY's name + '-ictus' in the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print findings.json to stdout instead of the summary.")
-@click.option("--fast", is_flag=True, help="One ensemble member instead of the full ensemble.")
+@fast_option()
 @click.option("--members", default=None, help="Explicit members, e.g. '1,2,3' (overrides --fast).")
-@click.option("--model", default="blast-ct", show_default=True, help="Model card id, or a path to a card file/folder.")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None, envvar="ICTUS_MODELS_DIR",
-              help="Where model weights live (default: $ICTUS_MODELS_DIR, then the user cache).")
+@model_option()
+@models_dir_option()
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads (default: all cores).")
 @click.option("--series", "series_uid", default=None, help="Use this SeriesInstanceUID instead of the automatic choice.")
-@click.option("--outputs", default=",".join(ALL_OUTPUTS), show_default=True, help="Outputs to write.")
-@click.option("--lang", type=click.Choice(["en", "ru", "kk"]), default="en", show_default=True, help="Report language.")
+@outputs_option()
+@lang_option()
 @click.option("--min-lesion-ml", type=click.FloatRange(0, None), default=None,
               help="Components smaller than this are discarded as noise (default in the README).")
 @click.option("--rules", "priority_rules", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -67,7 +65,7 @@ def warn_failed_outputs(outputs: object) -> None:
 @click.option("--no-stroke", is_flag=True,
               help="Skip the template anatomy and the ischaemic findings (ASPECTS, dense artery, NWU); "
                    "the priority then follows the haemorrhage findings alone.")
-@click.option("--fail-on", type=click.Choice(["critical", "urgent"]), default=None,
+@click.option("--fail-on", type=click.Choice([Priority.CRITICAL.value, Priority.URGENT.value]), default=None,
               help=f"Exit {EXIT_FAIL_ON} when the priority is at least this.")
 def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, members: str | None, model: str,
             models_dir: Path | None, threads: int | None, series_uid: str | None, outputs: str, lang: str,
@@ -83,13 +81,9 @@ def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, member
     if out_dir is None:
         out_dir = Path.cwd() / f"{Path(study).resolve().name or 'study'}-ictus"
     result = TriageEngine(options).run(study, out_dir)
-    from ictus.pipelines.writers import findings_with_outputs
-
     if as_json:
-        click.echo(json.dumps(findings_with_outputs(result.findings, result.outputs, out_dir), indent=2))
+        click.echo(json.dumps(result.findings_dict(), indent=2))  # findings.json, outputs block included
     else:
-        from ictus.pipelines.findings.record import summary_lines
-
         for line in summary_lines(result.findings):
             click.echo(line)
         for kind, paths in result.outputs.items():
@@ -97,6 +91,5 @@ def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, member
                 click.echo(f"{kind}: {paths[0] if len(paths) == 1 else f'{len(paths)} files in {Path(paths[0]).parent}'}")
         click.echo(DISCLAIMER)
     warn_failed_outputs(result.outputs)
-    if fail_on and PRIORITY_ORDER.index(result.priority) >= PRIORITY_ORDER.index(fail_on) \
-            and result.priority != "indeterminate":
+    if fail_on and result.priority.at_least(fail_on):
         click.get_current_context().exit(EXIT_FAIL_ON)

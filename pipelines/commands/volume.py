@@ -9,26 +9,19 @@ stdout: size, spacing and QC flags.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import click
 import SimpleITK as sitk
 
+from ictus.imaging.atomic import atomic_path
 from ictus.imaging.errors import OutputError
 from ictus.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_image_atomic(volume: Volume, out: Path) -> None:
@@ -38,20 +31,10 @@ def write_image_atomic(volume: Volume, out: Path) -> None:
         raise OutputError(f"output {out} must end with one of {', '.join(_NIFTI_SUFFIXES)}")
     suffix = ".nii.gz" if name.endswith(".nii.gz") else out.suffix
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"cannot write into {out.parent} ({exc.strerror}); choose another output folder") from exc
-    try:
-        sitk.WriteImage(volume.image, tmp, True)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=suffix) as tmp:  # SimpleITK picks the format by the suffix
+            sitk.WriteImage(volume.image, str(tmp), True)
     except (OSError, RuntimeError) as exc:
-        raise OutputError(f"cannot write {out} ({type(exc).__name__}); check the folder and free space") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        raise OutputError(f"cannot write {out} ({type(exc).__name__}); choose another output folder or free space") from exc
 
 
 def summary_line(volume: Volume, out: Path) -> str:

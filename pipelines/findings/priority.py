@@ -2,23 +2,44 @@
 
 The rules live in a documented JSON file (default: ``pipelines/priority_rules.json``,
 read its ``description``). :func:`evaluate_priority` is pure: findings (the
-``findings.json`` dict or a :class:`ictus.pipelines.findings.record.Findings`) and rules in,
-``(priority, reasons)`` out.
+``findings.json`` dict, or a record with ``to_dict``) and rules in, ``(priority, reasons)`` out.
+:class:`Priority` is the one list of levels and their order. This module imports no findings
+record: the record imports :class:`Priority` from here.
 """
 from __future__ import annotations
 
 import logging
 import operator
 import os
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from ictus.imaging.errors import InvalidInputError
 from ictus.imaging.rules import read_rules_json
 
 log = logging.getLogger(__name__)
 
-PRIORITIES = ("critical", "urgent", "routine", "indeterminate")
+
+class Priority(StrEnum):
+    """Triage priority, declared from most to least pressing (indeterminate last: no confident answer)."""
+
+    CRITICAL = "critical"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+    INDETERMINATE = "indeterminate"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most pressing (critical), growing towards indeterminate."""
+        return list(Priority).index(self)
+
+    def at_least(self, threshold: "Priority | str") -> bool:
+        """Whether this priority is as pressing as ``threshold`` or more (indeterminate never is)."""
+        return self is not Priority.INDETERMINATE and self.rank <= Priority(threshold).rank
+
+
+PRIORITIES: tuple[str, ...] = tuple(p.value for p in Priority)
 DEFAULT_RULES_PATH = Path(__file__).with_name("priority_rules.json")
 RULES_SCHEMA = "ictus-priority-rules/1"
 
@@ -61,7 +82,7 @@ def validate_rules(rules: Mapping[str, Any]) -> Mapping[str, Any]:
 
     if not isinstance(rules, Mapping) or not isinstance(rules.get("rules"), list):
         raise bad("expected an object with a 'rules' list")
-    if rules.get("default", "routine") not in PRIORITIES:
+    if rules.get("default", Priority.ROUTINE) not in PRIORITIES:
         raise bad(f"default {rules.get('default')!r} is not one of {', '.join(PRIORITIES)}")
     for i, rule in enumerate(rules["rules"]):
         if not isinstance(rule, Mapping):
@@ -110,18 +131,20 @@ class _SafeDict(dict):
         return "{" + key + "}"
 
 
-def _as_dict(findings: Any) -> Mapping[str, Any]:
-    if isinstance(findings, Mapping):
-        return findings
-    from ictus.pipelines.findings.record import findings_to_dict  # a Findings object
+class JsonRecord(Protocol):
+    """A record with a ``findings.json`` form (:class:`ictus.pipelines.findings.record.Findings`)."""
 
-    return findings_to_dict(findings)
+    def to_dict(self) -> dict[str, Any]: ...
 
 
-def evaluate_priority(findings: Any, rules: Mapping[str, Any] | None = None) -> tuple[str, tuple[str, ...]]:
-    """``(priority, reasons)`` of findings under ordered rules (default: the packaged file)."""
+def evaluate_priority(findings: Mapping[str, Any] | JsonRecord, rules: Mapping[str, Any] | None = None
+                      ) -> tuple[Priority, tuple[str, ...]]:
+    """``(priority, reasons)`` of findings under ordered rules (default: the packaged file).
+
+    The rules are dotted paths into ``findings.json``: they are evaluated on its dict form
+    (a record is converted with its ``to_dict``)."""
     rules = validate_rules(rules) if rules is not None else load_rules()
-    f = _as_dict(findings)
+    f = findings if isinstance(findings, Mapping) else findings.to_dict()
     qc = f.get("qc") or {}
     context = {
         "flags": _fmt([d.get("name") for d in qc.get("details", []) if d.get("severity") == "indeterminate"]
@@ -144,8 +167,8 @@ def evaluate_priority(findings: Any, rules: Mapping[str, Any] | None = None) -> 
                 hits = []
                 break
         if hits:
-            return str(rule["priority"]), tuple(hits)
-    return str(rules.get("default", "routine")), ()
+            return Priority(rule["priority"]), tuple(hits)
+    return Priority(rules.get("default", Priority.ROUTINE)), ()
 
 
 def priorities() -> Sequence[str]:

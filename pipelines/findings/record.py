@@ -1,10 +1,10 @@
 """The findings of one study: a frozen, typed record and its ``findings.json`` form.
 
-:func:`build_findings` assembles the measurement objects of ``imaging``
-(brain, measurements, midline, QC) and the model's segmentation into a
-:class:`Findings`; :func:`findings_to_dict` gives the JSON structure published
-in ``pipelines/schemas/findings.schema.json`` (:data:`SCHEMA_VERSION`). Both
-are pure: no I/O, no printing.
+:class:`Findings` is what triage hands to every consumer (writers, batch, listener,
+evaluation, CLI, notebooks), which read its attributes. :meth:`Findings.to_dict` gives the
+JSON structure published in ``findings.schema.json`` (:data:`SCHEMA_VERSION`); only the
+places that write JSON (and the priority rules, which are paths into it) call it.
+:func:`ictus.pipelines.findings.build.build_findings` assembles the record. No I/O, no printing.
 
 Fixed keys (external tools read them): ``schema_version``,
 ``study_instance_uid``, ``series_instance_uid``, ``priority``;
@@ -25,30 +25,28 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
-from ictus.pipelines.findings.priority import evaluate_priority
+from ictus.pipelines.findings.priority import Priority
 from ictus.pipelines.findings.stroke import (
     AnatomyFinding,
     DenseArteryFinding,
     IchScoreFinding,
     IschaemiaFinding,
     StrokeSummary,
-    anatomy_finding,
-    dense_artery_finding,
-    ich_score_finding,
-    ischaemia_finding,
-    stroke_summary,
 )
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.1.0"
 SCHEMA_PATH = Path(__file__).with_name("findings.schema.json")
+#: The one English disclaimer: findings.json, the CLI, the reports and the SR use it; the locale
+#: catalogues hold its translations (key ``disclaimer``; en.json's copy must equal it).
 DISCLAIMER = (
-    "Ictus is a triage aid, not a diagnostic device. Findings are automated estimates that must be "
-    "confirmed by a qualified reader on the original images."
+    "Ictus is a triage aid, not a diagnostic device. Its output prioritises studies for review; every finding "
+    "must be confirmed by a qualified reader on the original images."
 )
 SUBTYPES = ("IPH", "EAH", "IVH")
 
@@ -79,6 +77,19 @@ class ClassFinding:
 
 
 @dataclass(frozen=True)
+class Abc2Finding:
+    """The ABC/2 volume estimate of the largest parenchymal haemorrhage."""
+
+    a_mm: float | None
+    b_mm: float | None
+    c_mm: float | None
+    volume_ml: float | None
+    segmented_volume_ml: float | None
+    slices_counted: float
+    method: str = "ABC/2, Kothari et al., Stroke 1996;27:1304-1305"
+
+
+@dataclass(frozen=True)
 class IchFinding:
     """Intracranial haemorrhage overall (IPH + EAH + IVH)."""
 
@@ -88,7 +99,166 @@ class IchFinding:
     confidence: float | None = None
     lesion_count: int | None = None
     subtypes: Mapping[str, ClassFinding] = field(default_factory=dict)
-    abc2: Mapping[str, Any] | None = None
+    abc2: Abc2Finding | None = None
+
+
+@dataclass(frozen=True)
+class QcDetail:
+    """One QC flag as reported."""
+
+    name: str
+    severity: str  # "info" | "warning" | "indeterminate"
+    description: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class QcFinding:
+    """The QC verdict: flag names (in order raised), their details and the measurements behind them."""
+
+    flags: tuple[str, ...] = ()
+    verdict: str = "ok"  # "ok" | "warning" | "indeterminate"
+    details: tuple[QcDetail, ...] = ()
+    measurements: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def indeterminate(self) -> bool:
+        """Whether QC made the study indeterminate."""
+        return self.verdict == "indeterminate"
+
+
+@dataclass(frozen=True)
+class IdealPlane:
+    """The ideal midline plane in patient LPS: a point (mm) and the unit normal."""
+
+    point_lps_mm: tuple[float, float, float]
+    normal_lps: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class MidlineFinding:
+    """How the midline shift was measured (``computed`` false: the stage did not run)."""
+
+    computed: bool
+    measured: bool
+    reason: str
+    signed_shift_mm: float | None = None
+    sign_convention: str = "positive towards patient left"
+    method: str = ""
+    confidence: float | None = None
+    ideal_plane: IdealPlane | None = None
+
+    def to_json_block(self) -> dict[str, Any]:
+        """The ``midline`` block of findings.json."""
+        if not self.computed:
+            return {"measured": False, "reason": self.reason}
+        block: dict[str, Any] = {
+            "measured": self.measured, "signed_shift_mm": self.signed_shift_mm,
+            "sign_convention": self.sign_convention, "method": self.method,
+            "confidence": self.confidence, "reason": self.reason,
+        }
+        if self.ideal_plane is not None:
+            block["ideal_plane"] = {"point_lps_mm": list(self.ideal_plane.point_lps_mm),
+                                   "normal_lps": list(self.ideal_plane.normal_lps)}
+        return block
+
+
+@dataclass(frozen=True)
+class BrainFinding:
+    """The brain search: found (None: not computed), brain and intracranial volumes."""
+
+    found: bool | None
+    volume_ml: float | None
+    reason: str
+    intracranial_volume_ml: float | None = None
+
+    def to_json_block(self) -> dict[str, Any]:
+        """The ``brain`` block of findings.json."""
+        if self.found is None:
+            return {"found": None, "volume_ml": self.volume_ml, "reason": self.reason}
+        return {"found": self.found, "volume_ml": self.volume_ml,
+                "intracranial_volume_ml": self.intracranial_volume_ml, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class LocationFinding:
+    """How hemisphere and region were assigned, and the blood relabelled IVH by location."""
+
+    hemisphere_reference: str
+    region_status: str
+    atlas: str
+    ivh_relabelled_ml: float | None
+    ivh_method: str
+
+    def to_json_block(self) -> dict[str, Any]:
+        """The ``location`` block of findings.json."""
+        return {"hemisphere_reference": self.hemisphere_reference, "region_status": self.region_status,
+                "atlas": self.atlas,
+                "ivh_by_location": {"relabelled_ml": self.ivh_relabelled_ml, "method": self.ivh_method}}
+
+
+@dataclass(frozen=True)
+class MemberProvenance:
+    """One model member that ran, by name and weights sha256 (and its ONNX sha256 if known)."""
+
+    name: str
+    sha256: str | None
+    onnx_sha256: str | None = None
+
+    def to_json_block(self) -> dict[str, Any]:
+        block: dict[str, Any] = {"name": self.name, "sha256": self.sha256}
+        if self.onnx_sha256:
+            block["onnx_sha256"] = self.onnx_sha256
+        return block
+
+
+@dataclass(frozen=True)
+class ModelProvenance:
+    """One model that ran: card id and version, the members used, their sha256."""
+
+    id: str
+    version: str
+    members_used: tuple[str, ...]
+    members: tuple[MemberProvenance, ...]
+    sha256: str | None = None
+
+    def to_json_block(self) -> dict[str, Any]:
+        block: dict[str, Any] = {"id": self.id, "version": self.version, "members_used": list(self.members_used),
+                                 "members": [m.to_json_block() for m in self.members]}
+        if self.sha256:
+            block["sha256"] = self.sha256
+        return block
+
+
+@dataclass(frozen=True)
+class SeriesUsed:
+    """The series that was analysed: UIDs, instance count and grid."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    instance_count: int
+    size_xyz: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Versions, the models with their sha256, the series used, and what the caller added."""
+
+    ictus_version: str
+    models: tuple[ModelProvenance, ...]
+    series_used: SeriesUsed
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json_block(self) -> dict[str, Any]:
+        """The ``provenance`` block (``ictus`` repeats the version; extras last)."""
+        block: dict[str, Any] = {"ictus_version": self.ictus_version,
+                                 "models": [m.to_json_block() for m in self.models],
+                                 "series_used": _plain(self.series_used), "ictus": self.ictus_version}
+        block.update(_plain(dict(self.extra)))
+        return block
+
 
 
 @dataclass(frozen=True)
@@ -98,19 +268,19 @@ class Findings:
     schema_version: str
     study_instance_uid: str
     series_instance_uid: str
-    priority: str
+    priority: Priority
     priority_reasons: tuple[str, ...]
     findings_reported: bool
     ich: IchFinding
     oedema: ClassFinding
     midline_shift_mm: float | None
     midline_shift_direction: str | None
-    midline: Mapping[str, Any]
-    brain: Mapping[str, Any]
-    qc: Mapping[str, Any]
-    location: Mapping[str, Any]
+    midline: MidlineFinding
+    brain: BrainFinding
+    qc: QcFinding
+    location: LocationFinding
     min_lesion_ml: float | Mapping[str, float] | None
-    provenance: Mapping[str, Any]
+    provenance: Provenance
     timings_s: Mapping[str, float]
     ischaemia: IschaemiaFinding | None = None
     dense_artery: DenseArteryFinding | None = None
@@ -118,261 +288,39 @@ class Findings:
     ich_score: IchScoreFinding | None = None
     stroke_summary: StrokeSummary | None = None
     disclaimer: str = DISCLAIMER
+    #: What the writers did with each output (the ``outputs`` block), once they ran; None before.
+    outputs: Mapping[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priority", Priority(self.priority))  # "critical" -> Priority.CRITICAL
 
-# -- helpers -------------------------------------------------------------------------------
+    @property
+    def qc_flags(self) -> tuple[str, ...]:
+        """The QC flag names."""
+        return tuple(self.qc.flags)
 
+    @property
+    def models(self) -> tuple[ModelProvenance, ...]:
+        """The models that ran (id, version, members, sha256)."""
+        return self.provenance.models
 
-def _r(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(float(value), digits)
+    def to_dict(self) -> dict[str, Any]:
+        """The ``findings.json`` structure (JSON-ready: dicts, lists, str, float, bool, None)."""
+        doc = _plain(self)
+        if self.outputs is None:
+            del doc["outputs"]
+        return doc
 
-
-def model_provenance(card: Any = None, segmentation: Any = None) -> list[dict[str, Any]]:
-    """Provenance entries ``[{id, version, members: [{name, sha256}], ...}]`` from a model card
-    (:class:`ictus.models.registry.ModelCard` or a mapping) and the segmentation that ran."""
-    if card is None and segmentation is None:
-        return []
-    get = (lambda k, d=None: card.get(k, d)) if isinstance(card, Mapping) else (lambda k, d=None: getattr(card, k, d))
-    # The runtime names members by their ONNX files ("model_1.onnx"); cards by name ("model_1").
-    used = tuple(Path(str(u)).stem if str(u).endswith(".onnx") else str(u)
-                 for u in (getattr(segmentation, "members_used", ()) or ()))
-    members = []
-    for m in get("members", ()) or ():
-        name = m.get("name") if isinstance(m, Mapping) else getattr(m, "name", "")
-        sha = m.get("sha256") if isinstance(m, Mapping) else getattr(m, "sha256", None)
-        onnx_sha = m.get("onnx_sha256") if isinstance(m, Mapping) else getattr(m, "onnx_sha256", None)
-        if used and name not in used:
-            continue
-        entry = {"name": str(name), "sha256": sha}
-        if onnx_sha:
-            entry["onnx_sha256"] = onnx_sha
-        members.append(entry)
-    entry: dict[str, Any] = {
-        "id": str(get("id", "") or getattr(segmentation, "model_id", "") or ""),
-        "version": str(get("version", "") or getattr(segmentation, "model_version", "") or ""),
-        "members_used": list(used),
-        "members": members,
-    }
-    sha = get("sha256")
-    if sha:
-        entry["sha256"] = sha
-    elif len(members) == 1 and members[0].get("sha256"):
-        entry["sha256"] = members[0]["sha256"]
-    return [entry]
-
-
-def _ictus_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("ictus")
-    except Exception:  # noqa: BLE001 - not installed (running from a checkout)
-        return "0+unknown"
-
-
-def _class_finding(cm: Any, reported: bool) -> ClassFinding:
-    if cm is None or not reported:
-        return ClassFinding(present=None, volume_ml=None)
-    lesions = tuple(
-        LesionFinding(
-            volume_ml=_r(l.volume_ml), hemisphere=l.hemisphere, region=l.region,
-            centroid_lps_mm=tuple(round(c, 1) for c in l.centroid_lps_mm), compartment=l.compartment,
-            mean_probability=_r(l.mean_probability, 3), mean_agreement=_r(l.mean_agreement, 3),
-        )
-        for l in cm.lesions
-    )
-    return ClassFinding(
-        present=bool(cm.present), volume_ml=_r(cm.volume_ml), lesion_count=int(cm.lesion_count),
-        largest_lesion_ml=_r(cm.largest_lesion_ml), discarded_volume_ml=_r(cm.discarded_volume_ml), lesions=lesions,
-    )
-
-
-# -- assembly ------------------------------------------------------------------------------
-
-
-def build_findings(
-    volume: Any,
-    segmentation: Any = None,
-    *,
-    measurements: Any = None,
-    brain: Any = None,
-    midline: Any = None,
-    qc: Any = None,
-    card_info: Any = None,
-    timings_s: Mapping[str, float] | None = None,
-    rules: Mapping[str, Any] | None = None,
-    extra_provenance: Mapping[str, Any] | None = None,
-    anatomy: Any = None,
-    ischaemia: Any = None,
-    dense_artery: Any = None,
-    stroke_reason: str = "not computed",
-    min_registration_dice: float | None = None,
-    age_years: float | None = None,
-    ivh_relabelled_ml: float | None = None,
-) -> Findings:
-    """Assemble the findings of one study.
-
-    - ``volume``: the analysed :class:`ictus.imaging.volume.Volume` (UIDs, series used);
-    - ``segmentation``: the :class:`ictus.models.types.Segmentation` (None if the model did not run);
-    - ``measurements``: :func:`ictus.imaging.measure.measure_labels` of the segmentation;
-    - ``brain``, ``midline``, ``qc``: :class:`ictus.imaging.brain.BrainResult`,
-      :class:`ictus.imaging.midline.MidlineResult`, :class:`ictus.imaging.qc.QcReport`;
-    - ``card_info``: the model card (or a mapping with id, version, members);
-    - ``rules``: priority rules (default: ``pipelines/priority_rules.json``);
-    - ``anatomy``, ``ischaemia``, ``dense_artery``: :class:`ictus.imaging.anatomy.Anatomy`,
-      :class:`ictus.imaging.ischaemia.IschaemiaResult`, :class:`ictus.imaging.vessels.DenseArteryResult`
-      (None when not run; ``stroke_reason`` says why).
-    """
-    qc_flags = tuple(getattr(qc, "flags", ()) or ())
-    qc_indeterminate = bool(getattr(qc, "indeterminate", False))
-    no_brain = brain is not None and not brain.brain_found
-    reported = measurements is not None and not qc_indeterminate and not no_brain
-    verdict = getattr(qc, "verdict", "ok") if qc is not None else "ok"
-    if no_brain and verdict != "indeterminate":
-        verdict = "indeterminate"
-    no_model = measurements is None and not no_brain and not qc_indeterminate
-    if no_model:
-        verdict = "indeterminate"  # no model output: nothing can be said about haemorrhage
-
-    classes = getattr(measurements, "classes", {}) or {}
-    subtypes = {name: _class_finding(classes.get(name), reported) for name in SUBTYPES}
-    if reported:
-        s = measurements.ich
-        abc = measurements.abc2
-        ich = IchFinding(
-            present=bool(s.present), probability=_r(s.probability, 3), total_volume_ml=_r(s.total_volume_ml),
-            confidence=_r(s.confidence, 3), lesion_count=int(s.lesion_count), subtypes=subtypes,
-            abc2=None if abc is None else {
-                "a_mm": _r(abc.a_mm, 1), "b_mm": _r(abc.b_mm, 1), "c_mm": _r(abc.c_mm, 1),
-                "volume_ml": _r(abc.volume_ml), "segmented_volume_ml": _r(abc.segmented_volume_ml),
-                "slices_counted": abc.slices_counted, "method": "ABC/2, Kothari et al., Stroke 1996;27:1304-1305",
-            },
-        )
-    else:
-        ich = IchFinding(present=None, probability=None, total_volume_ml=None, subtypes=subtypes)
-    oedema = _class_finding(classes.get("oedema"), reported)
-
-    shift = direction = None
-    midline_info: dict[str, Any] = {"measured": False, "reason": "not computed"}
-    if midline is not None:
-        midline_info = {
-            "measured": midline.shift_mm is not None,
-            "signed_shift_mm": _r(midline.shift_mm, 1),
-            "sign_convention": "positive towards patient left",
-            "method": midline.method,
-            "confidence": _r(midline.confidence, 3),
-            "reason": midline.reason,
-        }
-        plane = midline.ideal_plane
-        if plane is not None:
-            midline_info["ideal_plane"] = {
-                "point_lps_mm": [round(float(v), 2) for v in plane.point_mm],
-                "normal_lps": [round(float(v), 4) for v in plane.normal],
-            }
-        if midline.shift_mm is not None and not qc_indeterminate and not no_brain:
-            shift, direction = _r(abs(midline.shift_mm), 1), midline.direction
-    brain_info: dict[str, Any] = {"found": None, "volume_ml": None, "reason": "not computed"}
-    if brain is not None:
-        brain_info = {
-            "found": bool(brain.brain_found), "volume_ml": _r(brain.brain_volume_ml, 1),
-            "intracranial_volume_ml": _r(brain.intracranial_volume_ml, 1), "reason": brain.reason,
-        }
-    flag_names = [f.name for f in qc_flags]
-    details = [
-        {"name": f.name, "severity": f.severity, "description": f.description, "detail": f.detail} for f in qc_flags
-    ]
-    if no_brain and "no_brain_found" not in flag_names:
-        flag_names.append("no_brain_found")
-        details.append({"name": "no_brain_found", "severity": "indeterminate",
-                        "description": "No brain inside a skull was found.", "detail": brain.reason})
-    if no_model:
-        flag_names.append("no_segmentation")
-        details.append({"name": "no_segmentation", "severity": "indeterminate",
-                        "description": "No model output was available for this study.", "detail": ""})
-    if anatomy is not None and not anatomy.registered and "registration_failed" not in flag_names:
-        from ictus.imaging.qc import QC_FLAGS
-
-        spec = QC_FLAGS["registration_failed"]
-        flag_names.append(spec.name)
-        details.append({"name": spec.name, "severity": spec.severity, "description": spec.description,
-                        "detail": f"template brain Dice {anatomy.quality_dice:.2f}"})
-        if verdict == "ok":
-            verdict = "warning"
-    qc_info = {
-        "flags": flag_names,
-        "verdict": verdict,
-        "details": details,
-        "measurements": {k: (_r(v, 2) if isinstance(v, float) else v)
-                         for k, v in dict(getattr(qc, "measurements", {}) or {}).items()},
-    }
-    location = {
-        "hemisphere_reference": "ideal midline (skull symmetry plane)",
-        "region_status": getattr(measurements, "region_status", "not computed"),
-        "atlas": "BLAST-CT localisation atlas through the registered CT template (affine; approximate)",
-        "ivh_by_location": {
-            "relabelled_ml": _r(ivh_relabelled_ml),
-            "method": "model blood inside the registered ventricles (dilated 2 mm) is counted as IVH",
-        },
-    }
-    from ictus.imaging.anatomy import MIN_REGISTRATION_DICE
-
-    min_dice = MIN_REGISTRATION_DICE if min_registration_dice is None else min_registration_dice
-    anatomy_info = anatomy_finding(anatomy, min_dice, stroke_reason)
-    stroke_ok = not qc_indeterminate and not no_brain
-    isch = ischaemia_finding(ischaemia if stroke_ok else None, stroke_reason if stroke_ok else "QC: study indeterminate")
-    dense = dense_artery_finding(dense_artery if stroke_ok else None,
-                                 stroke_reason if stroke_ok else "QC: study indeterminate")
-    ich_score = ich_score_finding(measurements, age_years, reported)
-    summary = stroke_summary(ich.present, ich.total_volume_ml, isch, dense)
-    floors = {name: cm.min_lesion_ml for name, cm in classes.items()}
-    min_lesion: float | dict[str, float] | None = None
-    if floors:
-        min_lesion = next(iter(floors.values())) if len(set(floors.values())) == 1 else floors
-    provenance: dict[str, Any] = {
-        "ictus_version": _ictus_version(),
-        "models": model_provenance(card_info, segmentation),
-        "series_used": {
-            "study_instance_uid": getattr(volume, "study_instance_uid", ""),
-            "series_instance_uid": getattr(volume, "series_instance_uid", ""),
-            "frame_of_reference_uid": getattr(volume, "frame_of_reference_uid", ""),
-            "instance_count": len(getattr(volume, "sop_instance_uids", ()) or ()),
-            "size_xyz": list(getattr(volume, "size", ()) or ()),
-            "spacing_mm": [round(v, 4) for v in (getattr(volume, "spacing_mm", ()) or ())],
-        },
-    }
-    provenance["ictus"] = provenance["ictus_version"]
-    if extra_provenance:
-        provenance.update(dict(extra_provenance))
-
-    draft = Findings(
-        schema_version=SCHEMA_VERSION,
-        study_instance_uid=str(getattr(volume, "study_instance_uid", "") or ""),
-        series_instance_uid=str(getattr(volume, "series_instance_uid", "") or ""),
-        priority="indeterminate",
-        priority_reasons=(),
-        findings_reported=reported,
-        ich=ich,
-        oedema=oedema,
-        midline_shift_mm=shift,
-        midline_shift_direction=direction,
-        midline=midline_info,
-        brain=brain_info,
-        qc=qc_info,
-        location=location,
-        min_lesion_ml=min_lesion,
-        provenance=provenance,
-        timings_s={k: round(float(v), 3) for k, v in (timings_s or {}).items()},
-        ischaemia=isch,
-        dense_artery=dense,
-        anatomy=anatomy_info,
-        ich_score=ich_score,
-        stroke_summary=summary,
-    )
-    priority, reasons = evaluate_priority(findings_to_dict(draft), rules)
-    return dataclasses.replace(draft, priority=priority, priority_reasons=reasons)
+    def to_json(self, *, indent: int = 2) -> str:
+        """``findings.json`` text."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
 
 
 def _plain(value: Any) -> Any:
+    if hasattr(value, "to_json_block"):  # a block with its own JSON form (key order, optional keys)
+        return value.to_json_block()
+    if isinstance(value, Enum):
+        return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
@@ -385,41 +333,38 @@ def _plain(value: Any) -> Any:
 
 
 def findings_to_dict(findings: Findings) -> dict[str, Any]:
-    """The ``findings.json`` structure (JSON-ready: dicts, lists, str, float, bool, None)."""
-    return _plain(findings)
+    """The ``findings.json`` structure (same as :meth:`Findings.to_dict`)."""
+    return findings.to_dict()
 
 
 def findings_to_json(findings: Findings, *, indent: int = 2) -> str:
-    """``findings.json`` text."""
-    return json.dumps(findings_to_dict(findings), indent=indent, sort_keys=False, allow_nan=False)
+    """``findings.json`` text (same as :meth:`Findings.to_json`)."""
+    return findings.to_json(indent=indent)
 
 
-def summary_lines(doc: Mapping[str, Any]) -> list[str]:
-    """A short human summary of a findings dict (for the CLI to print): priority, ICH, shift, QC."""
-    ich = doc.get("ich") or {}
-    lines = [f"priority: {doc.get('priority')}" + (f" ({'; '.join(doc.get('priority_reasons') or [])})"
-                                                  if doc.get("priority_reasons") else "")]
-    if ich.get("present") is None:
+def summary_lines(findings: Findings) -> list[str]:
+    """A short human summary of the findings (for the CLI to print): priority, ICH, shift, QC."""
+    reasons = f" ({'; '.join(findings.priority_reasons)})" if findings.priority_reasons else ""
+    lines = [f"priority: {findings.priority}{reasons}"]
+    ich = findings.ich
+    if ich.present is None:
         lines.append("haemorrhage: not assessed")
     else:
-        parts = [f"{name} {sub.get('volume_ml', 0):.1f} mL" for name, sub in (ich.get("subtypes") or {}).items()
-                 if sub.get("present")]
-        lines.append(f"haemorrhage: {'yes' if ich['present'] else 'no'}"
-                     + (f", {ich.get('total_volume_ml', 0):.1f} mL ({', '.join(parts)})" if ich["present"] else ""))
-        oedema = (doc.get("oedema") or {}).get("volume_ml")
-        if oedema:
-            lines.append(f"oedema: {oedema:.1f} mL")
-    shift = doc.get("midline_shift_mm")
+        parts = [f"{name} {sub.volume_ml or 0:.1f} mL" for name, sub in ich.subtypes.items() if sub.present]
+        lines.append(f"haemorrhage: {'yes' if ich.present else 'no'}"
+                     + (f", {ich.total_volume_ml or 0:.1f} mL ({', '.join(parts)})" if ich.present else ""))
+        if findings.oedema.volume_ml:
+            lines.append(f"oedema: {findings.oedema.volume_ml:.1f} mL")
+    shift = findings.midline_shift_mm
     lines.append("midline shift: not measured" if shift is None
-                 else f"midline shift: {shift:.1f} mm ({doc.get('midline_shift_direction')})")
-    summary = doc.get("stroke_summary") or {}
-    if summary:
-        lines.append(f"early ischaemic change: {summary.get('early_ischaemic_change')}")
-        lines.append(f"hyperdense artery: {summary.get('dense_artery')}")
-        lines.append(f"tissue age: {summary.get('tissue_age')}")
-        for caution in summary.get("cautions") or []:
-            lines.append(f"caution: {caution}")
-    flags = (doc.get("qc") or {}).get("flags") or []
+                 else f"midline shift: {shift:.1f} mm ({findings.midline_shift_direction})")
+    summary = findings.stroke_summary
+    if summary is not None:
+        lines.append(f"early ischaemic change: {summary.early_ischaemic_change}")
+        lines.append(f"hyperdense artery: {summary.dense_artery}")
+        lines.append(f"tissue age: {summary.tissue_age}")
+        lines.extend(f"caution: {caution}" for caution in summary.cautions)
+    flags = findings.qc.flags
     lines.append(f"QC: {', '.join(flags) if flags else 'no flags'}")
     return lines
 

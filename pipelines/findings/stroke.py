@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -240,7 +240,7 @@ def ich_score_finding(measurements: "Measurements | None", age_years: float | No
     if not ich.present:
         return IchScoreFinding(False, False, False, None if age_years is None else age_years >= 80, None,
                                note="No intracranial haemorrhage found: the ICH score does not apply.")
-    blood = [les for name in ("IPH", "EAH", "IVH") for les in measurements.classes[name].lesions]
+    blood = [les for name in measurements.blood_classes for les in measurements.classes[name].lesions]
     largest = max(blood, key=lambda les: les.volume_ml)
     infratentorial: bool | None = None if largest.compartment == "unknown" else largest.compartment == "infratentorial"
     volume = ich.total_volume_ml >= 30.0
@@ -304,7 +304,8 @@ IVH_COMPONENT_FRACTION = 0.5
 
 
 def relabel_ivh_by_location(labels: np.ndarray, class_names: Sequence[str], ventricles: np.ndarray,
-                            voxel_ml: float, min_fraction: float = IVH_COMPONENT_FRACTION) -> tuple[np.ndarray, float]:
+                            voxel_ml: float, min_fraction: float = IVH_COMPONENT_FRACTION, *,
+                            blood_classes: Sequence[str] = ("IPH", "EAH", "IVH")) -> tuple[np.ndarray, float]:
     """Blood components that lie mostly in the registered ventricles become IVH.
 
     BLAST-CT calls a large intraventricular cast "IPH" (card limitation). Each connected
@@ -312,6 +313,7 @@ def relabel_ivh_by_location(labels: np.ndarray, class_names: Sequence[str], vent
     voxels inside ``ventricles`` (the lobar atlas 'Ventricle', registered and dilated by the
     caller) is relabelled IVH as a whole; a parenchymal bleed that only touches a ventricle
     keeps its label (ventricular extension of a smaller part is not separated).
+    ``blood_classes``: the card's blood classes (``card.class_names_by_role("blood")``).
     Returns the new label map and the volume moved (mL).
     """
     from scipy import ndimage
@@ -319,7 +321,7 @@ def relabel_ivh_by_location(labels: np.ndarray, class_names: Sequence[str], vent
     if "IVH" not in class_names or not ventricles.any():
         return labels, 0.0
     ivh = class_names.index("IVH")
-    others = [class_names.index(c) for c in ("IPH", "EAH") if c in class_names]
+    others = [class_names.index(c) for c in blood_classes if c != "IVH" and c in class_names]
     blood = np.isin(labels, others)
     if not blood.any():
         return labels, 0.0
@@ -334,10 +336,3 @@ def relabel_ivh_by_location(labels: np.ndarray, class_names: Sequence[str], vent
     out = labels.copy()
     out[move] = ivh
     return out, float(np.count_nonzero(move) * voxel_ml)
-
-
-def age_years_of(header: Mapping[str, Any]) -> float | None:
-    """Patient age in years from the acquisition header (None when absent)."""
-    from ictus.imaging.qc import header_age_years
-
-    return header_age_years(header)

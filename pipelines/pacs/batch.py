@@ -41,10 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ictus.imaging.atomic import write_text
 from ictus.imaging.errors import IctusError, InvalidInputError
+from ictus.pipelines.findings.record import Findings
+from ictus.pipelines.pacs.handover import load_engine_factory
 from ictus.pipelines.phi import phi_guard, redact
 from ictus.pipelines.triage import TriageOptions
-from ictus.pipelines.writers.atomic import write_text
 
 log = logging.getLogger(__name__)
 
@@ -178,24 +180,23 @@ def input_sha256(path: str | os.PathLike) -> str:
 
 
 # -- one study -----------------------------------------------------------------------
-def summary_row(findings: dict[str, Any]) -> dict[str, Any]:
-    """The summary columns taken from a findings dictionary."""
-    ich = findings.get("ich") or {}
-    sub = ich.get("subtypes") or {}
-    qc = findings.get("qc") or {}
+def summary_row(findings: Findings) -> dict[str, Any]:
+    """The summary columns (plain JSON values for summary.csv and summary.jsonl) of a study's findings."""
+    ich = findings.ich
 
-    def vol(name: str) -> Any:
-        return (sub.get(name) or {}).get("volume_ml")
+    def vol(name: str) -> float | None:
+        sub = ich.subtypes.get(name)
+        return sub.volume_ml if sub is not None else None
 
     return {
-        "priority": findings.get("priority"),
-        "ich_present": ich.get("present"),
-        "ich_total_volume_ml": ich.get("total_volume_ml"),
+        "priority": findings.priority.value,
+        "ich_present": ich.present,
+        "ich_total_volume_ml": ich.total_volume_ml,
         "iph_volume_ml": vol("IPH"), "eah_volume_ml": vol("EAH"), "ivh_volume_ml": vol("IVH"),
-        "oedema_volume_ml": (findings.get("oedema") or {}).get("volume_ml"),
-        "midline_shift_mm": findings.get("midline_shift_mm"),
-        "qc_verdict": qc.get("verdict"),
-        "qc_flags": list(qc.get("flags") or []),
+        "oedema_volume_ml": findings.oedema.volume_ml,
+        "midline_shift_mm": findings.midline_shift_mm,
+        "qc_verdict": findings.qc.verdict,
+        "qc_flags": list(findings.qc.flags),
     }
 
 
@@ -229,7 +230,7 @@ def run_study(job: StudyJob, out_root: str | os.PathLike, engine: Any, *, resume
     with phi_guard():  # this study's identifying values are redacted from logs and from its row
         try:
             result = engine.run(job.path, out_dir)
-            row.update(summary_row(dict(result.findings)))
+            row.update(summary_row(result.findings))
             failed = dict(getattr(result.outputs, "failed", None) or {})
             row.update(status="ok", exit_code=0, error="",
                        outputs_failed="; ".join(f"{k}: {redact(v)}" for k, v in failed.items()))
@@ -264,7 +265,6 @@ def worker_engine(options: TriageOptions, engine_spec: str | None = None) -> Any
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            from ictus.pipelines.pacs.listener import load_engine_factory
 
             engine = _ENGINES[key] = load_engine_factory(engine_spec)(options)
             log.info("worker %d: engine created", os.getpid())
@@ -302,7 +302,7 @@ def run_batch(
     process as each study finishes (the progress bar).
     """
     options = options or TriageOptions()
-    jobs = [s for s in sources if isinstance(s, StudyJob)] or discover([s for s in sources])  # type: ignore[list-item]
+    jobs = [s for s in sources if isinstance(s, StudyJob)] or discover([s for s in sources if not isinstance(s, StudyJob)])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

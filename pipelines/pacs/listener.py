@@ -48,7 +48,6 @@ Configuration (TOML)::
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -56,19 +55,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ictus.imaging.errors import IctusError, InvalidInputError
 from ictus.pipelines import phi
-from ictus.pipelines.pacs.sender import (Destination, DeliveryError, backoff_delay_s, encapsulate_pdf, result_files,
-                              send_files, stabilise_uids, stored)
+from ictus.pipelines.pacs.sender import Destination, DeliveryError, backoff_delay_s, send_files, stored
+from ictus.pipelines.pacs.handover import EngineFactory, load_engine_factory, prepare_results
 from ictus.pipelines.pacs.spool import Spool
-from ictus.pipelines.triage import TriageEngine, TriageOptions
+from ictus.pipelines.triage import TriageOptions
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
+    from pynetdicom.events import EventHandlerType
+    from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
-
-EngineFactory = Callable[[TriageOptions], Any]
-
 
 @dataclass(frozen=True)
 class ListenerConfig:
@@ -162,30 +164,6 @@ def config_from_dict(data: Mapping[str, Any], base_dir: Path | None = None) -> L
     )
 
 
-def load_engine_factory(spec: str | None) -> EngineFactory:
-    """``"module:callable"`` -> that callable; None -> :class:`TriageEngine`."""
-    if not spec:
-        return TriageEngine
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidInputError(f"engine {spec!r} cannot be imported ({exc}); use 'module:callable'") from exc
-
-
-def prepare_results(outputs: Mapping[str, Any], study_uid: str, out_dir: Path,
-                    send_report: bool = True) -> list[tuple[str, str, str]]:
-    """(kind, path, SOP Instance UID) of the DICOM results to send, UIDs made stable."""
-    files = result_files(outputs)
-    stable = stabilise_uids(files, study_uid) if files else []
-    results = [(kind, str(path), uid) for kind, path, uid in stable]
-    pdfs = [p for p in outputs.get("report", ()) or () if str(p).endswith(".pdf")]
-    if send_report and pdfs and stable:
-        path, uid = encapsulate_pdf(pdfs[0], stable[0][1], out_dir / "report-pdf.dcm", study_uid)
-        results.append(("pdf", str(path), uid))
-    return results
-
-
 def kv(**fields: Any) -> str:
     """A structured log line: ``key=value`` pairs (values are UIDs, AE titles, numbers)."""
     return " ".join(f"{k}={v}" for k, v in fields.items())
@@ -203,8 +181,8 @@ class Listener:
         self.spool = Spool(config.spool_dir)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._server = None
-        self._http = None
+        self._server: ThreadedAssociationServer | None = None
+        self._http: ThreadingHTTPServer | None = None
         self.counters = {"associations_accepted": 0, "associations_rejected": 0, "instances_stored": 0,
                          "instances_refused": 0, "echoes": 0}
         self._counter_lock = threading.Lock()
@@ -216,19 +194,23 @@ class Listener:
     def start(self) -> None:
         """Recover the spool, then serve DICOM, triage and send in background threads."""
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-        from pynetdicom.sop_class import Verification
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # set through globals()
         from pynetdicom import StoragePresentationContexts
 
         self.spool.recover()
         ae = AE(ae_title=self.config.ae_title)
         ae.add_supported_context(Verification)
         for cx in StoragePresentationContexts:
+            assert cx.abstract_syntax is not None  # every storage context names its SOP class
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.maximum_associations = 16
-        handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store),
-                    (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_ACCEPTED, self._on_accepted)]
-        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
-        self.bound_port = self._server.server_address[1]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_ACCEPTED, self._on_accepted)]
+        server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        assert server is not None  # a non-blocking start returns the server
+        self._server = server
+        self.bound_port = server.server_address[1]
         self.state = "running"
         for i in range(self.config.workers):
             t = threading.Thread(target=self._worker, args=(i,), name=f"ictus-triage-{i}", daemon=True)
@@ -262,6 +244,10 @@ class Listener:
         log.info(kv(event="stopped", **{k: v for k, v in self.spool.status().items()
                                        if k in ("queue_length", "processed", "failed")}))
         self.spool.close()
+
+    def request_stop(self) -> None:
+        """Ask the workers and the sender to finish (safe from a signal handler); :meth:`stop` waits."""
+        self._stop.set()
 
     def wait(self) -> None:
         """Block until :meth:`stop` is called from another thread (or a signal handler)."""
@@ -369,7 +355,7 @@ class Listener:
                     log.warning(kv(event="output_not_written", study=study_uid, output=kind)
                                 + f" reason={phi.redact(reason)!r}")
                 results = prepare_results(result.outputs, study_uid, out_dir, self.config.send_report)
-                priority = str(result.findings.get("priority"))
+                priority = result.findings.priority.value
             except IctusError as exc:
                 self.spool.fail_triage(study_uid, round_, phi.redact(exc), exc.exit_code)
                 log.warning(kv(event="triage_failed", study=study_uid, exit_code=exc.exit_code,

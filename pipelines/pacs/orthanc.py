@@ -33,8 +33,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ictus.imaging.atomic import write_text
 from ictus.imaging.errors import IctusError, OutputError
-from ictus.pipelines.writers.atomic import write_text
+from ictus.pipelines.pacs.handover import prepare_results
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,6 @@ class OrthancPoller:
             src.mkdir()
             for n, inst in enumerate(instances):
                 (src / f"{n:05d}.dcm").write_bytes(self.client.download(inst["id"]))
-            from ictus.pipelines.pacs.listener import prepare_results
 
             out = tmp / "out"
             from ictus.pipelines.phi import phi_guard, redact
@@ -183,7 +183,7 @@ class OrthancPoller:
             results = prepare_results(result.outputs, study_uid, out, self.send_report)
             for _kind, path, _uid in results:
                 self.client.upload(Path(path).read_bytes())
-            record = {"source_hash": source_hash, "status": "done", "priority": result.findings.get("priority"),
+            record = {"source_hash": source_hash, "status": "done", "priority": result.findings.priority.value,
                       "results": [uid for _k, _p, uid in results]}
             self.state["studies"][study_uid] = record
             self._save_state()

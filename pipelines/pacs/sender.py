@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ictus.imaging.errors import OutputError
+from ictus.imaging.uids import UID_ROOT
 
 log = logging.getLogger(__name__)
 
-UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; generate_uid hashes the entropy below it
 DICOM_KINDS = ("seg", "sr", "sc", "pdf")
 # C-STORE statuses that mean "stored" (success and the warnings of PS3.4 B.2.3)
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -66,7 +67,7 @@ def stabilise_uids(files: Sequence[tuple[str, Path]], study_uid: str) -> list[tu
     import pydicom
     from pydicom.uid import generate_uid
 
-    from ictus.pipelines.writers.atomic import write_with
+    from ictus.imaging.atomic import write_with
 
     datasets = [(kind, path, pydicom.dcmread(path)) for kind, path in files]
     mapping: dict[str, str] = {}
@@ -93,7 +94,7 @@ def stabilise_uids(files: Sequence[tuple[str, Path]], study_uid: str) -> list[tu
         remap(ds)
         if getattr(ds, "file_meta", None) is not None and "MediaStorageSOPInstanceUID" in ds.file_meta:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        write_with(path, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
+        write_with(path, functools.partial(ds.save_as, enforce_file_format=True))
         out.append((kind, path, str(ds.SOPInstanceUID)))
     return out
 
@@ -110,7 +111,7 @@ def encapsulate_pdf(pdf_path: str | Path, like: str | Path, out_path: str | Path
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from ictus.pipelines.writers.atomic import write_with
+    from ictus.imaging.atomic import write_with
     from ictus.pipelines.writers.common import MANUFACTURER
 
     src = pydicom.dcmread(like, stop_before_pixels=True)
@@ -119,7 +120,7 @@ def encapsulate_pdf(pdf_path: str | Path, like: str | Path, out_path: str | Path
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         if kw in src:
-            setattr(ds, kw, src.data_element(kw).value)
+            setattr(ds, kw, src[kw].value)
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"  # Encapsulated PDF Storage
     ds.SOPInstanceUID = generate_uid(UID_ROOT, entropy_srcs=["ictus-sop", study_uid, "pdf", "1"])
     ds.SeriesInstanceUID = generate_uid(UID_ROOT, entropy_srcs=["ictus-series", study_uid, "pdf"])

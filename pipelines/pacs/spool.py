@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -39,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ictus.imaging.atomic import atomic_path
 from ictus.imaging.errors import InvalidInputError, OutputError
-from ictus.pipelines.writers.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +174,9 @@ class Spool:
         dest = self.incoming / study_uid / f"{sop_uid}.dcm"
         try:
             dest.parent.mkdir(exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f"{sop_uid}.", suffix=".part", dir=self.tmp)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp_name, dest)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
-            fsync_dir(dest.parent)
+            # written in tmp/ (private, fsynced), renamed into place, the folder fsynced
+            with atomic_path(dest, prefix=f"{sop_uid}.", suffix=".part", tmp_dir=self.tmp, readable=False) as tmp:
+                tmp.write_bytes(data)
         except OSError as exc:
             raise OutputError(f"cannot write into the spool {self.root} ({exc.strerror}); check free space") from exc
         self._record_instance(study_uid, series_uid, sop_uid, dest, calling_aet)

@@ -33,11 +33,14 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ictus.imaging.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ictus.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +175,7 @@ def read_physionet_ct_ich(root: str | Path) -> list[LabelledCase]:
         findings: dict[str, bool | None] = {}
         if stem.isdigit() and int(stem) in per_patient:
             findings.update(per_patient[int(stem)])
-        elif per_patient:
+        elif per_patient and csv_path is not None:
             log.warning("PhysioNet case %s is not in %s; its subtypes are unknown", stem, csv_path.name)
         cases.append(
             LabelledCase(
@@ -347,7 +350,7 @@ def read_phantom_dataset(root: str | Path) -> list[LabelledCase]:
     return cases
 
 
-def _phantom_findings(truth: Mapping[str, object]) -> dict[str, bool | None]:
+def _phantom_findings(truth: Mapping[str, Any]) -> dict[str, bool | None]:
     kind = truth.get("haemorrhage")
     if isinstance(kind, Mapping):
         kind = kind.get("type")
@@ -385,11 +388,11 @@ def is_nifti(path: str | Path) -> bool:
     return Path(path).is_file() and Path(path).name.endswith(NIFTI_SUFFIXES)
 
 
-def read_nifti_volume(path: str | Path):
+def read_nifti_volume(path: str | Path) -> Volume:
     """A NIfTI CT (HU) as a :class:`ictus.imaging.volume.Volume` (SimpleITK reads it into LPS)."""
     import SimpleITK as sitk
 
-    from ictus.imaging.volume import Volume
+    from ictus.imaging.volume import Acquisition, Volume
 
     try:
         image = sitk.ReadImage(str(path), sitk.sitkFloat32)
@@ -397,7 +400,7 @@ def read_nifti_volume(path: str | Path):
         raise InvalidInputError(f"cannot read {Path(path).name} as NIfTI ({str(exc).splitlines()[0][:120]})") from None
     if image.GetDimension() != 3:
         raise InvalidInputError(f"{Path(path).name} is {image.GetDimension()}-D; expected a 3-D CT volume")
-    return Volume(image=image, source_paths=(str(path),), header={"source_format": "nifti"})
+    return Volume(image=image, source_paths=(str(path),), acquisition=Acquisition(source_format="nifti"))
 
 
 def load_mask_on_grid(mask_path: str | Path, reference) -> np.ndarray:

@@ -45,12 +45,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ictus.imaging.errors import IctusError, InvalidInputError, OutputError
 from ictus.pipelines.research.datasets import FINDINGS, LabelledCase
+from ictus.pipelines.research.stats import bland_altman
+
+if TYPE_CHECKING:  # types only: triage (and the model runtime) load when a dataset is evaluated
+    from ictus.pipelines.triage import TriageResult
 
 log = logging.getLogger(__name__)
 
@@ -95,34 +99,34 @@ class CasePrediction:
 
 
 def prediction_from_result(
-    case_id: str, result: Any, *, shift_threshold_mm: float = DEFAULT_SHIFT_THRESHOLD_MM
+    case_id: str, result: TriageResult, *, shift_threshold_mm: float = DEFAULT_SHIFT_THRESHOLD_MM
 ) -> CasePrediction:
     """A :class:`CasePrediction` from a :class:`ictus.pipelines.triage.TriageResult`."""
     findings = result.findings
-    ich = findings.get("ich") or {}
-    subtypes = ich.get("subtypes") or {}
+    ich = findings.ich
+    subtypes = ich.subtypes
     seg = result.segmentation
-    reported = bool(findings.get("findings_reported", seg is not None)) and seg is not None
+    reported = findings.findings_reported and seg is not None
     scores: dict[str, float | None] = {name: None for name in FINDINGS}
     present: dict[str, bool | None] = {name: None for name in FINDINGS}
     volumes: dict[str, float | None] = {}
-    shift = findings.get("midline_shift_mm")
-    if reported:
+    shift = findings.midline_shift_mm
+    if reported and seg is not None:
         max_prob = {
             name: float(np.max(seg.probabilities[seg.class_index(name)])) if name in seg.class_names else 0.0
             for name in HAEMORRHAGE_CLASSES
         }
-        prob = ich.get("probability")
+        prob = ich.probability
         scores["ICH"] = float(prob) if prob is not None else max(max_prob.values())
-        present["ICH"] = ich.get("present")
+        present["ICH"] = ich.present
         for finding, classes in SCORE_CLASSES.items():
             scores[finding] = max(max_prob[c] for c in classes)
-            flags = [(subtypes.get(c) or {}).get("present") for c in classes]
+            flags = [subtypes[c].present if c in subtypes else None for c in classes]
             present[finding] = None if any(f is None for f in flags) else any(flags)
         for c in HAEMORRHAGE_CLASSES:
-            volumes[c] = (subtypes.get(c) or {}).get("volume_ml")
-        volumes["ICH"] = ich.get("total_volume_ml")
-        volumes["oedema"] = (findings.get("oedema") or {}).get("volume_ml")
+            volumes[c] = subtypes[c].volume_ml if c in subtypes else None
+        volumes["ICH"] = ich.total_volume_ml
+        volumes["oedema"] = findings.oedema.volume_ml
         if shift is not None:
             scores["MidlineShift"] = abs(float(shift))
             present["MidlineShift"] = abs(float(shift)) >= shift_threshold_mm
@@ -131,7 +135,7 @@ def prediction_from_result(
         case_id=case_id, reported=reported, scores=scores, present=present, volumes_ml=volumes,
         midline_shift_mm=None if shift is None else float(shift),
         labels=seg.labels if seg is not None else None, class_values=class_values,
-        spacing_mm=tuple(result.volume.spacing_mm), image=result.volume.image, qc_flags=tuple(result.qc_flags),
+        spacing_mm=result.volume.spacing_mm, image=result.volume.image, qc_flags=tuple(result.qc_flags),
     )
 
 
@@ -160,7 +164,8 @@ def predictive_values(sensitivity: float, specificity: float, prevalence: float)
 
 
 def roc_auc_with_ci(
-    truth: Sequence[bool], scores: Sequence[float], *, n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95
+    truth: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, *, n_bootstrap: int = 2000, seed: int = 0,
+    confidence: float = 0.95,
 ) -> dict[str, float | int]:
     """ROC AUC (scikit-learn) and a percentile bootstrap CI over cases.
 
@@ -275,20 +280,6 @@ def segmentation_metrics(
         )[0, 0])
     out.update(dice=dice, surface_dice=nsd)
     return out
-
-
-def bland_altman(pred: Sequence[float], ref: Sequence[float]) -> dict[str, float | int]:
-    """Bland-Altman statistics of ``pred - ref``: bias, SD (ddof=1) and 95% limits of agreement."""
-    p = np.asarray(pred, dtype=float)
-    r = np.asarray(ref, dtype=float)
-    keep = np.isfinite(p) & np.isfinite(r)
-    diff = p[keep] - r[keep]
-    n = int(diff.size)
-    if n == 0:
-        return {"n": 0, "bias": math.nan, "sd": math.nan, "loa_low": math.nan, "loa_high": math.nan}
-    bias = float(diff.mean())
-    sd = float(diff.std(ddof=1)) if n > 1 else math.nan
-    return {"n": n, "bias": bias, "sd": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
 
 
 def reference_masks(ref_labels: np.ndarray, kind: str) -> dict[str, np.ndarray]:

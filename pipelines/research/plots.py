@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ictus.pipelines.research.stats import bland_altman
+
 log = logging.getLogger(__name__)
 
 CLASS_COLOURS = {
@@ -189,8 +191,6 @@ def plot_roc(rows: Sequence[Mapping[str, Any]], path: str | Path | None = None, 
 
 def plot_bland_altman(rows: Sequence[Mapping[str, Any]], path: str | Path | None = None, *, cls: str = "ICH"):
     """Bland-Altman plot of predicted vs reference volume (mL) of class ``cls``."""
-    from ictus.pipelines.research.evaluate import bland_altman
-
     plt = _pyplot()
     use = [r for r in rows if r.get(f"{cls}_volume_ref_ml") is not None and r.get(f"{cls}_volume_pred_ml") is not None]
     ref = np.array([float(r[f"{cls}_volume_ref_ml"]) for r in use])

@@ -25,20 +25,27 @@ run removed, so the folder never mixes this run's findings with old images.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from ictus.imaging import atomic
 from ictus.imaging.errors import OutputError
 from ictus.pipelines import phi
-from ictus.pipelines.writers import atomic, common
+from ictus.pipelines.findings.record import Findings, QcDetail
+from ictus.pipelines.writers import common
+
+if TYPE_CHECKING:
+    from ictus.pipelines.triage import TriageResult
 
 log = logging.getLogger(__name__)
 
+#: Every output kind, in the order they are listed (the one definition: triage and the CLI import it).
 ALL_OUTPUTS = ("json", "seg", "sr", "sc", "report")
 FINDINGS_FILE = "findings.json"
 SEG_FILE = "seg.dcm"
@@ -117,27 +124,24 @@ def failure_reason(exc: BaseException) -> str:
     return phi.redact(text)[:500]
 
 
-def findings_with_outputs(findings: Mapping[str, Any], outputs: Any, out_dir: str | os.PathLike) -> dict[str, Any]:
-    """``findings`` with the ``outputs`` block and the writers' QC flags (what findings.json holds)."""
-    doc = dict(findings)
-    status = getattr(outputs, "status", None)
-    if status is None:
-        return doc
-    flags = [f for f in getattr(outputs, "qc_flags", ()) if f not in (doc.get("qc") or {}).get("flags", ())]
+def findings_with_outputs(findings: Findings, outputs: Mapping[str, Sequence[str]],
+                          out_dir: str | os.PathLike) -> Findings:
+    """``findings`` with the ``outputs`` block and the writers' QC flags (what findings.json holds).
+
+    ``outputs`` is what :func:`write_outputs` returned; plain paths by kind (no status) change nothing."""
+    if not isinstance(outputs, WrittenOutputs):
+        return findings
+    flags = [f for f in outputs.qc_flags if f not in findings.qc.flags]
+    qc = findings.qc
     if flags:
-        qc = dict(doc.get("qc") or {})
-        qc["flags"] = list(qc.get("flags") or []) + flags
-        details = list(qc.get("details") or [])
+        details = list(qc.details)
         for flag in flags:
             if flag == common.FRAME_OF_REFERENCE_DERIVED:
-                details.append({"name": flag, "severity": "info",
-                                "description": "the source series has no Frame of Reference UID; the DICOM "
-                                               "outputs carry a new one derived from its Series Instance UID"})
-        if "details" in qc or details:
-            qc["details"] = details
-        doc["qc"] = qc
-    doc["outputs"] = outputs.block(out_dir)
-    return doc
+                details.append(QcDetail(flag, "info",
+                                        "the source series has no Frame of Reference UID; the DICOM "
+                                        "outputs carry a new one derived from its Series Instance UID"))
+        qc = dataclasses.replace(qc, flags=qc.flags + tuple(flags), details=tuple(details))
+    return dataclasses.replace(findings, qc=qc, outputs=outputs.block(out_dir))
 
 
 def _save_dicom(ds: Any, path: Path) -> None:
@@ -145,7 +149,7 @@ def _save_dicom(ds: Any, path: Path) -> None:
 
 
 def write_outputs(
-    result: Any,
+    result: TriageResult,
     out_dir: str | os.PathLike,
     *,
     outputs: Sequence[str] = ALL_OUTPUTS,
@@ -185,7 +189,7 @@ def write_outputs(
 class _Writers:
     """One run of the writers: each output in its own try, committed as soon as it is complete."""
 
-    def __init__(self, result: Any, out: Path, tmp: Path, wanted: Sequence[str], lang: str,
+    def __init__(self, result: TriageResult, out: Path, tmp: Path, wanted: Sequence[str], lang: str,
                  timings: dict[str, float], written: WrittenOutputs, fail: dict[str, BaseException]) -> None:
         self.result, self.out, self.tmp, self.wanted, self.lang = result, out, tmp, wanted, lang
         self.timings, self.written, self.fail = timings, written, fail
@@ -345,8 +349,8 @@ class _Writers:
         try:
             if "json" in self.fail:
                 raise self.fail["json"]
-            doc = findings_with_outputs(self.result.findings, self.written, self.out)
-            write_findings_json(doc, self.tmp / FINDINGS_FILE)
+            final_findings = findings_with_outputs(self.result.findings, self.written, self.out)
+            write_findings_json(final_findings.to_dict(), self.tmp / FINDINGS_FILE)
             self._commit(self.tmp / FINDINGS_FILE, FINDINGS_FILE)
         except OutputError:
             self.written.status["json"] = OutputStatus(FAILED, reason="findings.json could not be written")

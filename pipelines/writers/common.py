@@ -18,12 +18,16 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ictus.imaging.errors import OutputError
+from ictus.imaging.uids import UID_ROOT
 from ictus.imaging.volume import Volume
+from ictus.pipelines.findings.record import DISCLAIMER
 
 log = logging.getLogger(__name__)
 
 LOCALES_DIR = Path(__file__).resolve().parent / "locales"
-LANGUAGES = ("en", "ru", "kk")
+#: Report languages: one per message catalogue ``locales/<lang>.json``, English first.
+LANGUAGES: tuple[str, ...] = tuple(sorted((p.stem for p in LOCALES_DIR.glob("*.json")),
+                                          key=lambda code: (code != "en", code)))
 MANUFACTURER = "Ictus"
 MODEL_NAME = "Ictus head CT triage"
 DEVICE_SERIAL_NUMBER = "ictus"  # software, no hardware serial; DICOM requires a value
@@ -72,6 +76,7 @@ def load_messages(lang: str) -> Mapping[str, str]:
         return {k: v for k, v in data.items() if not k.startswith("_")}
 
     messages = read("en")
+    messages["disclaimer"] = DISCLAIMER  # the one English text; en.json keeps a copy for translators
     if lang != "en":
         messages.update(read(lang))
     return messages
@@ -117,13 +122,14 @@ class LesionClass:
     name: str
     description: str
     codes: Mapping[str, Any]
+    role: str = "other"  # the card's class role: "blood", "oedema", ...
 
 
 def lesion_classes(result: Any) -> tuple[LesionClass, ...]:
     """The non-background classes of the model that produced ``result`` (from its card)."""
     card = card_of(result)
     return tuple(
-        LesionClass(c.value, c.name, c.description, dict(c.codes)) for c in card.classes if c.value != 0
+        LesionClass(c.value, c.name, c.description, dict(c.codes), c.role) for c in card.classes if c.value != 0
     )
 
 
@@ -171,7 +177,6 @@ def complete_type2(ds: Dataset) -> Dataset:
 
 #: QC flag set when the source series had no Frame of Reference UID and the writers derived one.
 FRAME_OF_REFERENCE_DERIVED = "frame_of_reference_derived"
-_UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; generate_uid hashes the entropy below it
 _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -179,7 +184,7 @@ def derived_frame_of_reference_uid(series_uid: str) -> str:
     """A new Frame of Reference UID for a series that has none: the same for every run on that series."""
     from pydicom.uid import generate_uid
 
-    return generate_uid(_UID_ROOT, entropy_srcs=["ictus-frame-of-reference", str(series_uid)])
+    return generate_uid(UID_ROOT, entropy_srcs=["ictus-frame-of-reference", str(series_uid)])
 
 
 def complete_type1(sources: Sequence[Dataset]) -> list[str]:
@@ -243,13 +248,13 @@ def read_source_datasets(volume: Volume) -> list[Dataset]:
     ordered: list[Dataset] = []
     seen: set[str] = set()
     for src in volume.source_slices or ():
-        ds = by_uid.get(src.sop_instance_uid)
-        if ds is None:
+        found = by_uid.get(src.sop_instance_uid)
+        if found is None:
             raise OutputError(
                 f"source instance {src.sop_instance_uid} is missing from the source files; rerun triage on the study"
             )
         if src.sop_instance_uid not in seen:
-            ordered.append(ds)
+            ordered.append(found)
             seen.add(src.sop_instance_uid)
     if not ordered:
         ordered = list(by_uid.values())

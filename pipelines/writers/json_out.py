@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ictus.imaging import atomic
 from ictus.imaging.errors import OutputError
-from ictus.pipelines.writers import atomic
 
 
 def _plain(value: Any) -> Any:

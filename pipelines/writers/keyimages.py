@@ -41,7 +41,7 @@ SERIES_NUMBER = 9903
 SERIES_DESCRIPTION = "ICTUS key images"
 WINDOW_HU = (0.0, 80.0)  # brain window (level 40, width 80)
 MIN_WIDTH_PX = 512
-BLOOD_CLASSES = ("IPH", "EAH", "IVH")
+BLOOD_CLASSES = ("IPH", "EAH", "IVH")  # default of choose_slices; rendering passes the card's "blood" classes
 _ALPHA = 0.4
 _BANNER_RGB = (170, 0, 0)
 _IDEAL_RGB = (0, 230, 255)
@@ -65,14 +65,14 @@ class KeyImage:
     caption: str
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     path = common.font_path()
     if path is None:
         return ImageFont.load_default()
     return ImageFont.truetype(path, size)
 
 
-def _bold_font(size: int) -> ImageFont.ImageFont:
+def _bold_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     path = common.bold_font_path()
     if path is None:
         return ImageFont.load_default()
@@ -99,13 +99,14 @@ def _largest_component_slices(mask: np.ndarray) -> tuple[np.ndarray | None, np.n
 
 
 def choose_slices(labels_lps: np.ndarray, class_values: dict[str, int], midline_k: int | None,
-                  *, max_lesion_slices: int = 3) -> list[tuple[str, int]]:
+                  *, max_lesion_slices: int = 3,
+                  blood_classes: Sequence[str] = BLOOD_CLASSES) -> list[tuple[str, int]]:
     """Key slices: through the largest bleed (or lesion) and at the midline measurement.
 
     Returns (kind, k) pairs in superior order; the midline slice is dropped
     when it coincides with a lesion slice (that image then shows the midline too).
     """
-    blood = np.isin(labels_lps, [v for n, v in class_values.items() if n in BLOOD_CLASSES])
+    blood = np.isin(labels_lps, [v for n, v in class_values.items() if n in blood_classes])
     if not blood.any():
         blood = labels_lps > 0
     chosen: list[tuple[str, int]] = []
@@ -174,10 +175,10 @@ def _signed_shift_mm(result: Any) -> float | None:
     midline = getattr(result, "midline", None)
     if midline is not None and getattr(midline, "shift_mm", None) is not None:
         return float(midline.shift_mm)
-    value = result.findings.get("midline_shift_mm")
+    value = result.findings.midline_shift_mm
     if value is None:
         return None
-    sign = -1.0 if result.findings.get("midline_shift_direction") == "right" else 1.0
+    sign = -1.0 if result.findings.midline_shift_direction == "right" else 1.0
     return sign * abs(float(value))
 
 
@@ -222,7 +223,8 @@ def render_key_images(result: Any, lang: str = "en", *, max_lesion_slices: int =
     plane = getattr(midline, "ideal_plane", None) if midline is not None else None
     midline_k = _midline_slice(hu_img, midline)
     shift_mm = _signed_shift_mm(result)
-    slices = choose_slices(labels, class_values, midline_k, max_lesion_slices=max_lesion_slices)
+    slices = choose_slices(labels, class_values, midline_k, max_lesion_slices=max_lesion_slices,
+                           blood_classes=[c.name for c in classes if c.role == "blood"])
     present = [c for c in classes if (labels == c.value).any()]
 
     sx, sy, _ = hu_img.GetSpacing()
@@ -242,9 +244,9 @@ def render_key_images(result: Any, lang: str = "en", *, max_lesion_slices: int =
     for kind, k in slices:
         hu_k = np.asarray(hu[k, y0:y1, x0:x1], dtype=np.float32)
         gray = np.clip((hu_k - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-        base = Image.fromarray(gray).resize((width, height), Image.BILINEAR).convert("RGB")
+        base = Image.fromarray(gray).resize((width, height), Image.Resampling.BILINEAR).convert("RGB")
         lab = np.asarray(Image.fromarray(np.ascontiguousarray(labels[k, y0:y1, x0:x1])).resize((width, height),
-                                                                                            Image.NEAREST))
+                                                                                            Image.Resampling.NEAREST))
         rgb = np.asarray(base, dtype=np.float32).copy()
         for index, cls in enumerate(classes):
             mask = lab == cls.value
@@ -306,19 +308,20 @@ def render_aspects_images(result: Any, lang: str = "en") -> list[KeyImage]:
     grid = anatomy.grid
     hu = sitk.GetArrayViewFromImage(grid)
     labels = np.asarray(anatomy.aspects)
-    isch = result.findings.get("ischaemia") or {}
-    affected_regions = isch.get("affected_regions") or {} if isch.get("assessed") else {}
+    isch = result.findings.ischaemia
+    assessed = isch is not None and isch.assessed
+    affected_regions = isch.affected_regions if assessed else {}
     affected_values = {stroke_out.aspects_label(c, side) for side in stroke_out.SIDES
                        for c in affected_regions.get(side) or ()}
     artery = None
     dense = getattr(result, "dense_artery", None)
-    dense_record = result.findings.get("dense_artery") or {}
+    dense_record = result.findings.dense_artery
     if dense is not None and getattr(dense, "present", None) and getattr(dense, "mask", None) is not None:
         artery = np.asarray(dense.mask, dtype=bool)
         artery = artery if artery.any() else None
-    if isch.get("assessed") and isch.get("aspects"):
-        score = messages["aspects_burned"].format(left=isch["aspects"].get("left", "-"),
-                                                  right=isch["aspects"].get("right", "-"))
+    if assessed and isch.aspects:
+        score = messages["aspects_burned"].format(left=isch.aspects.get("left", "-"),
+                                                  right=isch.aspects.get("right", "-"))
     else:
         score = messages["aspects_not_assessed_short"]
 
@@ -334,9 +337,9 @@ def render_aspects_images(result: Any, lang: str = "en") -> list[KeyImage]:
     out: list[KeyImage] = []
     for level, k in aspects_level_slices(labels):
         gray = np.clip((np.asarray(hu[k, y0:y1, x0:x1], dtype=np.float32) - lo) / (hi - lo) * 255.0, 0, 255)
-        base = Image.fromarray(gray.astype(np.uint8)).resize((width, height), Image.BILINEAR).convert("RGB")
+        base = Image.fromarray(gray.astype(np.uint8)).resize((width, height), Image.Resampling.BILINEAR).convert("RGB")
         lab = np.asarray(Image.fromarray(np.ascontiguousarray(labels[k, y0:y1, x0:x1])).resize(
-            (width, height), Image.NEAREST))
+            (width, height), Image.Resampling.NEAREST))
         rgb = np.asarray(base, dtype=np.float32).copy()
         present = [int(v) for v in np.unique(lab) if v != 0]
         fill = np.array(stroke_out.ISCHAEMIA_RGB, dtype=np.float32)
@@ -356,7 +359,7 @@ def render_aspects_images(result: Any, lang: str = "en") -> list[KeyImage]:
             if not art_k.any():
                 art_k, projected = artery.any(axis=0), True
             art_px = np.asarray(Image.fromarray(art_k[y0:y1, x0:x1].astype(np.uint8) * 255).resize(
-                (width, height), Image.NEAREST)) > 0
+                (width, height), Image.Resampling.NEAREST)) > 0
             colour = np.array(stroke_out.DENSE_ARTERY_RGB, dtype=np.float32)
             art_edge = art_px & ~ndimage.binary_erosion(art_px, iterations=2)
             rgb[art_px if not projected else art_edge] = colour
@@ -384,9 +387,10 @@ def render_aspects_images(result: Any, lang: str = "en") -> list[KeyImage]:
         if affected_values:
             lines.append((stroke_out.ISCHAEMIA_RGB, messages["legend_aspects_affected"]))
         if artery is not None:
-            side = dense_record.get("side") or getattr(dense, "side", None)
+            side = (dense_record.side if dense_record is not None else None) or getattr(dense, "side", None)
+            segment = (dense_record.segment if dense_record is not None else None) or ""
             text = messages["legend_dense_artery"].format(
-                side=messages.get(f"hemisphere_{side}", str(side or "")), segment=dense_record.get("segment") or "")
+                side=messages.get(f"hemisphere_{side}", str(side or "")), segment=segment)
             if projected:
                 text += " " + messages["legend_projected"]
             lines.append((stroke_out.DENSE_ARTERY_RGB, text))
@@ -408,7 +412,7 @@ def _decorate(img: Image.Image, messages: Any, caption: str, present: Sequence[c
     if has_midline:
         legend.append((_IDEAL_RGB, messages["ideal_midline"]))
         if shift_mm is not None:
-            direction = result.findings.get("midline_shift_direction") or ("left" if shift_mm > 0 else "right")
+            direction = result.findings.midline_shift_direction or ("left" if shift_mm > 0 else "right")
             text = (f"{messages['midline_shift']}: {abs(shift_mm):.1f} {messages['unit_mm']}, "
                     f"{messages.get('direction_' + str(direction), str(direction))}")
             legend.append((_SHIFT_RGB, text))

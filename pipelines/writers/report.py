@@ -20,21 +20,26 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from ictus.pipelines.findings.priority import Priority
+from ictus.pipelines.findings.record import Findings
 from ictus.pipelines.writers import common
 from ictus.pipelines.writers.keyimages import KeyImage
 
+if TYPE_CHECKING:
+    from ictus.pipelines.triage import TriageResult
+
 log = logging.getLogger(__name__)
 
-PRIORITY_COLOURS = {
-    "critical": "#b00020",
-    "urgent": "#d35400",
-    "routine": "#2e7d32",
-    "indeterminate": "#555555",
+PRIORITY_COLOURS: Mapping[Priority, str] = {
+    Priority.CRITICAL: "#b00020",
+    Priority.URGENT: "#d35400",
+    Priority.ROUTINE: "#2e7d32",
+    Priority.INDETERMINATE: "#555555",
 }
 SUBTYPES = ("IPH", "EAH", "IVH")
 
@@ -74,94 +79,88 @@ def _direction_label(messages: Mapping[str, str], direction: Any) -> str:
     return messages.get(f"direction_{direction}", str(direction))
 
 
-def summary_lines(findings: Mapping[str, Any], messages: Mapping[str, str]) -> list[tuple[str, str]]:
+def summary_lines(findings: Findings, messages: Mapping[str, str]) -> list[tuple[str, str]]:
     """(label, value) pairs of the summary block."""
-    ich = findings.get("ich") or {}
-    present = ich.get("present")
+    ich = findings.ich
+    present = ich.present
     ich_text = messages["ich_present"] if present else messages["ich_absent"] if present is not None else messages["ich_unknown"]
-    shift = findings.get("midline_shift_mm")
+    shift = findings.midline_shift_mm
     if shift is None:
         shift_text = messages["not_measured"]
     else:
         shift_text = f"{abs(float(shift)):.1f} {messages['unit_mm']}"
-        direction = _direction_label(messages, findings.get("midline_shift_direction"))
+        direction = _direction_label(messages, findings.midline_shift_direction)
         if direction:
             shift_text += f", {direction}"
     return [
-        (messages["priority"], _priority_label(messages, str(findings.get("priority", "indeterminate")))),
+        (messages["priority"], _priority_label(messages, str(findings.priority))),
         (messages["findings"], ich_text),
-        (messages["total_blood_volume"], f"{common.fmt_number(ich.get('total_volume_ml'))} {messages['unit_ml']}"),
+        (messages["total_blood_volume"], f"{common.fmt_number(ich.total_volume_ml)} {messages['unit_ml']}"),
         (messages["midline_shift"], shift_text),
     ]
 
 
-def findings_rows(findings: Mapping[str, Any], messages: Mapping[str, str]) -> list[ReportRow]:
+def findings_rows(findings: Findings, messages: Mapping[str, str]) -> list[ReportRow]:
     """The findings table: one row per subtype, oedema, total blood, probability, midline."""
-    ich = findings.get("ich") or {}
-    subtypes = ich.get("subtypes") or {}
+    ich = findings.ich
     rows: list[ReportRow] = []
-    for name in SUBTYPES:
-        sub = subtypes.get(name) or {}
-        present = sub.get("present")
+    for name in tuple(ich.subtypes) or SUBTYPES:  # the card's blood classes (via the findings)
+        sub = ich.subtypes.get(name)
+        present = sub.present if sub is not None else None
         rows.append(ReportRow(
             messages.get(f"class_{name}", name),
             "" if present is None else messages["yes"] if present else messages["no"],
-            common.fmt_number(sub.get("volume_ml")),
+            common.fmt_number(sub.volume_ml if sub is not None else None),
         ))
-    oedema = findings.get("oedema") or {}
-    rows.append(ReportRow(messages["class_oedema"], "", common.fmt_number(oedema.get("volume_ml"))))
+    rows.append(ReportRow(messages["class_oedema"], "", common.fmt_number(findings.oedema.volume_ml)))
     rows.append(ReportRow(
         messages["total_blood_volume"],
-        "" if ich.get("present") is None else messages["yes"] if ich.get("present") else messages["no"],
-        common.fmt_number(ich.get("total_volume_ml")),
+        "" if ich.present is None else messages["yes"] if ich.present else messages["no"],
+        common.fmt_number(ich.total_volume_ml),
     ))
     return rows
 
 
-def measure_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+def measure_rows(findings: Findings, m: Mapping[str, str]) -> list[tuple[str, str]]:
     """(label, value) rows under the table: probability, agreement, ABC/2, midline shift and direction."""
-    ich = findings.get("ich") or {}
+    ich = findings.ich
     rows: list[tuple[str, str]] = []
-    if ich.get("probability") is not None:
-        rows.append((m["probability"], f"{float(ich['probability']):.2f}"))
-    if ich.get("confidence") is not None:
-        rows.append((m["model_agreement"], f"{float(ich['confidence']):.2f}"))
-    abc2 = ich.get("abc2") or {}
-    if abc2.get("volume_ml") is not None:
-        rows.append((m["abc2"], f"{float(abc2['volume_ml']):.1f} {m['unit_ml']}"))
-    shift = findings.get("midline_shift_mm")
+    if ich.probability is not None:
+        rows.append((m["probability"], f"{float(ich.probability):.2f}"))
+    if ich.confidence is not None:
+        rows.append((m["model_agreement"], f"{float(ich.confidence):.2f}"))
+    if ich.abc2 is not None and ich.abc2.volume_ml is not None:
+        rows.append((m["abc2"], f"{float(ich.abc2.volume_ml):.1f} {m['unit_ml']}"))
+    shift = findings.midline_shift_mm
     rows.append((m["midline_shift"], m["not_measured"] if shift is None else f"{abs(float(shift)):.1f} {m['unit_mm']}"))
     if shift is not None:
-        rows.append((m["direction"], _direction_label(m, findings.get("midline_shift_direction")) or m["not_measured"]))
+        rows.append((m["direction"], _direction_label(m, findings.midline_shift_direction) or m["not_measured"]))
     return rows
 
 
-def lesion_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+def lesion_rows(findings: Findings, m: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
     """(class, volume mL, hemisphere, region) of every reported lesion, largest first."""
-    ich = findings.get("ich") or {}
-    classes = dict(ich.get("subtypes") or {})
-    classes["oedema"] = findings.get("oedema") or {}
+    classes = {**findings.ich.subtypes, "oedema": findings.oedema}
     rows = []
     for name, sub in classes.items():
-        for lesion in (sub or {}).get("lesions") or []:
-            hemisphere = str(lesion.get("hemisphere", "unknown"))
-            rows.append((float(lesion.get("volume_ml") or 0.0), (
+        for lesion in sub.lesions:
+            hemisphere = str(lesion.hemisphere)
+            rows.append((float(lesion.volume_ml or 0.0), (
                 m.get(f"class_{name}", name),
-                common.fmt_number(lesion.get("volume_ml")),
+                common.fmt_number(lesion.volume_ml),
                 m.get(f"hemisphere_{hemisphere}", hemisphere),
-                str(lesion.get("region") or ""),
+                str(lesion.region or ""),
             )))
     return [row for _, row in sorted(rows, key=lambda item: -item[0])]
 
 
-def qc_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+def qc_rows(findings: Findings, m: Mapping[str, str]) -> list[tuple[str, str]]:
     """(translated label, flag name and detail) of every QC flag."""
-    qc = findings.get("qc") or {}
-    details = {d.get("name"): d for d in qc.get("details") or [] if isinstance(d, Mapping)}
+    details = {d.name: d for d in findings.qc.details}
     rows = []
-    for flag in qc.get("flags") or []:
-        d = details.get(flag) or {}
-        extra = "; ".join(str(v) for v in (d.get("severity"), d.get("detail")) if v)
+    for flag in findings.qc.flags:
+        d = details.get(flag)
+        extra = "; ".join(str(v) for v in ((d.severity, d.detail) if d is not None else ()) if v)
         rows.append((_qc_label(m, flag), f"{flag} ({extra})" if extra else str(flag)))
     return rows
 
@@ -180,97 +179,97 @@ def _yes_no(m: Mapping[str, str], value: Any) -> str:
     return "\u2014" if value is None else m["yes"] if value else m["no"]
 
 
-def stroke_answers(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+def _early_and_age(findings: Findings, m: Mapping[str, str]) -> tuple[str, str]:
+    """The localised answers on early ischaemic change and tissue age."""
+    summary, isch = findings.stroke_summary, findings.ischaemia
+    if isch is None:
+        return ((summary.early_ischaemic_change if summary else "") or m["not_assessed"],
+                (summary.tissue_age if summary else "") or m["not_assessed"])
+    if not isch.assessed:
+        return m["not_assessed_reason"].format(reason=isch.reason or ""), m["not_assessed"]
+    scores = isch.aspects or {}
+    regions = "; ".join(f"{_side(m, side)}: {', '.join(codes)}"
+                        for side, codes in isch.affected_regions.items() if codes)
+    if isch.early_change:
+        early = m["stroke_early_yes"].format(left=scores.get("left"), right=scores.get("right"), regions=regions)
+        if isch.score_reliable is False:
+            early += f"; {m['stroke_unreliable']}"
+    else:
+        early = m["stroke_early_no"].format(left=scores.get("left"), right=scores.get("right"))
+    if isch.chronic_lesions:
+        early += "; " + m["stroke_old_infarcts"].format(n=len(isch.chronic_lesions))
+    if isch.nwu_percent is None:
+        return early, m["stroke_age_none"]
+    onset = m["onset_within"] if isch.onset_within_4_5h_likely else m["onset_older"]
+    return early, m["stroke_age_nwu"].format(nwu=common.fmt_number(isch.nwu_percent), onset=onset,
+                                             cutoff=isch.nwu_cutoff_percent)
+
+
+def stroke_answers(findings: Findings, m: Mapping[str, str]) -> list[tuple[str, str]]:
     """The four stroke questions with localised answers, built from the structured blocks
-    (the same logic as ``findings["stroke_summary"]``, whose English text is the fallback)."""
-    summary = findings.get("stroke_summary") or {}
-    ich = findings.get("ich") or {}
-    isch = findings.get("ischaemia") or {}
-    dense = findings.get("dense_artery") or {}
-    if ich.get("present") is None:
+    (the same logic as ``findings.stroke_summary``, whose English text is the fallback)."""
+    summary, ich, dense = findings.stroke_summary, findings.ich, findings.dense_artery
+    if ich.present is None:
         blood = m["not_assessed"]
-    elif ich["present"]:
-        blood = m["stroke_blood_yes"].format(volume=common.fmt_number(ich.get("total_volume_ml")))
+    elif ich.present:
+        blood = m["stroke_blood_yes"].format(volume=common.fmt_number(ich.total_volume_ml))
     else:
         blood = m["stroke_blood_no"]
-    if not isch:
-        early = summary.get("early_ischaemic_change") or m["not_assessed"]
-        age = summary.get("tissue_age") or m["not_assessed"]
-    elif not isch.get("assessed"):
-        early = m["not_assessed_reason"].format(reason=isch.get("reason") or "")
-        age = m["not_assessed"]
-    else:
-        scores = isch.get("aspects") or {}
-        regions = "; ".join(f"{_side(m, side)}: {', '.join(codes)}"
-                            for side, codes in (isch.get("affected_regions") or {}).items() if codes)
-        if isch.get("early_change"):
-            early = m["stroke_early_yes"].format(left=scores.get("left"), right=scores.get("right"), regions=regions)
-            if isch.get("score_reliable") is False:
-                early += f"; {m['stroke_unreliable']}"
-        else:
-            early = m["stroke_early_no"].format(left=scores.get("left"), right=scores.get("right"))
-        if isch.get("chronic_lesions"):
-            early += "; " + m["stroke_old_infarcts"].format(n=len(isch["chronic_lesions"]))
-        if isch.get("nwu_percent") is None:
-            age = m["stroke_age_none"]
-        else:
-            onset = m["onset_within"] if isch.get("onset_within_4_5h_likely") else m["onset_older"]
-            age = m["stroke_age_nwu"].format(nwu=common.fmt_number(isch["nwu_percent"]), onset=onset,
-                                             cutoff=isch.get("nwu_cutoff_percent"))
-    if not dense:
-        artery = summary.get("dense_artery") or m["not_assessed"]
-    elif not dense.get("assessed"):
-        artery = m["not_assessed_reason"].format(reason=dense.get("reason") or "")
-    elif dense.get("present"):
-        artery = m["stroke_artery_yes"].format(side=_side(m, dense.get("side")), segment=dense.get("segment") or "")
+    early, age = _early_and_age(findings, m)
+    if dense is None:
+        artery = (summary.dense_artery if summary else "") or m["not_assessed"]
+    elif not dense.assessed:
+        artery = m["not_assessed_reason"].format(reason=dense.reason or "")
+    elif dense.present:
+        artery = m["stroke_artery_yes"].format(side=_side(m, dense.side), segment=dense.segment or "")
     else:
         artery = m["stroke_artery_no"]
     return [(m["stroke_q_blood"], blood), (m["stroke_q_early"], early), (m["stroke_q_artery"], artery),
             (m["stroke_q_age"], age)]
 
 
-def caution_lines(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[str]:
+def caution_lines(findings: Findings, m: Mapping[str, str]) -> list[str]:
     """The thrombolysis cautions, translated where known (verbatim otherwise)."""
     out = []
-    for caution in (findings.get("stroke_summary") or {}).get("cautions") or []:
+    for caution in findings.stroke_summary.cautions if findings.stroke_summary else ():
         key = next((k for prefix, k in _KNOWN_CAUTIONS.items() if str(caution).startswith(prefix)), None)
         out.append(m[key] if key else str(caution))
     return out
 
 
-def aspects_score_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+def aspects_score_rows(findings: Findings, m: Mapping[str, str]) -> list[tuple[str, str]]:
     """ASPECTS per side, affected side, NWU and onset estimate (or "not assessed" with the reason)."""
-    isch = findings.get("ischaemia") or {}
-    if not isch.get("assessed"):
-        return [(m["stroke_section"], m["stroke_not_assessed"].format(reason=isch.get("reason") or m["not_assessed"]))]
-    scores = isch.get("aspects") or {}
+    isch = findings.ischaemia
+    if isch is None or not isch.assessed:
+        reason = isch.reason if isch is not None else ""
+        return [(m["stroke_section"], m["stroke_not_assessed"].format(reason=reason or m["not_assessed"]))]
+    scores = isch.aspects or {}
     rows = [(m["aspects_left"], f"{scores.get('left')} / 10"), (m["aspects_right"], f"{scores.get('right')} / 10"),
-            (m["affected_side"], _side(m, isch.get("affected_side")) if isch.get("affected_side") else "\u2014")]
-    if isch.get("nwu_percent") is not None:
-        onset = m["onset_within"] if isch.get("onset_within_4_5h_likely") else m["onset_older"]
-        rows.append((m["nwu_title"], f"{common.fmt_number(isch['nwu_percent'])} %"))
-        rows.append((m["onset_estimate"], f"{onset} ({isch.get('nwu_cutoff_percent')} %)"))
-        rows.append((m["nwu_source"], str(isch.get("nwu_source") or "\u2014")))
-    if isch.get("score_reliable") is False and isch.get("reliability_note"):
-        rows.append((m["stroke_unreliable"], m["score_unreliable_note"].format(note=isch["reliability_note"])))
-    if isch.get("chronic_lesions"):
+            (m["affected_side"], _side(m, isch.affected_side) if isch.affected_side else "\u2014")]
+    if isch.nwu_percent is not None:
+        onset = m["onset_within"] if isch.onset_within_4_5h_likely else m["onset_older"]
+        rows.append((m["nwu_title"], f"{common.fmt_number(isch.nwu_percent)} %"))
+        rows.append((m["onset_estimate"], f"{onset} ({isch.nwu_cutoff_percent} %)"))
+        rows.append((m["nwu_source"], str(isch.nwu_source or "\u2014")))
+    if isch.score_reliable is False and isch.reliability_note:
+        rows.append((m["stroke_unreliable"], m["score_unreliable_note"].format(note=isch.reliability_note)))
+    if isch.chronic_lesions:
         rows.append((m["chronic_lesions"], "; ".join(
-            f"{_side(m, c.get('side'))} {common.fmt_number(c.get('volume_ml'))} {m['unit_ml']}"
-            for c in isch["chronic_lesions"])))
+            f"{_side(m, c.side)} {common.fmt_number(c.volume_ml)} {m['unit_ml']}" for c in isch.chronic_lesions)))
     return rows
 
 
-def aspects_region_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[bool, list[str]]]:
+def aspects_region_rows(findings: Findings, m: Mapping[str, str]) -> list[tuple[bool, list[str]]]:
     """(affected, cells) per ASPECTS region: code and name, side, mean/mirror/difference HU, ratio, NWU, affected."""
-    isch = findings.get("ischaemia") or {}
-    rows = list(isch.get("regions") or []) if isch.get("assessed") else []
+    isch = findings.ischaemia
+    rows = list(isch.regions) if isch is not None and isch.assessed else []
     order = {code: n for n, code in enumerate(ASPECTS_CODES)}
-    rows.sort(key=lambda r: (0 if r.get("side") == "left" else 1, order.get(r.get("code"), 99)))
-    return [(bool(r.get("affected")), [
-        f"{r.get('code')} \u2013 {m.get('region_' + str(r.get('code')), str(r.get('name') or ''))}",
-        _side(m, r.get("side")), common.fmt_number(r.get("mean_hu")), common.fmt_number(r.get("mirror_mean_hu")),
-        common.fmt_number(r.get("difference_hu")), common.fmt_number(r.get("ratio"), 3),
-        common.fmt_number(r.get("nwu_percent")), _yes_no(m, r.get("affected")),
+    rows.sort(key=lambda r: (0 if r.side == "left" else 1, order.get(r.code, 99)))
+    return [(bool(r.affected), [
+        f"{r.code} \u2013 {m.get('region_' + str(r.code), str(r.name or ''))}",
+        _side(m, r.side), common.fmt_number(r.mean_hu), common.fmt_number(r.mirror_mean_hu),
+        common.fmt_number(r.difference_hu), common.fmt_number(r.ratio, 3),
+        common.fmt_number(r.nwu_percent), _yes_no(m, r.affected),
     ]) for r in rows]
 
 
@@ -280,50 +279,52 @@ VESSEL_HEADER_KEYS = ("col_segment", "col_side", "col_peak_hu", "col_mean_hu", "
                       "col_length_mm", "col_dense")
 
 
-def vessel_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[bool, list[str]]]:
+def vessel_rows(findings: Findings, m: Mapping[str, str]) -> list[tuple[bool, list[str]]]:
     """(dense, cells) per searched arterial segment."""
-    dense = findings.get("dense_artery") or {}
-    return [(bool(v.get("dense")), [
-        str(v.get("name")), _side(m, v.get("side")), common.fmt_number(v.get("peak_hu")),
-        common.fmt_number(v.get("mean_hu")), common.fmt_number(v.get("contralateral_mean_hu")),
-        common.fmt_number(v.get("ratio"), 2), common.fmt_number(v.get("length_mm")), _yes_no(m, v.get("dense")),
-    ]) for v in dense.get("segments") or []] if dense.get("assessed") else []
-
-
-def ich_score_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The ICH-score components and points, with the note and the source."""
-    score = findings.get("ich_score") or {}
-    if not score:
+    dense = findings.dense_artery
+    if dense is None or not dense.assessed:
         return []
-    rows = [(m[key], _yes_no(m, score.get(field))) for key, field in (
-        ("ich_volume_ge_30", "volume_ge_30_ml"), ("ich_ivh", "ivh_present"),
-        ("ich_infratentorial", "infratentorial_origin"), ("ich_age_ge_80", "age_ge_80"))]
-    points = score.get("imaging_points")
+    return [(bool(v.dense), [
+        str(v.name), _side(m, v.side), common.fmt_number(v.peak_hu),
+        common.fmt_number(v.mean_hu), common.fmt_number(v.contralateral_mean_hu),
+        common.fmt_number(v.ratio, 2), common.fmt_number(v.length_mm), _yes_no(m, v.dense),
+    ]) for v in dense.segments]
+
+
+def ich_score_rows(findings: Findings, m: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The ICH-score components and points, with the note and the source."""
+    score = findings.ich_score
+    if score is None:
+        return []
+    rows = [(m[key], _yes_no(m, value)) for key, value in (
+        ("ich_volume_ge_30", score.volume_ge_30_ml), ("ich_ivh", score.ivh_present),
+        ("ich_infratentorial", score.infratentorial_origin), ("ich_age_ge_80", score.age_ge_80))]
+    points = score.imaging_points
     rows.append((m["ich_points"], str(points) if points is not None else m["not_assessed"]))
     note = m["ich_note"] if points is not None else (
-        m["ich_not_applicable"] if score.get("volume_ge_30_ml") is False else m["not_assessed"])
+        m["ich_not_applicable"] if score.volume_ge_30_ml is False else m["not_assessed"])
     rows.append(("", note))
-    if score.get("source"):
-        rows.append((m["nwu_source"], str(score["source"])))
+    if score.source:
+        rows.append((m["nwu_source"], str(score.source)))
     return rows
 
 
-def registration_rows(findings: Mapping[str, Any], m: Mapping[str, str]) -> list[tuple[str, str]]:
+def registration_rows(findings: Findings, m: Mapping[str, str]) -> list[tuple[str, str]]:
     """Template registration: status, Dice against its minimum, method."""
-    anatomy = findings.get("anatomy") or {}
-    if not anatomy:
+    anatomy = findings.anatomy
+    if anatomy is None:
         return [(m["registration_status"], m["registration_not_run"])]
-    status = {True: m["registered_yes"], False: m["registered_no"]}.get(anatomy.get("registered"),
-                                                                         m["registration_not_run"])
+    statuses: dict[bool | None, str] = {True: m["registered_yes"], False: m["registered_no"]}
+    status = statuses.get(anatomy.registered, m["registration_not_run"])
     rows = [(m["registration_status"], status)]
-    if anatomy.get("quality_dice") is not None:
-        rows.append((m["registration_quality"], f"{common.fmt_number(anatomy['quality_dice'], 2)} "
-                     f"({m['registration_minimum'].format(min=common.fmt_number(anatomy.get('min_quality_dice'), 2))})"))
-    rows.append((m["registration_method"], str(anatomy.get("method") or "\u2014")))
+    if anatomy.quality_dice is not None:
+        rows.append((m["registration_quality"], f"{common.fmt_number(anatomy.quality_dice, 2)} "
+                     f"({m['registration_minimum'].format(min=common.fmt_number(anatomy.min_quality_dice, 2))})"))
+    rows.append((m["registration_method"], str(anatomy.method or "\u2014")))
     return rows
 
 
-def _stroke_html(f: Mapping[str, Any], m: Mapping[str, str]) -> list[str]:
+def _stroke_html(f: Findings, m: Mapping[str, str]) -> list[str]:
     e = html.escape
     parts = [f"<h2>{e(m['stroke_section'])}</h2><table>",
              f"<tr><th>{e(m['col_question'])}</th><th>{e(m['col_answer'])}</th></tr>"]
@@ -383,13 +384,12 @@ def _timestamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
+def render_html(result: TriageResult, images: Sequence[KeyImage], lang: str = "en",
                 pngs: Sequence[bytes] | None = None) -> str:
     """The self-contained HTML report of ``result`` in ``lang``."""
     m = common.load_messages(lang)
-    f: Mapping[str, Any] = result.findings
+    f = result.findings
     e = html.escape
-    priority = str(f.get("priority", "indeterminate"))
     parts: list[str] = [
         "<!DOCTYPE html>",
         f'<html lang="{e(m["html_lang"])}"><head><meta charset="utf-8">',
@@ -401,7 +401,7 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
     ]
     for label, value in summary_lines(f, m):
         if label == m["priority"]:
-            colour = PRIORITY_COLOURS.get(priority, "#555")
+            colour = PRIORITY_COLOURS.get(f.priority, "#555")
             value_html = f'<span class="badge" style="background:{colour}">{e(value)}</span>'
         else:
             value_html = e(value)
@@ -416,7 +416,7 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
     for label, value in measure_rows(f, m):
         parts.append(f'<tr><th>{e(label)}</th><td class="num">{e(value)}</td></tr>')
     parts.append("</table>")
-    if f.get("findings_reported") is False:
+    if not f.findings_reported:
         parts.append(f"<p><b>{e(m['not_reported'])}</b></p>")
     lesions = lesion_rows(f, m)
     if lesions:
@@ -448,7 +448,7 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
         parts.append("<ul>" + "".join(f"<li>{e(label)} <code>{e(code)}</code></li>" for label, code in flags) + "</ul>")
     else:
         parts.append(f"<p>{e(m['qc_none'])}</p>")
-    reasons = [str(r) for r in f.get("priority_reasons") or []]
+    reasons = [str(r) for r in f.priority_reasons]
     if reasons:
         parts.append(f'<p class="small">{e(m["priority_reasons"])}: <code>{e("; ".join(reasons))}</code></p>')
 
@@ -456,7 +456,7 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
     for label, value in provenance_rows(result, m):
         parts.append(f"<tr><th>{e(label)}</th><td><code>{e(value)}</code></td></tr>")
     parts.append("</table>")
-    timings = f.get("timings_s") or {}
+    timings = f.timings_s
     if timings:
         parts.append(f"<h2>{e(m['timings'])}</h2><table>")
         for stage, seconds in timings.items():
@@ -466,29 +466,26 @@ def render_html(result: Any, images: Sequence[KeyImage], lang: str = "en",
     return "\n".join(parts)
 
 
-def provenance_rows(result: Any, m: Mapping[str, str]) -> list[tuple[str, str]]:
+def provenance_rows(result: TriageResult, m: Mapping[str, str]) -> list[tuple[str, str]]:
     """(label, value) pairs: UIDs, Ictus version, models with versions and sha256."""
     f = result.findings
-    prov = f.get("provenance") or {}
     rows = [
-        (m["study_uid"], str(f.get("study_instance_uid") or result.volume.study_instance_uid)),
-        (m["series_uid"], str(f.get("series_instance_uid") or result.volume.series_instance_uid)),
-        (m["ictus_version"], str(prov.get("ictus") or prov.get("ictus_version") or common.ictus_version())),
+        (m["study_uid"], str(f.study_instance_uid or result.volume.study_instance_uid)),
+        (m["series_uid"], str(f.series_instance_uid or result.volume.series_instance_uid)),
+        (m["ictus_version"], str(f.provenance.ictus_version or common.ictus_version())),
     ]
-    for model in prov.get("models") or []:
-        ident = f"{model.get('id', '')} {model.get('version', '')}".strip()
-        rows.append((m["model"], ident))
-        if model.get("sha256"):
-            rows.append((m["sha256"], str(model["sha256"])))
-        members = model.get("members") or []
-        if members and not model.get("sha256"):
-            rows.append((m["sha256"], "; ".join(f"{mm.get('name')}: {mm.get('sha256')}" for mm in members)))
-    if not prov.get("models") and getattr(result, "card", None) is not None:
+    for model in f.models:
+        rows.append((m["model"], f"{model.id} {model.version}".strip()))
+        if model.sha256:
+            rows.append((m["sha256"], model.sha256))
+        elif model.members:
+            rows.append((m["sha256"], "; ".join(f"{mm.name}: {mm.sha256}" for mm in model.members)))
+    if not f.models and result.card is not None:
         rows.append((m["model"], f"{result.card.id} {result.card.version}"))
     return rows
 
 
-def _stroke_pdf(f: Mapping[str, Any], m: Mapping[str, str], para: Any, h2: Any, grid: Any, mm: float, colors: Any,
+def _stroke_pdf(f: Findings, m: Mapping[str, str], para: Any, h2: Any, grid: Any, mm: float, colors: Any,
                 Table: Any, TableStyle: Any) -> list[Any]:
     """The stroke section as reportlab flowables (affected rows highlighted)."""
     story: list[Any] = [para(m["stroke_section"], h2)]
@@ -532,7 +529,7 @@ def _stroke_pdf(f: Mapping[str, Any], m: Mapping[str, str], para: Any, h2: Any, 
     return story
 
 
-def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike, lang: str = "en") -> bool:
+def render_pdf(result: TriageResult, images: Sequence[KeyImage], path: str | os.PathLike, lang: str = "en") -> bool:
     """Write ``report.pdf`` (reportlab, DejaVu Sans). Returns False when it cannot be made here."""
     try:
         from reportlab.lib import colors
@@ -585,7 +582,7 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
     for label, value in measure_rows(f, m):
         table.append([para(label), para(""), para(value)])
     story.append(Table(table, colWidths=[100 * mm, 30 * mm, 40 * mm], style=grid))
-    if f.get("findings_reported") is False:
+    if not f.findings_reported:
         story.append(para(m["not_reported"], warn))
     lesions = lesion_rows(f, m)
     if lesions:
@@ -602,7 +599,7 @@ def render_pdf(result: Any, images: Sequence[KeyImage], path: str | os.PathLike,
             h, w = key.rgb.shape[:2]
             width = 80 * mm
             cells.append([RLImage(io.BytesIO(data), width=width, height=width * h / w), para(key.caption)])
-        rows = [cells[i:i + 2] for i in range(0, len(cells), 2)]
+        rows: list[list[Any]] = [cells[i:i + 2] for i in range(0, len(cells), 2)]
         if len(rows[-1]) == 1:
             rows[-1].append("")
         story.append(Table(rows, colWidths=[85 * mm, 85 * mm],

@@ -258,6 +258,8 @@ def build_seg(result: Any, source_datasets: Sequence[Dataset]) -> tuple[hd.seg.S
             return arr
         full = np.zeros((n_frames,) + arr.shape[1:], dtype=arr.dtype)
         for k, s in enumerate(slices):
+            if s.frame_number is None:
+                raise OutputError("source files and source slices disagree; rerun triage on the study")
             full[int(s.frame_number) - 1] = arr[k]
         return full
 
@@ -271,6 +273,7 @@ def build_seg(result: Any, source_datasets: Sequence[Dataset]) -> tuple[hd.seg.S
     descriptions: list[hd.seg.SegmentDescription] = []
     seg_numbers = np.zeros(256, dtype=np.uint8)
     for number, cls in enumerate(present, start=1):
+        assert algorithm is not None  # lesion classes come from the card
         index = [c.value for c in classes].index(cls.value)
         descriptions.append(_segment_description(number, cls, algorithm, index))
         infos.append(SegmentInfo(number, cls.value, cls.name))

@@ -110,28 +110,28 @@ def stroke_masks(result: Any) -> list[StrokeMask]:
     out: list[StrokeMask] = []
     isch = getattr(result, "ischaemia", None)
     mask = getattr(isch, "affected_mask", None) if isch is not None else None
-    record = (result.findings or {}).get("ischaemia") or {}
-    if mask is not None and record.get("assessed"):
+    record = result.findings.ischaemia
+    if mask is not None and record is not None and record.assessed:
         mask = np.asarray(mask)
         if mask.shape != grid_shape:
             raise OutputError(f"ischaemia mask {mask.shape} is not on the anatomy grid {grid_shape}; rerun triage")
         for side in SIDES:
-            for code in (record.get("affected_regions") or {}).get(side) or ():
+            for code in record.affected_regions.get(side) or ():
                 region = mask == aspects_label(code, side)
                 if region.any():
                     out.append(StrokeMask("aspects", f"{code}_{side}", code, side, region))
                 else:
                     log.info("affected region %s %s has no voxel in the ischaemia mask", code, side)
     dense = getattr(result, "dense_artery", None)
-    dense_record = (result.findings or {}).get("dense_artery") or {}
+    dense_record = result.findings.dense_artery
     if dense is not None and getattr(dense, "present", None) and getattr(dense, "mask", None) is not None:
         artery = np.asarray(dense.mask, dtype=bool)
         if artery.shape != grid_shape:
             raise OutputError(f"dense-artery mask {artery.shape} is not on the anatomy grid {grid_shape}; rerun triage")
         if artery.any():
-            segment = str(dense_record.get("segment") or "MCA")
-            side = dense_record.get("side") or getattr(dense, "side", None)
-            out.append(StrokeMask("dense_artery", f"{segment}_{side}", segment, side, artery))
+            segment = str((dense_record.segment if dense_record is not None else None) or "MCA")
+            artery_side = (dense_record.side if dense_record is not None else None) or getattr(dense, "side", None)
+            out.append(StrokeMask("dense_artery", f"{segment}_{artery_side}", segment, artery_side, artery))
     return out
 
 

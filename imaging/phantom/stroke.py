@@ -39,7 +39,7 @@ Rendering (all in :func:`render_stroke_phantom`):
    deviation, measured on a slice, is ``noise_hu`` (default ``4 HU * sqrt(5 mm / thickness)``).
 
 :func:`write_stroke_phantom` writes a CT Image Storage series with the geometric phantom's
-headers (:func:`ictus.imaging.phantom._slice_dataset`) and ``ground_truth.json``.
+headers (:func:`ictus.imaging.phantom.dicom._slice_dataset`) and ``ground_truth.json``.
 """
 from __future__ import annotations
 
@@ -48,27 +48,24 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from ictus.imaging.errors import InvalidInputError, OutputError
-from ictus.imaging.phantom import (
-    PhantomGeometry,
-    PhantomSpec,
-    _json_default,
-    _replace_dir,
+from ictus.imaging.errors import InvalidInputError
+from ictus.imaging.phantom.dicom import (
     _slice_dataset,
     _stored_values,
     _uid,
-    tilt_corrected_grid,
+    check_out_dir,
+    write_study_dir,
+    write_truth_json,
 )
+from ictus.imaging.phantom.spec import PhantomGeometry, PhantomSpec, tilt_corrected_grid
 from ictus.imaging.stroke_atlas import (
     ASPECTS_CODES,
     SIDES,
@@ -288,7 +285,11 @@ def resolve_pose(spec: StrokePhantomSpec, centre_mni_mm: Sequence[float]) -> Str
     rot = rng.uniform(-1, 1, 3) * np.array(RANDOM_ROTATION_DEG)
     tra = rng.uniform(-1, 1, 3) * np.array(RANDOM_TRANSLATION_MM)
     sca = rng.uniform(*RANDOM_SCALE, 3)
-    rnd = lambda v: tuple(float(round(x, 3)) for x in v)  # noqa: E731
+
+    def rnd(v: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+        x, y, z = (float(round(c, 3)) for c in v)
+        return x, y, z
+
     return StrokePose(
         rotation_deg=rnd(spec.rotation_deg if spec.rotation_deg is not None else rot),
         translation_mm=rnd(spec.translation_mm if spec.translation_mm is not None else tra),
@@ -628,8 +629,8 @@ def stroke_geometry(spec: StrokePhantomSpec, pose: StrokePose, atlas: TemplateAt
     cy = round(float(head[:, 1].min() + head[:, 1].max()) / 2.0, 1)
     # the plane through (cx, cy, zc) at the FOV centre; y, z of the centre move along the tilted column
     ipps = tuple(
-        tuple(float(round(v, 6)) for v in (np.array([cx, cy, zc]) - half * d * row - half * d * col))
-        for zc in centres_z
+        (float(round(x, 6)), float(round(y, 6)), float(round(z, 6)))
+        for x, y, z in (np.array([cx, cy, zc]) - half * d * row - half * d * col for zc in centres_z)
     )
     return PhantomGeometry(
         rows=spec.matrix, columns=spec.matrix, pixel_spacing_mm=(d, d),
@@ -727,7 +728,7 @@ def render_stroke_phantom(spec: StrokePhantomSpec, atlas: TemplateAtlas) -> Stro
     hu = _sample(hu_mni, base.grid, pose, geom)
     sigma = spec.noise_sigma_hu
     hu += _noise(hu.shape, sigma, spec.pixel_spacing_mm, spec.seed)
-    affected = {side: [] for side in SIDES}
+    affected: dict[str, list[str]] = {side: [] for side in SIDES}
     if painted["ischaemia"] is not None:
         affected[spec.ischaemia_side] = list(spec.ischaemia_regions)
     dense = painted["arteries"]["dense"]
@@ -827,10 +828,7 @@ def write_stroke_phantom(spec: StrokePhantomSpec, atlas: TemplateAtlas, out_dir:
     """
     spec = spec.validated()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"phantom: {out} exists and is not a folder; choose another output folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError(f"phantom: output folder {out} is not empty; choose an empty folder or use --force")
+    check_out_dir(out, force=force)
     render = render_stroke_phantom(spec, atlas)
     g = render.geometry
     uids = stroke_uids(spec, g.n_slices)
@@ -840,15 +838,8 @@ def write_stroke_phantom(spec: StrokePhantomSpec, atlas: TemplateAtlas, out_dir:
     patient_id = "ICTUS-STROKE-" + uids["study_instance_uid"].rsplit(".", 1)[-1][-8:]
     truth["uids"] = uids
     truth["patient"] = {**truth["patient"], "name": "PHANTOM^STROKE", "id": patient_id}
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-    except OSError as exc:
-        raise OutputError(f"phantom: cannot create {out.parent} ({exc.strerror}); choose a writable folder") from exc
-    try:
+
+    def fill(tmp: Path) -> None:
         series_dir = tmp / "series-002-axial"
         series_dir.mkdir()
         for k in range(g.n_slices):
@@ -862,14 +853,9 @@ def write_stroke_phantom(spec: StrokePhantomSpec, atlas: TemplateAtlas, out_dir:
             ds.save_as(series_dir / f"CT{k + 1:04d}.dcm", enforce_file_format=True)
         truth["series_folder"] = series_dir.name
         truth["n_files"] = g.n_slices
-        (tmp / "ground_truth.json").write_text(json.dumps(truth, indent=2, default=_json_default) + "\n")
-        _replace_dir(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"phantom: cannot write {out} ({exc.strerror or exc}); check space and permissions") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_truth_json(tmp, truth)
+
+    write_study_dir(out, fill)
     log.info("stroke phantom written to %s (%d slices)", out, g.n_slices)
     return StrokePhantomWritten(out_dir=out, series_dir=out / "series-002-axial", n_files=g.n_slices,
                                 ground_truth_path=out / "ground_truth.json", truth=truth)

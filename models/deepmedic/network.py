@@ -39,7 +39,8 @@ class PreActBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Sequence[int] = (3, 3, 3),
                  dropout: float = 0.0) -> None:
         super().__init__()
-        self.kernel_size = tuple(int(k) for k in kernel_size)
+        kx, ky, kz = (int(k) for k in kernel_size)
+        self.kernel_size = (kx, ky, kz)
         self.bn = nn.BatchNorm3d(in_channels)
         self.dropout = nn.Dropout(dropout)
         self.prelu = nn.PReLU()
