@@ -17,7 +17,7 @@ def test_listed_help_is_each_commands_own():
     for name, text in cli.COMMAND_HELP.items():
         command = importlib.import_module(f"ictus.pipelines.commands.{name}").command
         assert command.name == name
-        assert click.utils.make_default_short_help(text, 300) == command.get_short_help_str(limit=300), name
+        assert click.Command(name, help=text).get_short_help_str(limit=300) == command.get_short_help_str(limit=300), name
 
 
 def test_help_loads_no_heavy_module():
