@@ -73,6 +73,7 @@ import SimpleITK as sitk
 
 from ictus.imaging.errors import InvalidInputError, ModelError
 from ictus.imaging.volume import Volume
+from ictus.models.backends import Runner, available_providers, backend_info, choose_backend, load_runner
 from ictus.models.geometry import TileGeometry
 from ictus.models.preprocess import ModelInput, preprocess, to_original_grid
 from ictus.models.registry import DEFAULT_MODEL
@@ -105,18 +106,6 @@ class TilingPlan:
         return float(sum(self.geometry.estimated_gmac(size) for _, size in self.tiles))
 
 
-def available_providers(providers: Sequence[str] | None = None) -> list[str]:
-    """CUDA when onnxruntime has it (and it was not excluded), then CPU."""
-    import onnxruntime as ort
-
-    have = ort.get_available_providers()
-    wanted = list(providers) if providers else ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    chosen = [p for p in wanted if p in have]
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
-
-
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     """Numerically stable softmax in float32."""
     x = logits.astype(np.float32, copy=True)
@@ -127,12 +116,13 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 class Ensemble:
-    """onnxruntime sessions for a list of ONNX members, created once and reusable.
+    """Loaded ONNX members (on the backend of :func:`ictus.models.backends.choose_backend`),
+    created once and reusable.
 
     ``geometry``: how to tile (from the card, :meth:`TileGeometry.from_card`).
     ``precision``: "fp32" (the files as given) or "int8" (cached static-int8
     copies, see :func:`quantize_member`; ``int8_conv_patterns`` from the card's
-    ``runtime.int8``).
+    ``runtime.int8``). ``backend``: "auto", "openvino" or "onnxruntime".
     """
 
     def __init__(
@@ -149,9 +139,8 @@ class Ensemble:
         model_id: str = "",
         model_version: str = "",
         int8_conv_patterns: Sequence[str] = (),
+        backend: str = "auto",
     ) -> None:
-        import onnxruntime as ort
-
         pull = f"run `ictus models pull {model_id or DEFAULT_MODEL}`"
         if not members:
             raise ModelError(f"no ensemble members were given; {pull}")
@@ -170,23 +159,10 @@ class Ensemble:
         self.model_id = model_id
         self.model_version = model_version
         self.providers = available_providers(providers)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # Idle threads sleep instead of spinning: on a shared or oversubscribed CPU
-        # (batch workers, test runners) spinning threads were measured 6-8x slower.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        # One arena per session would keep each member's peak (~1.5 GB at 60^3 tiles)
-        # for the life of the session: 12 members went past 16 GB. Freed after each run instead.
-        options.enable_cpu_mem_arena = False
-        self._options = options
-        self._ort = ort
-        self._sessions: list = [None] * len(self.member_paths)
+        self.backend = choose_backend(backend, providers=self.providers, precision=precision)
+        self.backend_info = backend_info(self.backend, self.providers)
+        self.threads = threads
+        self._sessions: list[Runner | None] = [None] * len(self.member_paths)
         self._run_paths = [quantized_path(p) if precision == "int8" else p for p in self.member_paths]
 
     @classmethod
@@ -209,27 +185,26 @@ class Ensemble:
         )
 
     # -- sessions ---------------------------------------------------------
-    def session(self, index: int):
-        """The onnxruntime session of member ``index`` (created on first use)."""
+    def session(self, index: int) -> Runner:
+        """The loaded member ``index`` (created on first use)."""
         if self._sessions[index] is None:
             path = self._run_paths[index]
             if self.precision == "int8" and not path.is_file():
                 quantize_member(self.member_paths[index], path, geometry=self.geometry, window_hu=self.window_hu,
                                 conv_name_patterns=self.int8_conv_patterns)
             try:
-                self._sessions[index] = self._ort.InferenceSession(
-                    load_without_denormals(path), self._options, providers=self.providers
-                )
-            except Exception as exc:  # onnxruntime raises its own exception types
+                self._sessions[index] = load_runner(self.backend, load_without_denormals(path),
+                                                    threads=self.threads, providers=self.providers)
+            except Exception as exc:  # onnxruntime and OpenVINO raise their own exception types
                 raise ModelError(f"cannot load model {path.name} ({exc}); re-run `ictus models verify`") from exc
-        return self._sessions[index]
+        runner = self._sessions[index]
+        assert runner is not None
+        return runner
 
     def predict(self, index: int, window: np.ndarray) -> np.ndarray:
         """Softmax probabilities [C, z, y, x] of member ``index`` on the output tile of a
         normalised input window [z + 2c, y + 2c, x + 2c] (c: the geometry's context)."""
-        session = self.session(index)
-        name = session.get_inputs()[0].name
-        logits = session.run(None, {name: window[None, None].astype(np.float32, copy=False)})[0][0]
+        logits = self.session(index).run(np.ascontiguousarray(window[None, None], dtype=np.float32))[0]
         if logits.shape[0] != len(self.class_names):
             raise ModelError(
                 f"model gives {logits.shape[0]} channels but the card names {len(self.class_names)} classes; "
@@ -290,6 +265,9 @@ class Ensemble:
             resample_back_s=round(t3 - t2, 3),
             precision=self.precision,
             providers=list(self.providers),
+            backend=self.backend,
+            backend_version=self.backend_info.version,
+            device=self.backend_info.device,
             method=describe_method(fast, len(indices), cascade_threshold, skip, stats["tile_vox"], self.precision,
                                    geometry=self.geometry),
         )
@@ -703,9 +681,9 @@ def segment(
 
     ``options`` go to :meth:`Ensemble.segment` (tile_vox, skip, cascade_threshold,
     members, crop_to_head) or to the constructor (spacing_mm, window_hu,
-    model_id, model_version, int8_conv_patterns).
+    model_id, model_version, int8_conv_patterns, backend).
     """
-    ctor_keys = {"spacing_mm", "window_hu", "model_id", "model_version", "int8_conv_patterns"}
+    ctor_keys = {"spacing_mm", "window_hu", "model_id", "model_version", "int8_conv_patterns", "backend"}
     ctor = {k: options.pop(k) for k in list(options) if k in ctor_keys}
     ensemble = Ensemble(
         [members[0]] if fast else members, class_names=class_names, geometry=geometry, threads=threads,

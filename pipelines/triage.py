@@ -51,13 +51,14 @@ class TriageOptions:
     models_dir: str | None = None  # overrides $ICTUS_MODELS_DIR and the user cache
     fast: bool = False  # one member instead of the ensemble
     members: str | None = None  # explicit member selection ("1,2"), overrides fast
-    threads: int | None = None  # onnxruntime intra-op threads (None: all cores)
+    threads: int | None = None  # inference threads (None: all cores)
+    backend: str = "auto"  # "auto", "openvino" or "onnxruntime" (see ictus.models.backends)
     providers: tuple[str, ...] | None = None  # onnxruntime providers (None: CUDA if available, else CPU)
     series_uid: str | None = None  # force a series instead of the automatic choice
     outputs: tuple[str, ...] = ALL_OUTPUTS
     lang: str = "en"
     min_lesion_ml: float | None = None  # None: the default in ictus.imaging.measure
-    priority_rules: str | None = None  # path to a rules file (None: pipelines/priority_rules.json)
+    priority_rules: str | None = None  # path to a rules file (None: pipelines/findings/priority_rules.json)
     stroke: bool = True  # template anatomy, ASPECTS, dense artery and NWU (needs `ictus models pull stroke-atlas`)
     ischaemia_rules: str | None = None  # path to ischaemia rules (None: imaging/ischaemia_rules.json)
 
@@ -163,6 +164,7 @@ class TriageEngine:
             self._members = resolve_members(self.card, opts.models_dir, selection)
             self._ensemble = Ensemble.from_card(  # class names, geometry, spacing, window from the card
                 self.card, [m.onnx_path for m in self._members], threads=opts.threads, providers=opts.providers,
+                backend=opts.backend,
             )
         return self._ensemble
 

@@ -17,6 +17,8 @@ Optional parts:
   over every soft-tissue tile of both inputs.
 - ``--reference``: member 1, ours vs blast-ct's own network module and patch
   grid on the whole preprocessed phantom (label Dice per class).
+- ``--backends onnxruntime,openvino``: each mode on each inference engine in the
+  same run (runs interleaved), with the ratio to the first one named.
 
 Usage: ``nice .venv/bin/python scripts/bench_model.py --runs 3 [--peer] [--agreement] [--reference]``
 """
@@ -99,7 +101,8 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     c0 = time.process_time()
     volume = load_volume(Path(args.study))
-    ens = Ensemble.from_card(blast_ct_card(), members, threads=args.threads, precision=args.precision)
+    ens = Ensemble.from_card(blast_ct_card(), members, threads=args.threads, precision=args.precision,
+                             backend=args.backend)
     seg = ens.segment(volume, fast=args.mode == "fast", **json.loads(args.options))
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
@@ -109,18 +112,43 @@ def child(args: argparse.Namespace) -> None:
                       "info": {k: v for k, v in seg.info.items()}}, default=str))
 
 
-def timed(study: Path, members: list[Path], mode: str, precision: str, threads: int, runs: int, options: dict) -> dict:
-    results = []
-    for _ in range(runs):
-        cmd = [sys.executable, __file__, "--child", "--study", str(study), "--members", ",".join(map(str, members)),
-               "--mode", mode, "--precision", precision, "--threads", str(threads), "--options", json.dumps(options)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+def run_child(study: Path, members: list[Path], mode: str, precision: str, threads: int, options: dict,
+              backend: str = "auto") -> dict:
+    cmd = [sys.executable, __file__, "--child", "--study", str(study), "--members", ",".join(map(str, members)),
+           "--mode", mode, "--precision", precision, "--threads", str(threads), "--options", json.dumps(options),
+           "--backend", backend]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(results: list[dict], mode: str, precision: str, options: dict, backend: str = "auto") -> dict:
     med = lambda key: statistics.median(r[key] for r in results)  # noqa: E731
-    return {"mode": mode, "precision": precision, "options": options, "runs": runs,
+    return {"mode": mode, "precision": precision, "backend": results[-1]["info"].get("backend", backend),
+            "options": options, "runs": len(results),
             "wall_s_median": round(med("wall_s"), 2), "cpu_s_median": round(med("cpu_s"), 2),
             "peak_rss_gb_max": round(max(r["peak_rss_gb"] for r in results), 2),
             "blood_ml": round(results[-1]["blood_ml"], 2), "info": results[-1]["info"]}
+
+
+def timed(study: Path, members: list[Path], mode: str, precision: str, threads: int, runs: int, options: dict,
+          backend: str = "auto") -> dict:
+    results = [run_child(study, members, mode, precision, threads, options, backend) for _ in range(runs)]
+    return summarise(results, mode, precision, options, backend)
+
+
+def timed_backends(study: Path, members: list[Path], mode: str, precision: str, threads: int, runs: int,
+                   backends: list[str]) -> dict:
+    """Each backend ``runs`` times, interleaved (a drift in machine load hits all alike), and the
+    ratio of each median wall time to the first backend's."""
+    results: dict[str, list[dict]] = {b: [] for b in backends}
+    for _ in range(runs):
+        for b in backends:
+            results[b].append(run_child(study, members, mode, precision, threads, {}, b))
+    out = {b: summarise(rs, mode, precision, {}, b) for b, rs in results.items()}
+    first = out[backends[0]]["wall_s_median"]
+    for b in backends[1:]:
+        out[f"ratio_{backends[0]}_over_{b}"] = round(first / out[b]["wall_s_median"], 2)
+    return out
 
 
 # -- the peer: blast-ct CLI -------------------------------------------------------------
@@ -288,6 +316,8 @@ def main() -> None:
     ap.add_argument("--agreement", action="store_true")
     ap.add_argument("--reference", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--backend", default="auto", help="inference engine for the timed runs")
+    ap.add_argument("--backends", default="", help="compare engines, e.g. onnxruntime,openvino (interleaved runs)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--study", help=argparse.SUPPRESS)
     ap.add_argument("--members", help=argparse.SUPPRESS)
@@ -314,7 +344,12 @@ def main() -> None:
         r = report.setdefault(name, {})
         for mode in [m for m in args.modes.split(",") if m]:
             use = members[:1] if mode == "fast" else members
-            r[mode] = timed(study, use, mode, args.precision, args.threads, args.runs, {})
+            if args.backends:
+                r[f"{mode}_backends"] = timed_backends(study, use, mode, args.precision, args.threads, args.runs,
+                                                       [b for b in args.backends.split(",") if b])
+                print(name, mode, json.dumps(r[f"{mode}_backends"], default=str), flush=True)
+                continue
+            r[mode] = timed(study, use, mode, args.precision, args.threads, args.runs, {}, args.backend)
             print(name, mode, json.dumps(r[mode], default=str), flush=True)
         if args.peer:
             volume = load_volume(study)

@@ -21,12 +21,14 @@ from pathlib import Path
 import click
 
 from ictus.pipelines.commands.options import (
+    backend_option,
     fast_option,
     lang_option,
     model_option,
     models_dir_option,
     outputs_option,
     parse_outputs,
+    threads_option,
 )
 from ictus.pipelines.triage import TriageOptions
 
@@ -41,7 +43,8 @@ from ictus.pipelines.triage import TriageOptions
 @fast_option()
 @model_option()
 @models_dir_option()
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads per worker (default: cores / workers).")
+@threads_option(per_worker=True)
+@backend_option()
 @outputs_option()
 @lang_option()
 @click.option("--no-stroke", is_flag=True,
@@ -50,17 +53,17 @@ from ictus.pipelines.triage import TriageOptions
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any study failed.")
 def command(sources: tuple[Path, ...], out_dir: Path, workers: int, scheduler: str | None, resume: bool, fast: bool,
-            model: str, models_dir: Path | None, threads: int | None, outputs: str, lang: str, no_stroke: bool,
+            model: str, models_dir: Path | None, threads: int | None, backend: str, outputs: str, lang: str, no_stroke: bool,
             engine: str | None, no_progress: bool, strict: bool) -> None:
     """Triage every study of SOURCES into OUT."""
     from ictus.pipelines.pacs.batch import discover, run_batch
 
-    if threads is None:  # workers x onnxruntime threads should not exceed the cores (spinning threads thrash)
+    if threads is None:  # workers x inference threads should not exceed the cores (spinning threads thrash)
         import os
 
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     options = TriageOptions(model=model, models_dir=str(models_dir) if models_dir else None, fast=fast,
-                            threads=threads, outputs=parse_outputs(outputs), lang=lang, stroke=not no_stroke)
+                            threads=threads, backend=backend, outputs=parse_outputs(outputs), lang=lang, stroke=not no_stroke)
     jobs = discover(sources)
     bar = None
     if not no_progress:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from ictus.pipelines.commands.options import fast_option, model_option, models_dir_option
+from ictus.pipelines.commands.options import (backend_option, fast_option, model_option, models_dir_option,
+                                              threads_option)
 from ictus.pipelines.research.datasets import LAYOUTS
 
 
@@ -30,7 +31,8 @@ def _fmt(value: object) -> str:
 @model_option()
 @models_dir_option("Where model weights live.")
 @fast_option()
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads.")
+@threads_option()
+@backend_option()
 @click.option("--prevalence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Prevalence at which PPV and NPV are stated.")
 @click.option("--tolerance-mm", type=click.FloatRange(0, None, min_open=True), default=2.0, show_default=True,
@@ -40,7 +42,7 @@ def _fmt(value: object) -> str:
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="Evaluate only the first N cases.")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the headline table.")
 def command(dataset: Path, layout: str, labels_path: Path | None, out_dir: Path, model: str, models_dir: Path | None,
-            fast: bool, threads: int | None, prevalence: float, tolerance_mm: float, n_bootstrap: int,
+            fast: bool, threads: int | None, backend: str, prevalence: float, tolerance_mm: float, n_bootstrap: int,
             limit: int | None, as_json: bool) -> None:
     """Evaluate triage on the labelled DATASET (a folder; see --layout)."""
     from ictus.pipelines.research.evaluate import evaluate_dataset
@@ -56,6 +58,7 @@ def command(dataset: Path, layout: str, labels_path: Path | None, out_dir: Path,
     result = evaluate_dataset(
         cases, out_dir, prevalence=prevalence, n_bootstrap=n_bootstrap, tolerance_mm=tolerance_mm,
         on_case=progress, model=model, models_dir=str(models_dir) if models_dir else None, fast=fast, threads=threads,
+        backend=backend,
     )
     if as_json:
         click.echo(Path(result.outputs["json"]).read_text().rstrip())

@@ -3,7 +3,8 @@
 Each option takes its default and its choices from the one place that defines them:
 ``--model`` from the model registry (:data:`ictus.models.registry.DEFAULT_MODEL`, the
 shipped card ids in the help), ``--lang`` from the message catalogues present in
-``pipelines/writers/locales/``, ``--outputs`` from :data:`ictus.pipelines.writers.ALL_OUTPUTS`.
+``pipelines/writers/locales/``, ``--outputs`` from :data:`ictus.pipelines.writers.ALL_OUTPUTS`,
+``--backend`` from :data:`ictus.models.backends.BACKENDS`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 import click
 
+from ictus.models.backends import BACKENDS
 from ictus.models.registry import DEFAULT_MODEL, list_cards
 from ictus.pipelines.writers import ALL_OUTPUTS
 from ictus.pipelines.writers.common import LANGUAGES
@@ -62,3 +64,17 @@ def outputs_option() -> Decorator:
 def fast_option() -> Decorator:
     """``--fast``: one ensemble member."""
     return click.option("--fast", is_flag=True, help="One ensemble member instead of the full ensemble.")
+
+
+def backend_option() -> Decorator:
+    """``--backend``: the inference engine (auto: CUDA onnxruntime, else OpenVINO, else onnxruntime)."""
+    return click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+                        help="Inference engine for the model: auto picks onnxruntime with CUDA on a GPU, "
+                             "else OpenVINO when installed, else onnxruntime on the CPU.")
+
+
+def threads_option(per_worker: bool = False) -> Decorator:
+    """``--threads``: inference threads (per worker for batch)."""
+    default = "cores / workers" if per_worker else "all cores"
+    return click.option("--threads", type=click.IntRange(1, 256), default=None,
+                        help=f"Inference threads{' per worker' if per_worker else ''} (default: {default}).")

@@ -17,12 +17,14 @@ from pathlib import Path
 import click
 
 from ictus.pipelines.commands.options import (
+    backend_option,
     fast_option,
     lang_option,
     model_option,
     models_dir_option,
     outputs_option,
     parse_outputs,
+    threads_option,
 )
 from ictus.pipelines.findings.priority import Priority
 from ictus.pipelines.findings.record import DISCLAIMER, summary_lines
@@ -52,14 +54,15 @@ def warn_failed_outputs(outputs: object) -> None:
 @click.option("--members", default=None, help="Explicit members, e.g. '1,2,3' (overrides --fast).")
 @model_option()
 @models_dir_option()
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="onnxruntime threads (default: all cores).")
+@threads_option()
+@backend_option()
 @click.option("--series", "series_uid", default=None, help="Use this SeriesInstanceUID instead of the automatic choice.")
 @outputs_option()
 @lang_option()
 @click.option("--min-lesion-ml", type=click.FloatRange(0, None), default=None,
               help="Components smaller than this are discarded as noise (default in the README).")
 @click.option("--rules", "priority_rules", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Priority rules file (default: pipelines/priority_rules.json).")
+              help="Priority rules file (default: pipelines/findings/priority_rules.json).")
 @click.option("--ischaemia-rules", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Ischaemia (ASPECTS) rules file (default: imaging/ischaemia_rules.json).")
 @click.option("--no-stroke", is_flag=True,
@@ -68,13 +71,13 @@ def warn_failed_outputs(outputs: object) -> None:
 @click.option("--fail-on", type=click.Choice([Priority.CRITICAL.value, Priority.URGENT.value]), default=None,
               help=f"Exit {EXIT_FAIL_ON} when the priority is at least this.")
 def command(study: Path, out_dir: Path | None, as_json: bool, fast: bool, members: str | None, model: str,
-            models_dir: Path | None, threads: int | None, series_uid: str | None, outputs: str, lang: str,
+            models_dir: Path | None, threads: int | None, backend: str, series_uid: str | None, outputs: str, lang: str,
             min_lesion_ml: float | None, priority_rules: Path | None, ischaemia_rules: Path | None, no_stroke: bool,
             fail_on: str | None) -> None:
     """Triage the head-CT study STUDY (folder, DICOMDIR or file)."""
     options = TriageOptions(
         model=model, models_dir=str(models_dir) if models_dir else None, fast=fast, members=members,
-        threads=threads, series_uid=series_uid, outputs=parse_outputs(outputs), lang=lang,
+        threads=threads, backend=backend, series_uid=series_uid, outputs=parse_outputs(outputs), lang=lang,
         min_lesion_ml=min_lesion_ml, priority_rules=str(priority_rules) if priority_rules else None,
         ischaemia_rules=str(ischaemia_rules) if ischaemia_rules else None, stroke=not no_stroke,
     )

@@ -37,6 +37,7 @@ from ictus.pipelines.findings.record import (
     Findings,
     IchFinding,
     IdealPlane,
+    InferenceRuntime,
     LesionFinding,
     LocationFinding,
     MemberProvenance,
@@ -106,7 +107,17 @@ def model_provenance(card: ModelCard | Mapping[str, Any] | None = None,
         members_used=used,
         members=tuple(members),
         sha256=sha or None,
+        runtime=_inference_runtime(segmentation),
     )]
+
+
+def _inference_runtime(segmentation: Segmentation | None) -> InferenceRuntime | None:
+    """The backend that ran the members, from the runtime's info (None for a segmentation made elsewhere)."""
+    info = segmentation.info if segmentation is not None else {}
+    if not info.get("backend"):
+        return None
+    return InferenceRuntime(backend=str(info["backend"]), version=str(info.get("backend_version", "")),
+                            device=str(info.get("device", "")), precision=str(info.get("precision", "fp32")))
 
 
 def _ictus_version() -> str:

@@ -1,6 +1,6 @@
 """Triage priority from findings, by configurable ordered rules.
 
-The rules live in a documented JSON file (default: ``pipelines/priority_rules.json``,
+The rules live in a documented JSON file (default: ``pipelines/findings/priority_rules.json``,
 read its ``description``). :func:`evaluate_priority` is pure: findings (the
 ``findings.json`` dict, or a record with ``to_dict``) and rules in, ``(priority, reasons)`` out.
 :class:`Priority` is the one list of levels and their order. This module imports no findings

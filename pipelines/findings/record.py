@@ -40,7 +40,7 @@ from ictus.pipelines.findings.stroke import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 SCHEMA_PATH = Path(__file__).with_name("findings.schema.json")
 #: The one English disclaimer: findings.json, the CLI, the reports and the SR use it; the locale
 #: catalogues hold its translations (key ``disclaimer``; en.json's copy must equal it).
@@ -213,6 +213,16 @@ class MemberProvenance:
 
 
 @dataclass(frozen=True)
+class InferenceRuntime:
+    """What ran the members: backend (openvino, onnxruntime), its version, device, precision."""
+
+    backend: str
+    version: str
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
 class ModelProvenance:
     """One model that ran: card id and version, the members used, their sha256."""
 
@@ -221,12 +231,15 @@ class ModelProvenance:
     members_used: tuple[str, ...]
     members: tuple[MemberProvenance, ...]
     sha256: str | None = None
+    runtime: InferenceRuntime | None = None
 
     def to_json_block(self) -> dict[str, Any]:
         block: dict[str, Any] = {"id": self.id, "version": self.version, "members_used": list(self.members_used),
                                  "members": [m.to_json_block() for m in self.members]}
         if self.sha256:
             block["sha256"] = self.sha256
+        if self.runtime is not None:
+            block["runtime"] = _plain(self.runtime)
         return block
 
 

@@ -60,7 +60,7 @@ def ictus_version() -> str:
 
 @functools.lru_cache(maxsize=None)
 def load_messages(lang: str) -> Mapping[str, str]:
-    """The message catalogue of ``lang`` (``pipelines/locales/<lang>.json``).
+    """The message catalogue of ``lang`` (``pipelines/writers/locales/<lang>.json``).
 
     Keys missing from a translation fall back to English.
     """

@@ -6,7 +6,7 @@ the affected regions highlighted, net water uptake as an estimate with its sourc
 the hyperdense artery, ICH-score components, cautions, template registration),
 the findings table, the key images, the QC flags, the provenance and the
 "triage aid, not a diagnostic device" statement, in the language of the
-message catalogue (``pipelines/locales/<lang>.json``). The HTML inlines its
+message catalogue (``pipelines/writers/locales/<lang>.json``). The HTML inlines its
 CSS and the key images (base64 PNG), so it opens anywhere without network.
 The PDF embeds DejaVu Sans (Cyrillic); it is skipped with a warning when
 reportlab or the font is missing.

@@ -1,0 +1,160 @@
+"""Inference backends: the engines that run a member's ONNX graph.
+
+The same ONNX file runs on any of them; the runtime (:mod:`ictus.models.runtime`) sees
+one small interface, :class:`Runner` (``run(window) -> logits``):
+
+- ``openvino``: OpenVINO's CPU plugin reading the ONNX graph directly, compiled once with
+  its dynamic axes, fp32 inference precision (never bf16, so that it agrees with the others).
+  On the 2-core AVX2 machine it ran a BLAST-CT member 1.5x faster than onnxruntime
+  (``scripts/bench_model.py --backends``).
+- ``onnxruntime``: the portable fallback, and with its CUDA provider the GPU path.
+
+:func:`choose_backend` ("auto"): onnxruntime with CUDA when a GPU provider is present, else
+OpenVINO when it is installed, else onnxruntime on the CPU. int8 members (QDQ graphs made by
+onnxruntime's quantiser) run on onnxruntime, where their agreement was measured.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ictus.imaging.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "openvino")
+
+
+class Runner(Protocol):
+    """One loaded member: logits [1, C, z, y, x] of a window [1, 1, z, y, x] (float32)."""
+
+    def run(self, window: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ran the members, for the findings' provenance."""
+
+    name: str  # "onnxruntime" or "openvino"
+    version: str
+    device: str  # "CPU", "CUDA"
+
+    def describe(self) -> str:
+        return f"{self.name} {self.version} ({self.device})"
+
+
+def openvino_available() -> bool:
+    """True when the OpenVINO runtime imports and has a CPU device."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    try:
+        return "CPU" in ov.Core().available_devices
+    except Exception:  # a broken install: fall back quietly
+        log.warning("OpenVINO is installed but has no usable CPU device; using onnxruntime")
+        return False
+
+
+def available_providers(providers: Sequence[str] | None = None) -> list[str]:
+    """onnxruntime's providers to use: CUDA when it has it (and it was not excluded), then CPU."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    wanted = list(providers) if providers else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    chosen = [p for p in wanted if p in have]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def choose_backend(name: str = "auto", *, providers: Sequence[str] | None = None, precision: str = "fp32") -> str:
+    """The backend to use: ``name`` itself when forced (a clear error when it is not
+    installed), else (``auto``) CUDA onnxruntime, OpenVINO, onnxruntime CPU in that order."""
+    if name not in BACKENDS:
+        raise ModelError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    if name == "openvino":
+        if not openvino_available():
+            raise ModelError("backend 'openvino' was asked for but OpenVINO is not installed; "
+                             "pip install openvino, or use --backend onnxruntime")
+        return name
+    if name == "onnxruntime":
+        return name
+    if precision == "int8":
+        return "onnxruntime"
+    if "CUDAExecutionProvider" in available_providers(providers):
+        return "onnxruntime"
+    return "openvino" if openvino_available() else "onnxruntime"
+
+
+class OnnxRuntimeRunner:
+    """An onnxruntime session (CPU or CUDA provider)."""
+
+    def __init__(self, model_bytes: bytes, *, threads: int | None, providers: Sequence[str]) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # Idle threads sleep instead of spinning: on a shared or oversubscribed CPU
+        # (batch workers, test runners) spinning threads were measured 6-8x slower.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # One arena per session would keep each member's peak (~1.5 GB at 60^3 tiles)
+        # for the life of the session: 12 members went past 16 GB. Freed after each run instead.
+        options.enable_cpu_mem_arena = False
+        self.session = ort.InferenceSession(model_bytes, options, providers=list(providers))
+        self._input = self.session.get_inputs()[0].name
+
+    def run(self, window: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: window})[0]
+
+
+class OpenVinoRunner:
+    """An OpenVINO CPU model compiled once with the graph's dynamic spatial axes (the cascade's
+    sub-bricks vary in shape; recompiling per shape cost more than the dynamic run did).
+    fp32 inference precision (no bf16, so that it agrees with onnxruntime); latency hint, one stream."""
+
+    def __init__(self, model_bytes: bytes, *, threads: int | None) -> None:
+        import openvino as ov
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        self._compiled = core.compile_model(core.read_model(model_bytes), "CPU", config)
+        self._output = self._compiled.outputs[0]
+
+    def run(self, window: np.ndarray) -> np.ndarray:
+        logits = np.array(self._compiled(window)[self._output], copy=True)
+        # Intermediate buffers are freed after each run, as onnxruntime's arena is: kept, twelve
+        # members held 5.3 GB on the GE head (measured), against 1.35 GB for onnxruntime.
+        self._compiled.release_memory()
+        return logits
+
+
+def load_runner(backend: str, model_bytes: bytes, *, threads: int | None,
+                providers: Sequence[str] | None = None) -> Runner:
+    """A :class:`Runner` for ``model_bytes`` (an ONNX graph) on ``backend`` (already chosen)."""
+    if backend == "openvino":
+        return OpenVinoRunner(model_bytes, threads=threads)
+    return OnnxRuntimeRunner(model_bytes, threads=threads, providers=available_providers(providers))
+
+
+def backend_info(backend: str, providers: Sequence[str] | None = None) -> BackendInfo:
+    """Name, version and device of ``backend`` (already chosen)."""
+    if backend == "openvino":
+        import openvino as ov
+
+        return BackendInfo("openvino", str(ov.__version__).split("-")[0], "CPU")
+    import onnxruntime as ort
+
+    device = "CUDA" if available_providers(providers)[0] == "CUDAExecutionProvider" else "CPU"
+    return BackendInfo("onnxruntime", str(ort.__version__), device)
