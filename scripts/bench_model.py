@@ -19,6 +19,11 @@ Optional parts:
   grid on the whole preprocessed phantom (label Dice per class).
 - ``--backends onnxruntime,openvino``: each mode on each inference engine in the
   same run (runs interleaved), with the ratio to the first one named.
+- ``--floor``: this machine's convolution rate with the chosen engine (member 1
+  on one window of the largest tile, GMAC from the card's cost model), the floor
+  of each input (the intracranial voxels the model needs, times the cost per
+  output voxel at that tile; for the default ensemble plus the other members on
+  the voxels the cascade sent them) and each timed mode as a ratio to its floor.
 
 Usage: ``nice .venv/bin/python scripts/bench_model.py --runs 3 [--peer] [--agreement] [--reference]``
 """
@@ -148,6 +153,54 @@ def timed_backends(study: Path, members: list[Path], mode: str, precision: str, 
     first = out[backends[0]]["wall_s_median"]
     for b in backends[1:]:
         out[f"ratio_{backends[0]}_over_{b}"] = round(first / out[b]["wall_s_median"], 2)
+    return out
+
+
+# -- the floor ---------------------------------------------------------------------------
+def conv_rate(member: Path, backend: str, threads: int, runs: int = 3) -> dict:
+    """Member 1 on one window of the largest tile: seconds, GMAC (card's cost model), GMAC/s,
+    and the cost per output voxel at that tile."""
+    from ictus.models.backends import choose_backend, load_runner
+    from ictus.models.geometry import TileGeometry
+    from ictus.models.runtime import load_without_denormals
+
+    geometry = TileGeometry.from_card(blast_ct_card())
+    tile = max(geometry.tile_candidates_vox)
+    n = geometry.window_vox(tile)
+    chosen = choose_backend(backend)
+    runner = load_runner(chosen, load_without_denormals(member), threads=threads)
+    window = np.random.default_rng(0).uniform(-1.0, 1.0, (1, 1, n, n, n)).astype(np.float32)
+    runner.run(window)  # warm-up (compilation, first allocation)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.run(window)
+        times.append(time.perf_counter() - t0)
+    wall = statistics.median(times)
+    gmac = geometry.estimated_gmac((tile, tile, tile))
+    return {"backend": chosen, "tile_vox": tile, "window_vox": n, "wall_s_median": round(wall, 3),
+            "gmac": round(gmac, 1), "gmac_per_s": round(gmac / wall, 1),
+            "us_per_output_voxel": round(wall / tile**3 * 1e6, 3)}
+
+
+def floor_for(study: Path, rate: dict, n_members: int, info_full: dict | None) -> dict:
+    """Needed voxels (intracranial soft tissue on the 1 mm grid, the runtime's ``deep`` mask) x
+    the cost per output voxel; the default ensemble adds the other members on the voxels that
+    the cascade sent them (``ensemble_voxels`` of the timed run)."""
+    from ictus.models.geometry import TileGeometry
+    from ictus.models.preprocess import preprocess
+
+    card = blast_ct_card()
+    geometry = TileGeometry.from_card(card)
+    model_input = preprocess(load_volume(study), spacing_mm=tuple(card.preprocessing.spacing_mm),
+                             window_hu=tuple(card.preprocessing.window_hu), tile_vox=max(geometry.tile_candidates_vox),
+                             context_vox=geometry.context_vox, phase_vox=geometry.tile_multiple_vox)
+    needed = int(model_input.deep.sum())
+    per_voxel_s = rate["us_per_output_voxel"] * 1e-6
+    out = {"needed_voxels": needed, "floor_fast_s": round(needed * per_voxel_s, 2)}
+    if info_full is not None:
+        extra = int(info_full.get("ensemble_voxels", 0)) * (n_members - 1)
+        out["floor_default_s"] = round((needed + extra) * per_voxel_s, 2)
     return out
 
 
@@ -317,6 +370,7 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--backend", default="auto", help="inference engine for the timed runs")
+    ap.add_argument("--floor", action="store_true", help="measure the convolution rate and each input's floor")
     ap.add_argument("--backends", default="", help="compare engines, e.g. onnxruntime,openvino (interleaved runs)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--study", help=argparse.SUPPRESS)
@@ -351,6 +405,18 @@ def main() -> None:
                 continue
             r[mode] = timed(study, use, mode, args.precision, args.threads, args.runs, {}, args.backend)
             print(name, mode, json.dumps(r[mode], default=str), flush=True)
+        if args.floor:
+            rate = report.get("conv_rate") or conv_rate(members[0], args.backend, args.threads)
+            report["conv_rate"] = rate
+            full_info = r["full"]["info"] if "full" in r else None
+            r["floor"] = floor_for(study, rate, len(members), full_info)
+            if "fast" in r:
+                r["ratio_fast_over_floor"] = round(r["fast"]["wall_s_median"] / r["floor"]["floor_fast_s"], 2)
+                r["ratio_fast_inference_over_floor"] = round(
+                    r["fast"]["info"]["inference_s"] / r["floor"]["floor_fast_s"], 2)
+            if "full" in r and "floor_default_s" in r["floor"]:
+                r["ratio_default_over_floor"] = round(r["full"]["wall_s_median"] / r["floor"]["floor_default_s"], 2)
+            print(name, "floor", json.dumps({k: v for k, v in r.items() if "floor" in k}), flush=True)
         if args.peer:
             volume = load_volume(study)
             peer = run_peer(volume, args.work, args.peer_timeout_s)
