@@ -15,6 +15,7 @@ onnxruntime's quantiser) run on onnxruntime, where their agreement was measured.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
@@ -46,14 +47,23 @@ class BackendInfo:
         return f"{self.name} {self.version} ({self.device})"
 
 
+@functools.lru_cache(maxsize=1)
+def _openvino_core() -> Any:
+    """The process's one OpenVINO Core (it owns the plugins; members share it)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+@functools.lru_cache(maxsize=1)
 def openvino_available() -> bool:
-    """True when the OpenVINO runtime imports and has a CPU device."""
+    """True when the OpenVINO runtime imports and has a CPU device (probed once per process)."""
     try:
-        import openvino as ov
+        import openvino  # noqa: F401
     except ImportError:
         return False
     try:
-        return "CPU" in ov.Core().available_devices
+        return "CPU" in _openvino_core().available_devices
     except Exception:  # a broken install: fall back quietly
         log.warning("OpenVINO is installed but has no usable CPU device; using onnxruntime")
         return False
@@ -123,12 +133,10 @@ class OpenVinoRunner:
     fp32 inference precision (no bf16, so that it agrees with onnxruntime); latency hint, one stream."""
 
     def __init__(self, model_bytes: bytes, *, threads: int | None) -> None:
-        import openvino as ov
-
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        core = ov.Core()
+        core = _openvino_core()
         self._compiled = core.compile_model(core.read_model(model_bytes), "CPU", config)
         self._output = self._compiled.outputs[0]
 

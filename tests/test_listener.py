@@ -94,6 +94,8 @@ def test_example_config_and_key_checks(tmp_path):
         config_from_dict({"listener": {"allowed_calling_aets": [], "spool_dir": "x", "quiet_period": 5}})
     with pytest.raises(InvalidInputError, match="spool_dir"):
         config_from_dict({"listener": {"allowed_calling_aets": []}})
+    with pytest.raises(InvalidInputError, match="backend 'tensorrt'"):
+        config_from_dict({"listener": {"allowed_calling_aets": [], "spool_dir": "x"}, "triage": {"backend": "tensorrt"}})
     with pytest.raises(InvalidInputError, match="port"):
         config_from_dict({"listener": {"allowed_calling_aets": [], "spool_dir": "x"},
                           "destination": {"ae_title": "X", "host": "h"}})

@@ -451,3 +451,21 @@ def tilt_corrected_grid(geometry: PhantomGeometry) -> dict[str, Any]:
         "direction": [float(round(v, 12)) for v in direction.ravel()],
     }
 
+
+
+def acquisition_geometry(g: PhantomGeometry) -> dict[str, Any]:
+    """The slice geometry both phantoms record in ``ground_truth.json`` (matrix, spacing,
+    thickness, tilt, orientation, first and last slice positions)."""
+    return {
+        "rows": g.rows,
+        "columns": g.columns,
+        "n_slices": g.n_slices,
+        "pixel_spacing_mm": list(g.pixel_spacing_mm),
+        "slice_thickness_mm": g.slice_thickness_mm,
+        "slice_spacing_mm": g.slice_spacing_mm,
+        "table_increment_mm": g.table_increment_mm,
+        "gantry_tilt_deg": g.gantry_tilt_deg,
+        "image_orientation_patient": list(g.image_orientation_patient),
+        "first_image_position_patient": list(g.image_positions_patient[0]),
+        "last_image_position_patient": list(g.image_positions_patient[-1]),
+    }

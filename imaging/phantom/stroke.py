@@ -65,7 +65,7 @@ from ictus.imaging.phantom.dicom import (
     write_study_dir,
     write_truth_json,
 )
-from ictus.imaging.phantom.spec import PhantomGeometry, PhantomSpec, tilt_corrected_grid
+from ictus.imaging.phantom.spec import PhantomGeometry, PhantomSpec, acquisition_geometry, tilt_corrected_grid
 from ictus.imaging.stroke_atlas import (
     ASPECTS_CODES,
     SIDES,
@@ -768,17 +768,7 @@ def render_stroke_phantom(spec: StrokePhantomSpec, atlas: TemplateAtlas) -> Stro
 
 def _geometry_truth(g: PhantomGeometry) -> dict[str, Any]:
     out = {
-        "rows": g.rows,
-        "columns": g.columns,
-        "n_slices": g.n_slices,
-        "pixel_spacing_mm": list(g.pixel_spacing_mm),
-        "slice_thickness_mm": g.slice_thickness_mm,
-        "slice_spacing_mm": g.slice_spacing_mm,
-        "table_increment_mm": g.table_increment_mm,
-        "gantry_tilt_deg": g.gantry_tilt_deg,
-        "image_orientation_patient": list(g.image_orientation_patient),
-        "first_image_position_patient": list(g.image_positions_patient[0]),
-        "last_image_position_patient": list(g.image_positions_patient[-1]),
+        **acquisition_geometry(g),
         "subslices": len(_subslice_offsets(g.slice_thickness_mm)),
         "regular": True,
     }

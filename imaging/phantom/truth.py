@@ -14,7 +14,7 @@ import numpy as np
 
 from ictus.imaging.phantom.anatomy import _Anatomy, _Block, _paint_anatomy
 from ictus.imaging.phantom.lesions import _evaluate, _fine_grid, _haemorrhage_box
-from ictus.imaging.phantom.spec import LABELS, PARENCHYMA_TISSUES, TISSUES, _to_lps, head_rotation
+from ictus.imaging.phantom.spec import LABELS, PARENCHYMA_TISSUES, TISSUES, _to_lps, acquisition_geometry, head_rotation
 
 if TYPE_CHECKING:
     from ictus.imaging.phantom.rendering import PhantomRender
@@ -148,17 +148,7 @@ def ground_truth(render: PhantomRender, uids: Mapping[str, Any] | None = None) -
         "contrast": spec.contrast,
         "metal_artefact": render.fit_info.get("metal_artefact"),
         "geometry": {
-            "rows": g.rows,
-            "columns": g.columns,
-            "n_slices": g.n_slices,
-            "pixel_spacing_mm": list(g.pixel_spacing_mm),
-            "slice_thickness_mm": g.slice_thickness_mm,
-            "slice_spacing_mm": g.slice_spacing_mm,
-            "table_increment_mm": g.table_increment_mm,
-            "gantry_tilt_deg": g.gantry_tilt_deg,
-            "image_orientation_patient": list(g.image_orientation_patient),
-            "first_image_position_patient": list(g.image_positions_patient[0]),
-            "last_image_position_patient": list(g.image_positions_patient[-1]),
+            **acquisition_geometry(g),
             "affine_ijk_to_lps": g.affine.round(6).tolist(),
             "voxel_volume_ml": vox_ml,
             "regular": g.is_regular,

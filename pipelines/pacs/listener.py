@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ictus.imaging.errors import IctusError, InvalidInputError
+from ictus.models.backends import BACKENDS
 from ictus.pipelines import phi
 from ictus.pipelines.pacs.sender import Destination, DeliveryError, backoff_delay_s, send_files, stored
 from ictus.pipelines.pacs.handover import EngineFactory, load_engine_factory, prepare_results
@@ -140,6 +141,8 @@ def config_from_dict(data: Mapping[str, Any], base_dir: Path | None = None) -> L
     bad = sorted(set(tri) - fields)
     if bad:
         raise InvalidInputError(f"unknown key(s) {', '.join(bad)} in [triage]; use fields of TriageOptions")
+    if tri.get("backend", "auto") not in BACKENDS:
+        raise InvalidInputError(f"[triage] backend {tri['backend']!r} is not one of {', '.join(BACKENDS)}")
     for key in ("outputs", "providers"):
         if key in tri and tri[key] is not None:
             tri[key] = tuple(tri[key])
