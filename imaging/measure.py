@@ -7,7 +7,7 @@ probability and confidence), the ideal midline plane (for the hemisphere of
 each lesion) and an atlas registration (for a region name).
 
 **Minimum lesion size.** A connected component (26-connectivity, on the
-original grid) smaller than ``min_lesion_ml`` (default
+labels' grid: triage's analysed 1 mm grid) smaller than ``min_lesion_ml`` (default
 :data:`DEFAULT_MIN_LESION_ML` = 0.5 mL) is discarded as noise and does not
 count towards presence or volume; its volume is reported as
 ``discarded_volume_ml``. The default comes from what single BLAST-CT members

@@ -146,13 +146,16 @@ def assess_qc(
     metal_hu: float = 2500.0,
     metal_min_ml: float = 0.05,
     severities: Mapping[str, str] | None = None,
+    source_z_spacing_mm: float | None = None,
 ) -> QcReport:
     """The QC flags of a volume (a :class:`ictus.imaging.volume.Volume` or a HU image) and its brain result.
 
     ``acquisition`` defaults to ``volume.acquisition`` (slice thickness,
     contrast agent and patient age are read from it); ``patient_age_years``
     overrides its age; ``extra_flags`` adds flags from elsewhere (series
-    selection); ``severities`` overrides the table.
+    selection); ``severities`` overrides the table. ``source_z_spacing_mm``: the
+    source series' slice spacing when ``volume`` was resampled (triage analyses the
+    model's ~1 mm grid); the slice-thickness check reads it instead of the grid's.
     """
     image = as_image(volume)
     if acquisition is None:
@@ -162,7 +165,8 @@ def assess_qc(
     for name in tuple(getattr(volume, "qc_flags", ())) + tuple(extra_flags):
         raised.setdefault(name, "from ingest")
     lps = to_lps(image)
-    _check_header(acquisition, lps.GetSpacing()[2], patient_age_years, thick_slice_mm, raised, measured)
+    z_spacing_mm = lps.GetSpacing()[2] if source_z_spacing_mm is None else float(source_z_spacing_mm)
+    _check_header(acquisition, z_spacing_mm, patient_age_years, thick_slice_mm, raised, measured)
     if brain is not None:
         measured["brain_volume_ml"] = brain.brain_volume_ml
         if not brain.brain_found:

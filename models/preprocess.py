@@ -112,6 +112,25 @@ def model_grid_geometry(reoriented: sitk.Image, spacing_mm: tuple[float, float, 
     return grid
 
 
+def model_grid_volume(volume: Volume, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Volume:
+    """``volume`` resampled onto the model's full grid (reoriented to the nearest axes,
+    ``spacing_mm``), exactly as :func:`preprocess` samples it: linear, filled with the
+    minimum. The other stages of triage analyse this grid (about 1 mm whatever the
+    source resolution), and :func:`preprocess` of the result reads the same values
+    at the same points as :func:`preprocess` of ``volume``, so the model sees the
+    same input either way. Provenance, QC flags and source slices are kept."""
+    image = volume.image
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    reoriented = reorient_like_reference(image)
+    grid = model_grid_geometry(reoriented, spacing_mm)
+    if _same_geometry(grid, reoriented):
+        return volume.with_image(reoriented)
+    default = float(np.min(sitk.GetArrayViewFromImage(reoriented)))
+    return volume.with_image(sitk.Resample(reoriented, grid, sitk.Transform(), sitk.sitkLinear, default,
+                                           sitk.sitkFloat32))
+
+
 def normalise_hu(array_hu: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
     """Clip to the window and scale linearly to [-1, 1] (float32, in place when possible)."""
     lo, hi = float(window_hu[0]), float(window_hu[1])
@@ -248,10 +267,33 @@ def to_original_grid(
     Outside the box the value is ``default``. Use linear for probabilities and
     nearest neighbour for labels (what the reference does with its label map).
     """
+    offset = _grid_offset(model_input.box_image, model_input.reference_image)
+    if offset is not None:  # the reference is the model grid itself (triage's analysis grid): copy, no resampling
+        out_zyx = np.full(model_input.reference_image.GetSize()[::-1], default, dtype=dtype)
+        src, dst = [], []
+        for start, n_box, n_ref in zip(offset[::-1], array_box.shape, out_zyx.shape):
+            lo, hi = max(start, 0), min(start + n_box, n_ref)
+            src.append(slice(lo - start, max(hi - start, lo - start)))
+            dst.append(slice(lo, max(hi, lo)))
+        out_zyx[tuple(dst)] = array_box[tuple(src)]
+        return out_zyx
     moving = sitk.GetImageFromArray(np.ascontiguousarray(array_box))
     moving.CopyInformation(model_input.box_image)
     out = sitk.Resample(moving, model_input.reference_image, sitk.Transform(), interpolator, float(default))
     return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
+
+
+def _grid_offset(box: sitk.Image, reference: sitk.Image) -> tuple[int, int, int] | None:
+    """(x, y, z) index of ``box``'s first voxel in ``reference`` when both share spacing and
+    direction and the box sits on the reference's voxels; None otherwise."""
+    if not (np.allclose(box.GetSpacing(), reference.GetSpacing(), rtol=0, atol=1e-6)
+            and np.allclose(box.GetDirection(), reference.GetDirection(), rtol=0, atol=1e-9)):
+        return None
+    index = np.array(reference.TransformPhysicalPointToContinuousIndex(box.GetOrigin()))
+    nearest = np.round(index)
+    if np.abs(index - nearest).max() > 1e-3:
+        return None
+    return tuple(int(v) for v in nearest)  # type: ignore[return-value]
 
 
 def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:

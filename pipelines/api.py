@@ -6,7 +6,8 @@
 >>> plot_montage(result)                           # axial slices with overlays
 
 - :func:`triage` / :class:`TriageResult` / :class:`TriageEngine` (from
-  :mod:`ictus.pipelines.triage`): the result holds the HU ``volume``, the
+  :mod:`ictus.pipelines.triage`): the result holds the analysed HU ``volume`` (the
+  source resampled onto the model's 1 mm grid), the
   ``segmentation`` (per-class ``probabilities`` float16 [C, z, y, x] and
   ``labels`` on the volume's grid), the typed ``findings`` record
   (:class:`ictus.pipelines.findings.record.Findings`; ``findings.to_dict()`` is findings.json),

@@ -5,8 +5,15 @@
 the batch runner, the DICOM listener and the notebook API all call it.
 
 Stages (each timed into ``timings_s``):
-  scan -> select -> build_volume -> brain -> segment -> measure -> midline
-  -> qc -> findings -> (writers, when ``out_dir`` is given)
+  scan -> select -> volume -> grid -> brain -> qc -> anatomy -> segment
+  -> midline -> measure -> ischaemia -> vessels -> findings
+  -> (writers, when ``out_dir`` is given)
+
+``grid`` resamples the source volume once onto the model's grid (the card's
+spacing, 1 mm for BLAST-CT, axes reoriented): every later stage runs there, so
+their cost does not grow with the source resolution, and the model reads the
+same values it would read from the source. The SEG writer maps the labels back
+onto the source frames.
 """
 from __future__ import annotations
 
@@ -67,7 +74,8 @@ class TriageOptions:
 class TriageResult:
     """What triage produced, for writers, the CLI and notebooks.
 
-    - ``volume``: the HU volume that was analysed (LPS, QC flags inside).
+    - ``volume``: the HU volume that was analysed (LPS, QC flags inside): the source volume
+      resampled onto the model's grid (1 mm for BLAST-CT; see the module docstring).
     - ``segmentation``: probabilities/labels/agreement on the volume's grid (None when
       the study was indeterminate before the model ran, e.g. no brain).
     - ``findings``: the typed :class:`ictus.pipelines.findings.record.Findings`
@@ -186,28 +194,60 @@ class TriageEngine:
         timer = _Timer()
         load_rules(opts.priority_rules)  # a bad rules file fails before any work
         volume, choice = load_volume(path, opts.series_uid, timer=timer)
-        return self.run_volume(volume, out_dir, choice=choice, timer=timer)
+        self._load_model_and_assets()
+        source_z_mm = volume.spacing_mm[2]
+        with timer.stage("grid"):
+            analysed = self.analysis_volume(volume)
+        del volume  # the source-resolution volume is not needed past here (memory)
+        return self._run_analysis(analysed, out_dir, choice=choice, timer=timer, source_z_mm=source_z_mm)
+
+    def analysis_volume(self, volume: Volume) -> Volume:
+        """``volume`` on the model's grid (the card's spacing, about 1 mm, axes reoriented to
+        LPS order), where every stage after ingest runs: the model reads the same values
+        there as from the source, and brain, QC, anatomy, midline and measurements cost the
+        same whatever the source resolution (a 0.625 mm study has ~8x the voxels)."""
+        from ictus.models.preprocess import model_grid_volume
+
+        spacing_mm = tuple(float(s) for s in self.card.preprocessing.spacing_mm)
+        return model_grid_volume(volume, spacing_mm)  # type: ignore[arg-type]
+
+    def _load_model_and_assets(self) -> None:
+        """Missing or corrupt weights or stroke assets fail here, before any analysis."""
+        self.ensemble()
+        if self.options.stroke:
+            self.template_atlas()
 
     def run_volume(
         self, volume: Volume, out_dir: str | Path | None = None, *, choice: SeriesChoice | None = None,
         timer: _Timer | None = None,
     ) -> TriageResult:
         """Triage an already built HU volume (e.g. read from NIfTI by the notebook API or
-        ``ictus evaluate``): the stages after ``load_volume``, exactly as :meth:`run`."""
+        ``ictus evaluate``): the stages after ``load_volume``, exactly as :meth:`run`
+        (``result.volume`` is the analysed volume, on the model's grid)."""
+        timer = timer or _Timer()
+        self._load_model_and_assets()
+        with timer.stage("grid"):
+            analysed = self.analysis_volume(volume)
+        return self._run_analysis(analysed, out_dir, choice=choice, timer=timer, source_z_mm=volume.spacing_mm[2])
+
+    def _run_analysis(
+        self, volume: Volume, out_dir: str | Path | None, *, choice: SeriesChoice | None, timer: _Timer,
+        source_z_mm: float,
+    ) -> TriageResult:
+        """Every stage after ingest, on the analysed volume (the model's grid)."""
         from ictus.imaging.brain import segment_brain
         from ictus.imaging.midline import measure_midline_shift
         from ictus.imaging.qc import assess_qc
 
         opts = self.options
-        timer = timer or _Timer()
         rules = load_rules(opts.priority_rules)
-        self.ensemble()  # missing or corrupt weights fail here, before any analysis
-        atlas = self.template_atlas() if opts.stroke else None  # missing assets fail here too
-        log.info("volume %s at %s mm, flags %s", volume.size, volume.spacing_mm, volume.qc_flags)
+        atlas = self.template_atlas() if opts.stroke else None
+        log.info("analysed volume %s at %s mm, flags %s", volume.size, volume.spacing_mm, volume.qc_flags)
         with timer.stage("brain"):
             brain = segment_brain(volume)
         with timer.stage("qc"):
-            qc = assess_qc(volume, brain, extra_flags=volume.qc_flags, acquisition=volume.acquisition)
+            qc = assess_qc(volume, brain, extra_flags=volume.qc_flags, acquisition=volume.acquisition,
+                           source_z_spacing_mm=source_z_mm)
 
         segmentation = measurements = midline = anatomy = ischaemia = dense = None
         stroke_reason = "stroke analysis switched off" if not opts.stroke else "not computed"

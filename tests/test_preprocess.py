@@ -1,6 +1,8 @@
 """ictus.models.preprocess: our preprocessing against blast-ct's own functions, head box, way back."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -110,3 +112,47 @@ def test_reoriented_geometry_is_axis_aligned():
     ref = reoriented_geometry(image)
     assert np.allclose(np.abs(np.array(ref.GetDirection()).reshape(3, 3)), np.eye(3))
     assert np.all(np.diag(np.array(ref.GetDirection()).reshape(3, 3)) > 0)
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [(1, 0, 0, 0, 1, 0, 0, 0, 1), (1, 0, 0, 0, 1, 0, 0, 0, -1), (0, 1, 0, 1, 0, 0, 0, 0, 1)],
+)
+def test_model_grid_volume_gives_the_model_the_same_input(direction):
+    """Triage analyses the model's grid: the model must read there what it reads from the source."""
+    from ictus.models.preprocess import model_grid_volume
+
+    vol = volume_from_array(_head(shape=(30, 128, 128)), spacing_mm=(2.0, 2.0, 5.0), origin_mm=(-127, -120, -70),
+                            direction=direction)
+    grid = model_grid_volume(vol)
+    assert grid.spacing_mm == pytest.approx((1.0, 1.0, 1.0))
+    assert np.allclose(np.array(grid.image.GetDirection()).reshape(3, 3), np.eye(3))
+    from_source = preprocess(vol, crop_to_head=False)
+    from_grid = preprocess(grid, crop_to_head=False)
+    assert from_grid.grid_size == from_source.grid_size == tuple(reversed(grid.size))
+    np.testing.assert_allclose(from_grid.box_image.GetOrigin(), from_source.box_image.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(from_grid.array, from_source.array, atol=1e-5)
+    # the head box (where outputs are wanted) may move by one 15-voxel step: it is sampled every ~2 mm
+    cropped = preprocess(grid, tile_vox=30)
+    assert all(abs(a - b) <= 15 for a, b in zip(cropped.region_start, preprocess(vol, tile_vox=30).region_start))
+
+
+def test_to_original_grid_copies_onto_the_model_grid_as_resampling_would():
+    """The copy path (reference = the model grid) equals SimpleITK's resampling onto that grid."""
+    from ictus.models.preprocess import model_grid_volume
+
+    grid = model_grid_volume(volume_from_array(_head(), spacing_mm=(2.0, 2.0, 5.0), origin_mm=(3, -4, 10)))
+    mi = preprocess(grid, tile_vox=30)
+    values = np.random.default_rng(1).random(mi.array.shape).astype(np.float32)
+    copied = to_original_grid(values, mi, default=-2.0)
+    moving = sitk.GetImageFromArray(values)
+    moving.CopyInformation(mi.box_image)
+    resampled = sitk.GetArrayFromImage(sitk.Resample(moving, grid.image, sitk.Transform(), sitk.sitkLinear, -2.0))
+    assert copied.shape == resampled.shape
+    np.testing.assert_allclose(copied, resampled, atol=1e-5)
+    # a box one voxel short in x: its voxels are copied in place, the rest of the grid gets the default
+    short = to_original_grid(values[:, :, :-1], dataclasses.replace(mi, array=mi.array[:, :, :-1]), default=-2.0)
+    z0, y0, x0 = mi.box_start
+    nz, ny, nx = values.shape
+    np.testing.assert_array_equal(short[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx - 1], values[:, :, :-1])
+    assert (short[z0:z0 + nz, y0:y0 + ny, x0 + nx - 1] == -2.0).all()

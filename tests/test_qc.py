@@ -107,3 +107,18 @@ def test_real_data():
     plastic = build_volume(sorted(str(p) for p in (shared_dicom("philips-head-phantom-tilted") / "S2010").glob("I*")))
     report = assess_qc(plastic, segment_brain(plastic))
     assert "no_brain_found" in report.names and report.indeterminate
+
+
+def test_thick_slices_are_judged_on_the_source_spacing_after_resampling():
+    """Triage analyses the model's 1 mm grid: the thickness check must read the source spacing."""
+    import SimpleITK as sitk
+
+    vol = _phantom(slice_thickness_mm=7.0)
+    no_header = dataclasses.replace(vol, acquisition=dataclasses.replace(vol.acquisition, slice_thickness_mm=None))
+    fine = no_header.with_image(sitk.Resample(no_header.image, [int(n * s) for n, s in zip(vol.image.GetSize(), vol.image.GetSpacing())],
+                                              sitk.Transform(), sitk.sitkLinear, vol.image.GetOrigin(), (1.0, 1.0, 1.0),
+                                              vol.image.GetDirection(), -1024.0, sitk.sitkFloat32))
+    brain = segment_brain(fine)
+    assert "thick_slices" not in assess_qc(fine, brain).names  # the 1 mm grid alone looks thin
+    report = assess_qc(fine, brain, source_z_spacing_mm=7.0)
+    assert "thick_slices" in report.names and report.measurements["slice_thickness_mm"] == pytest.approx(7.0)
