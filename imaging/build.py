@@ -49,10 +49,11 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pydicom
@@ -70,6 +71,9 @@ from ictus.imaging.dicom_values import (
 )
 from ictus.imaging.errors import InvalidInputError
 from ictus.imaging.volume import Acquisition, SourceSlice, Volume
+
+if TYPE_CHECKING:
+    from ictus.imaging.dicom_io import KeptHeader
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +194,19 @@ def _worker_count(workers: int | None, n_items: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) * 2, n_items))
 
 
-def _read_dataset(path: str) -> Dataset:
+def _read_dataset(path: str, kept: "KeptHeader | None" = None) -> tuple[Dataset, "KeptHeader | None"]:
+    """The dataset of ``path``: the scan's header (``kept``) when the file has not changed since,
+    returned with it (its pixel bytes are read when decoded, the header is not parsed again);
+    else the whole file, read once (and None)."""
     from ictus.imaging.dicom_io import notify_header
 
+    if kept is not None and kept.is_current(path):
+        notify_header(kept.dataset)
+        return kept.dataset, kept
     try:
         ds = pydicom.dcmread(path)
         notify_header(ds)  # the pipeline's PHI guard learns the identifying values (never logged here)
-        return ds
+        return ds, None
     except FileNotFoundError as exc:
         raise InvalidInputError(f"file {path} does not exist; rescan the study folder") from exc
     except Exception as exc:  # pydicom raises many kinds on broken files
@@ -342,22 +352,25 @@ def acquisition_from_dataset(ds: Dataset, *, lossy: bool = False) -> Acquisition
 _NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 
 
-def native_pixels(ds: Dataset, n_frames: int, rows: int, cols: int) -> np.ndarray | None:
+def native_pixels(ds: Dataset, n_frames: int, rows: int, cols: int,
+                  data: bytes | bytearray | None = None) -> np.ndarray | None:
     """Stored values of an uncompressed little-endian 16-bit dataset without pydicom's decoder.
 
     A view on the file bytes (no copy when BitsStored is 16), masked and
     sign-extended to BitsStored exactly as ``Dataset.pixel_array`` does; None
-    when the fast path does not apply (then use ``pixel_array``).
+    when the fast path does not apply (then use ``pixel_array``). ``data``: the
+    raw PixelData value when ``ds`` was read without it.
     """
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if ts not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+    if ts not in _NATIVE_LITTLE_ENDIAN or (data is None and "PixelData" not in ds):
         return None
     bits_allocated = int(ds.get("BitsAllocated", 0) or 0)
     bits_stored = int(ds.get("BitsStored", 0) or 0)
     if bits_allocated != 16 or not 1 <= bits_stored <= 16 or int(ds.get("HighBit", bits_stored - 1)) != bits_stored - 1:
         return None
-    data = ds.PixelData
+    if data is None:
+        data = ds.PixelData
     count = n_frames * rows * cols
     if not isinstance(data, (bytes, bytearray)) or len(data) < 2 * count:
         return None
@@ -429,9 +442,12 @@ def _frame_of_reference(datasets: Sequence[Dataset], used: Sequence[int]) -> str
     return ""
 
 
-def _check_image_header(ds: Dataset, path: str, max_dimension: int, max_voxels: int) -> tuple[int, int]:
-    """Refuse, from the header alone, a file that cannot be one CT image of a series; returns (rows, columns)."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+def _check_image_header(ds: Dataset, path: str, max_dimension: int, max_voxels: int,
+                        has_pixels: bool = False) -> tuple[int, int]:
+    """Refuse, from the header alone, a file that cannot be one CT image of a series; returns (rows, columns).
+
+    ``has_pixels``: the pixel data was read apart from ``ds``."""
+    if not has_pixels and "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InvalidInputError(f"file {path} has no pixel data; it is not an image, choose another series")
     r, c = int_value(ds, "Rows", 0), int_value(ds, "Columns", 0)
     if r is None or c is None or r <= 0 or c <= 0 or r > max_dimension or c > max_dimension:
@@ -504,13 +520,17 @@ def read_frames(
     max_dimension: int = DEFAULT_MAX_DIMENSION,
     orientation_tolerance: float = 1e-3,
     workers: int | None = None,
+    headers: "Mapping[str, KeptHeader] | None" = None,
 ) -> FrameStack:
     """Read and decode the frames of ``files`` into HU, sorted along the slice normal.
 
     Each file is read once. ``frames`` optionally maps a path (as given) to the
     1-based frame numbers to keep from a multi-frame file. Sizes are checked
     from the headers before any pixel is decoded. A single frame is allowed
-    here (use :func:`build_volume` for the series-level checks).
+    here (use :func:`build_volume` for the series-level checks). ``headers``
+    (:attr:`ictus.imaging.dicom_io.ScanResult.headers` of a ``keep_headers`` scan):
+    files found there, unchanged since, are not parsed again: only their pixel bytes are read, one
+    file at a time into a reused buffer, and converted at once.
     """
     paths = [str(f) for f in files]
     if not paths:
@@ -520,10 +540,14 @@ def read_frames(
 
     # pydicom's UserWarnings on odd values (e.g. an invalid UI) would reach stderr as extra lines
     # next to the one error line (found by scripts/fuzz_ingest.py); QC flags carry what matters
+    kept = headers or {}
     with _quiet_pydicom(), ThreadPoolExecutor(max_workers=n_workers) as pool:
-        datasets = list(pool.map(_read_dataset, paths))
+        loaded = list(pool.map(lambda p: _read_dataset(p, kept.get(p)), paths))
+    datasets = [ds for ds, _ in loaded]
+    deferred = [k for _, k in loaded]  # the scan's header, where the pixels are still to be read
+    del loaded
 
-    refs, (rows, cols) = _header_frame_refs(datasets, paths, frames, max_dimension, max_voxels)
+    refs, (rows, cols) = _header_frame_refs(datasets, paths, frames, max_dimension, max_voxels, deferred)
     refs, rescale_derived, rescale_assumed = _resolve_rescale(refs, paths)
     total = len(refs) * rows * cols
     if total > max_voxels:
@@ -539,7 +563,7 @@ def read_frames(
     refs = [refs[i] for i in order]
     positions, along = positions[order], along[order]
 
-    image, hu = _decode_frames(datasets, paths, refs, (rows, cols), n_workers)
+    image, hu = _decode_frames(datasets, paths, refs, (rows, cols), n_workers, deferred)
     if rescale_assumed:
         _check_stored_values_are_hu(hu)
     return _frame_stack(
@@ -554,13 +578,17 @@ def _header_frame_refs(
     frames: Mapping[str, Sequence[int]] | None,
     max_dimension: int,
     max_voxels: int,
+    deferred: "Sequence[KeptHeader | None] | None" = None,
 ) -> tuple[list[_FrameRef], tuple[int, int]]:
-    """Header checks, before anything is decoded: every wanted frame's facts, and the common (rows, columns)."""
+    """Header checks, before anything is decoded: every wanted frame's facts, and the common (rows, columns).
+
+    ``deferred[i]``: file ``i``'s header came from the scan, which found its PixelData."""
     rows = cols = None
     refs: list[_FrameRef] = []
     for index, (path, ds) in enumerate(zip(paths, datasets)):
         try:
-            r, c = _check_image_header(ds, path, max_dimension, max_voxels)
+            has_pixels = deferred is not None and deferred[index] is not None
+            r, c = _check_image_header(ds, path, max_dimension, max_voxels, has_pixels)
             if rows is None:
                 rows, cols = r, c
             elif (r, c) != (rows, cols):
@@ -604,10 +632,15 @@ def _decode_frames(
     refs: Sequence[_FrameRef],
     shape: tuple[int, int],
     n_workers: int,
+    deferred: "Sequence[KeptHeader | None] | None" = None,
 ) -> tuple[sitk.Image, np.ndarray]:
-    """Decode every file once, straight into the sorted slots; returns the image and its read-only HU view."""
+    """Decode every file once, straight into the sorted slots; returns the image and its read-only HU view.
+
+    ``deferred[i]``: file ``i``'s dataset is the scan's header; its pixel bytes are read here, into a
+    buffer each thread reuses (no copy of the series' encoded bytes is held)."""
     rows, cols = shape
     image, hu = _writable_image((len(refs), rows, cols))
+    local = threading.local()
     slots_by_file: dict[int, list[tuple[int, _FrameRef]]] = {}
     for slot, ref in enumerate(refs):
         slots_by_file.setdefault(ref.file_index, []).append((slot, ref))
@@ -615,10 +648,22 @@ def _decode_frames(
     def decode(file_index: int) -> None:
         ds = datasets[file_index]
         n_frames = int_value(ds, "NumberOfFrames", 1) or 1
+        kept = deferred[file_index] if deferred is not None else None
+        data = None
+        if kept is not None:
+            buffer = getattr(local, "buffer", None)
+            if buffer is None or len(buffer) != kept.pixel_length:
+                buffer = local.buffer = bytearray(kept.pixel_length)
+            data = kept.pixel_bytes(paths[file_index], buffer)
+            if data is None:
+                raise InvalidInputError(
+                    f"file {paths[file_index]} changed while the series was being read; run the command again"
+                )
         try:
-            pixels = native_pixels(ds, n_frames, rows, cols)
+            pixels = native_pixels(ds, n_frames, rows, cols, data)
             if pixels is None:
-                pixels = ds.pixel_array
+                # pydicom's decoder needs the whole file when only the header was at hand
+                pixels = (ds if kept is None else _read_dataset(paths[file_index])[0]).pixel_array
         except Exception as exc:  # decoder errors come in many types
             raise InvalidInputError(
                 f"file {paths[file_index]} could not be decoded ({type(exc).__name__}: {exc}); "
@@ -634,6 +679,7 @@ def _decode_frames(
         for slot, ref in slots_by_file[file_index]:
             assert ref.slope is not None and ref.intercept is not None  # filled in by _resolve_rescale
             _hu_from_stored(pixels[ref.frame_index], ds, ref.slope, ref.intercept, hu[slot])
+        del pixels  # a view on the reused buffer
         # The encoded bytes are no longer needed: free them early.
         for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
             if keyword in ds:
@@ -772,14 +818,17 @@ def build_volume(
     max_voxels: int = DEFAULT_MAX_VOXELS,
     max_dimension: int = DEFAULT_MAX_DIMENSION,
     workers: int | None = None,
+    headers: "Mapping[str, KeptHeader] | None" = None,
 ) -> Volume:
     """Build the HU volume of one series from exactly these files.
 
     See the module docstring for how tilt, variable spacing, gaps, duplicates
     and padding are handled. Raises :class:`InvalidInputError` for a series
-    that cannot be turned into a trustworthy volume.
+    that cannot be turned into a trustworthy volume. ``headers``: the kept
+    headers of a ``scan(..., keep_headers=True)``, so that each file is parsed once.
     """
-    stack = read_frames(files, frames=frames, max_voxels=max_voxels, max_dimension=max_dimension, workers=workers)
+    stack = read_frames(files, frames=frames, max_voxels=max_voxels, max_dimension=max_dimension, workers=workers,
+                        headers=headers)
     return volume_from_frames(
         stack,
         min_slices=min_slices,

@@ -4,7 +4,10 @@
 holding one) or a single file into a :class:`ScanResult`: one
 :class:`InstanceHeader` per readable DICOM instance, plus counts of what was
 skipped. Only headers are read here (``stop_before_pixels``), in parallel;
-pixels are read later, and only for the chosen series. :func:`read_frame_hu`
+pixels are read later, and only for the chosen series. With ``keep_headers``
+the parsed headers are kept (:attr:`ScanResult.headers`, with where each file's
+pixel data lies), so the volume builder reads only the pixel bytes of the chosen
+series instead of parsing every file a second time. :func:`read_frame_hu`
 reads the pixels of one frame when a caller needs a cheap sample.
 
 Patient names and IDs are never copied into these objects. Header text that
@@ -46,6 +49,7 @@ MEDIA_STORAGE_DIRECTORY_UID = "1.2.840.10008.1.3.10"
 DEFLATED_TRANSFER_SYNTAX_UIDS = frozenset({"1.2.840.10008.1.2.1.99"})
 BIG_ENDIAN_TRANSFER_SYNTAX_UID = "1.2.840.10008.1.2.2"
 IMPLICIT_TRANSFER_SYNTAX_UID = "1.2.840.10008.1.2"
+_NATIVE_LITTLE_ENDIAN_UIDS = frozenset({IMPLICIT_TRANSFER_SYNTAX_UID, "1.2.840.10008.1.2.1"})
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _EXPLICIT_LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UT", b"UC", b"UR", b"SV", b"UV"})
@@ -104,6 +108,50 @@ class InstanceHeader:
 
 
 @dataclass(frozen=True)
+class KeptHeader:
+    """A header read by :func:`scan` (``keep_headers=True``) and where the file's pixel data lies.
+
+    ``dataset`` was read with ``stop_before_pixels`` and must not be modified. The
+    pixel value (uncompressed little-endian files only; else ``pixel_offset`` is -1)
+    starts ``pixel_offset`` bytes into the file and is ``pixel_length`` bytes long.
+    ``stat`` (size, mtime_ns, inode) tells whether the file changed since.
+    """
+
+    dataset: Dataset
+    pixel_offset: int = -1
+    pixel_length: int = 0
+    stat: tuple[int, int, int] = (0, 0, 0)
+
+    def is_current(self, path: str) -> bool:
+        """Whether ``path`` is still the file this header was read from (same size, time and inode)."""
+        try:
+            return self.pixel_offset >= 0 and _stat_key(os.stat(path)) == self.stat
+        except OSError:
+            return False
+
+    def pixel_bytes(self, path: str, out: bytearray | None = None) -> bytes | bytearray | None:
+        """The raw pixel value of ``path`` (read into ``out`` when it has the right length), or None
+        when the file changed or its pixels are not at a known place."""
+        if self.pixel_offset < 0:
+            return None
+        try:
+            with open(path, "rb") as fp:
+                if _stat_key(os.fstat(fp.fileno())) != self.stat:
+                    return None
+                fp.seek(self.pixel_offset)
+                if out is not None and len(out) == self.pixel_length:
+                    return out if fp.readinto(out) == self.pixel_length else None
+                data = fp.read(self.pixel_length)
+        except OSError:
+            return None
+        return data if len(data) == self.pixel_length else None
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return (int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))
+
+
+@dataclass(frozen=True)
 class ScanResult:
     """What :func:`scan` found under one input path."""
 
@@ -116,6 +164,8 @@ class ScanResult:
     index_files: int = 0  # DICOMDIR files met while walking a folder
     flags: tuple[str, ...] = ()
     unreadable_paths: tuple[str, ...] = field(default=(), repr=False)
+    #: path -> its parsed header, only with ``scan(..., keep_headers=True)``
+    headers: dict[str, KeptHeader] = field(default_factory=dict, repr=False, compare=False)
 
     def summary(self) -> str:
         """One line: what was found (counts only, no header text)."""
@@ -263,31 +313,35 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
     return (b"AA" <= vr <= b"ZZ") or struct.unpack("<I", head[4:8])[0] < 0x10000
 
 
-def _pixel_data_state(fp: Any, file_size: int, transfer_syntax: str, implicit: bool) -> tuple[bool, bool]:
-    """After a ``stop_before_pixels`` read: (has pixel data, pixel data truncated)."""
+def _pixel_data_place(fp: Any, file_size: int, transfer_syntax: str, implicit: bool) -> tuple[bool, bool, int, int]:
+    """After a ``stop_before_pixels`` read: (has pixel data, truncated, value offset, value length);
+    the offset is -1 unless the value is (7FE0,0010) PixelData of defined length, complete."""
     start = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
-        return False, False
+        return False, False, -1, 0
     little = transfer_syntax != BIG_ENDIAN_TRANSFER_SYNTAX_UID
     group, elem = struct.unpack("<HH" if little else ">HH", head[:4])
-    if (group << 16 | elem) not in PIXEL_DATA_TAGS:
-        return False, False
+    tag = group << 16 | elem
+    if tag not in PIXEL_DATA_TAGS:
+        return False, False, -1, 0
     if implicit:
         (length,), value_start = struct.unpack("<I", head[4:8]), start + 8
     elif head[4:6] in _EXPLICIT_LONG_VRS:
         if len(head) < 12:
-            return True, True
+            return True, True, -1, 0
         (length,), value_start = struct.unpack("<I" if little else ">I", head[8:12]), start + 12
     else:
         (length,), value_start = struct.unpack("<H" if little else ">H", head[6:8]), start + 8
     if length != 0xFFFFFFFF:
-        return True, value_start + length > file_size
+        truncated = value_start + length > file_size
+        known = tag == 0x7FE00010 and not truncated
+        return True, truncated, (value_start if known else -1), (length if known else 0)
     # Encapsulated: the file must end with (or near) the sequence delimiter.
     tail_size = min(file_size - value_start, 1 << 16)
     fp.seek(file_size - tail_size)
     tail = fp.read(tail_size)
-    return True, _SEQUENCE_DELIMITER not in tail
+    return True, _SEQUENCE_DELIMITER not in tail, -1, 0
 
 
 def _last_value_short(ds: Dataset) -> bool:
@@ -343,16 +397,23 @@ def notify_header(ds: Dataset) -> None:
 def read_header(path: str) -> tuple[str, InstanceHeader | None]:
     """Read one file's header. Returns (kind, header): kind is "dicom",
     "non_dicom", "unreadable" or "index" (a DICOMDIR); never raises for bad files."""
+    kind, header, _ = _read_header(path, keep=False)
+    return kind, header
+
+
+def _read_header(path: str, keep: bool) -> tuple[str, InstanceHeader | None, KeptHeader | None]:
+    """:func:`read_header`, plus the parsed header and its pixel data's place when ``keep``."""
     try:
-        file_size = os.path.getsize(path)
         with open(path, "rb") as fp:
+            st = os.fstat(fp.fileno())
+            file_size = st.st_size
             head = fp.read(132)
             if head[128:132] == b"DICM":
                 force = False
             elif _looks_like_raw_dataset(head):
                 force = True
             else:
-                return _NON_DICOM, None
+                return _NON_DICOM, None, None
             fp.seek(0)
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
             notify_header(ds)
@@ -362,26 +423,33 @@ def read_header(path: str) -> tuple[str, InstanceHeader | None]:
             if "DirectoryRecordSequence" in ds or media_class == MEDIA_STORAGE_DIRECTORY_UID:
                 # A DICOMDIR is an index, not an instance; a vendor index under
                 # another name (Philips DIRFILE) counts as non-DICOM.
-                return (_INDEX if _is_dicomdir_name(Path(path)) else _NON_DICOM), None
+                return (_INDEX if _is_dicomdir_name(Path(path)) else _NON_DICOM), None, None
             if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
                 # A DICM prefix but no object: cut short, or some vendor file.
                 cut = len(ds) == 0 or _last_value_short(ds) or (meta is not None and _last_value_short(meta))
-                return (_UNREADABLE if cut else _NON_DICOM), None
+                return (_UNREADABLE if cut else _NON_DICOM), None, None
+            offset, length = -1, 0
             if transfer_syntax in DEFLATED_TRANSFER_SYNTAX_UIDS:
                 has_pixels, truncated = True, False
             else:
                 implicit = (transfer_syntax == IMPLICIT_TRANSFER_SYNTAX_UID) or (
                     not transfer_syntax and force and not (b"AA" <= head[4:6] <= b"ZZ")
                 )
-                has_pixels, truncated = _pixel_data_state(fp, file_size, transfer_syntax, implicit)
+                has_pixels, truncated, offset, length = _pixel_data_place(fp, file_size, transfer_syntax, implicit)
             truncated = truncated or _last_value_short(ds) or (not has_pixels and _pixel_module_partial(ds))
             if truncated:
                 log.debug("pixel data truncated in a file; counted as unreadable")
-                return _UNREADABLE, None
-            return "dicom", header_from_dataset(ds, path, has_pixel_data=has_pixels)
+                return _UNREADABLE, None, None
+            header = header_from_dataset(ds, path, has_pixel_data=has_pixels)
+            kept = None
+            if keep and not force and offset >= 0 and transfer_syntax in _NATIVE_LITTLE_ENDIAN_UIDS:
+                # Only where the builder's own reader would read the same file the same way:
+                # a DICM prefix, a plain little-endian transfer syntax, PixelData of known length.
+                kept = KeptHeader(ds, offset, length, _stat_key(st))
+            return "dicom", header, kept
     except Exception as exc:  # noqa: BLE001 - corrupt files fail in many ways (fuzzed: BytesLengthException...)
         log.debug("unreadable file (%s)", type(exc).__name__)
-        return _UNREADABLE, None
+        return _UNREADABLE, None, None
 
 
 # ---------------------------------------------------------------------------
@@ -451,20 +519,25 @@ def _quiet_pydicom() -> Iterator[None]:
         yield
 
 
-def _read_all(paths: Sequence[str], max_workers: int | None) -> list[tuple[str, InstanceHeader | None]]:
+def _read_all(paths: Sequence[str], max_workers: int | None, keep: bool = False
+              ) -> list[tuple[str, InstanceHeader | None, KeptHeader | None]]:
     workers = max_workers or min(_MAX_WORKERS, 2 * (os.cpu_count() or 1))
+
+    def read(p: str) -> tuple[str, InstanceHeader | None, KeptHeader | None]:
+        return _read_header(p, keep)
+
     with _quiet_pydicom():
         if len(paths) < 4 or workers <= 1:
-            return [read_header(p) for p in paths]
+            return [read(p) for p in paths]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ictus-scan") as pool:
-            return list(pool.map(read_header, paths, chunksize=8))
+            return list(pool.map(read, paths, chunksize=8))
 
 
 def _is_dicomdir_name(path: Path) -> bool:
     return path.name.upper() == "DICOMDIR"
 
 
-def scan(path: str | os.PathLike[str], *, max_workers: int | None = None) -> ScanResult:
+def scan(path: str | os.PathLike[str], *, max_workers: int | None = None, keep_headers: bool = False) -> ScanResult:
     """Find the DICOM instances under ``path`` and read their headers (no pixels).
 
     ``path`` may be a folder (searched recursively), a DICOMDIR, a folder with a
@@ -473,6 +546,10 @@ def scan(path: str | os.PathLike[str], *, max_workers: int | None = None) -> Sca
     Non-DICOM files are skipped and counted; truncated or corrupt ones are
     counted as unreadable. Raises :class:`InvalidInputError` when the path does
     not exist or holds no readable DICOM instance.
+
+    With ``keep_headers`` the parsed headers stay in :attr:`ScanResult.headers`
+    (about 25 kB each) for :func:`ictus.imaging.build.build_volume` (``headers=``),
+    which then reads only the pixel bytes of the chosen series.
     """
     given = Path(path)
     if not given.exists():
@@ -508,7 +585,9 @@ def scan(path: str | os.PathLike[str], *, max_workers: int | None = None) -> Sca
         raise InvalidInputError(
             "the input folder is empty (0 files); give the folder that holds the study's DICOM files"
         )
-    results = _read_all(paths, max_workers)
+    read = _read_all(paths, max_workers, keep_headers)
+    results = [(kind, h) for kind, h, _ in read]
+    kept = {p: k for p, (kind, _, k) in zip(paths, read) if kind == "dicom" and k is not None}
     instances = tuple(h for kind, h in results if kind == "dicom" and h is not None)
     non_dicom = sum(1 for kind, _ in results if kind == _NON_DICOM)
     unreadable_paths = tuple(p for p, (kind, _) in zip(paths, results) if kind == _UNREADABLE)
@@ -526,6 +605,7 @@ def scan(path: str | os.PathLike[str], *, max_workers: int | None = None) -> Sca
         index_files=index_files,
         flags=tuple(flags),
         unreadable_paths=unreadable_paths,
+        headers=kept,
     )
     log.info("scanned %s (%s)", result.summary(), source)
     if not instances:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from ictus.imaging.brain import BrainResult
 from ictus.imaging.measure import Measurements
 from ictus.imaging.midline import MidlineResult
-from ictus.imaging.series import SeriesCandidate, SeriesChoice
+from ictus.imaging.series import SeriesChoice
 from ictus.imaging.volume import Volume
 from ictus.models.registry import DEFAULT_MODEL, ModelCard
 from ictus.models.types import Segmentation
@@ -368,42 +368,18 @@ def _blood_on_grid(measurements: Measurements, class_names: Sequence[str], volum
     return sitk.GetArrayFromImage(out).astype(bool)
 
 
-def candidate_files(candidate: SeriesCandidate) -> tuple[list[str], dict[str, list[int]] | None]:
-    """Files of a series candidate, and the frame numbers to keep from multi-frame files."""
-    files = [str(f) for f in candidate.files]
-    frames: dict[str, list[int]] = {}
-    for ref in getattr(candidate, "frames", ()) or ():
-        if getattr(ref, "frame_number", None) is not None:
-            frames.setdefault(str(ref.path), []).append(int(ref.frame_number))
-    return files, (frames or None)
-
-
 def load_volume(path: str | Path, series_uid: str | None = None, *, timer: _Timer | None = None
                 ) -> tuple[Volume, SeriesChoice]:
-    """Scan ``path``, choose the series (or take ``series_uid``) and build its HU volume.
+    """Scan ``path``, choose the series (or take ``series_uid``) and build its HU volume
+    (:func:`ictus.imaging.ingest.load_volume`, each file parsed once), timing the
+    "scan", "select" and "volume" stages.
 
     Returns the volume (scan flags such as ``stale_dicomdir`` added to its QC
     flags) and the :class:`ictus.imaging.series.SeriesChoice`.
     """
-    from ictus.imaging.build import build_volume
-    from ictus.imaging.dicom_io import scan
-    from ictus.imaging.errors import InvalidInputError
-    from ictus.imaging.series import find_candidate, require_choice, select_series
+    from ictus.imaging import ingest
 
-    timer = timer or _Timer()
-    if not Path(path).exists():
-        raise InvalidInputError(f"{path} does not exist; point to a study folder, a DICOMDIR or a file")
-    with timer.stage("scan"):
-        scanned = scan(path)
-    with timer.stage("select"):
-        choice = select_series(scanned)
-        chosen = find_candidate(choice, series_uid) if series_uid else require_choice(choice)
-    with timer.stage("volume"):
-        files, frames = candidate_files(chosen)
-        volume = build_volume(files, frames=frames)
-        if choice.flags:
-            volume = volume.with_flags(*choice.flags)
-    return volume, choice
+    return ingest.load_volume(path, series_uid, stage=(timer or _Timer()).stage)
 
 
 def triage(path: str | Path, out_dir: str | Path | None = None, **options: Any) -> TriageResult:

@@ -3,10 +3,18 @@
 
 On the same folders and in the same run, each tool is timed N times (after one
 warm-up run, so every tool sees a warm page cache) and the medians and ratios
-are printed as a markdown table:
+are printed as markdown tables:
 
-* ``ictus ingest``: :func:`ictus.imaging.dicom_io.scan`, :func:`ictus.imaging.series.select_series`,
-  :func:`ictus.imaging.build.build_volume`, in this process (pixels read once);
+* whole processes, interleaved (``ictus volume`` then ``dcm2niix``, then the other
+  order, N times): ``ictus volume FOLDER -o out.nii`` (the console script: Python
+  start-up, imports, scan, select, build, write) against ``dcm2niix -z n``, each
+  writing a fresh uncompressed NIfTI; the ratio is ictus / dcm2niix. This is what
+  issue 13's target is about (<= 2x dcm2niix);
+
+In this process (imports already paid):
+
+* ``ictus ingest``: :func:`ictus.imaging.dicom_io.scan` (``keep_headers``), :func:`ictus.imaging.series.select_series`,
+  :func:`ictus.imaging.build.build_volume`, as ``ictus volume`` does (each file parsed once);
 * ``ictus + write``: the same, plus writing an uncompressed NIfTI (what dcm2niix does);
 * ``dcm2niix``: the PyPI ``dcm2niix`` executable as a subprocess, ``-z n``
   (uncompressed output), into a temporary folder;
@@ -38,7 +46,6 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from ictus.imaging.build import build_volume  # noqa: E402
 
 
 def shared_dicom_root() -> Path:
@@ -91,14 +98,56 @@ def _pydicom_series(folder: Path, n_slices: int, size: int) -> Path:
 
 def ictus_ingest(folder: Path, write_to: Path | None = None) -> tuple[int, ...]:
     """Scan, select, build (and optionally write); returns the volume size."""
-    from ictus.imaging.dicom_io import scan
-    from ictus.imaging.series import require_choice, select_series
+    from ictus.imaging.ingest import load_volume
 
-    choice = require_choice(select_series(scan(folder)))
-    volume = build_volume(list(choice.files))
+    volume, _ = load_volume(folder)
     if write_to is not None:
         sitk.WriteImage(volume.image, str(write_to), False)
     return volume.size
+
+
+def ictus_command() -> list[str]:
+    """The ``ictus`` console script of this interpreter's environment (else ``python -m``)."""
+    exe = Path(sys.executable).with_name("ictus")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("ictus")
+    return [found] if found else [sys.executable, "-m", "ictus.pipelines.cli"]
+
+
+def process_medians(folder: Path, work: Path, runs: int, d2n: str | None) -> dict[str, float | None]:
+    """Whole-process wall time of ``ictus volume`` and ``dcm2niix -z n`` on ``folder``: one warm-up
+    each, then ``runs`` interleaved rounds (the order alternates); medians in seconds."""
+    ictus_out = work / "proc" / "ictus.nii"
+    d2n_out = work / "proc-d2n"
+    # As installed: Ictus's modules compiled once (the warm-up writes their bytecode, here into a
+    # temporary folder), even where PYTHONDONTWRITEBYTECODE is set (it costs every run ~40 ms).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+
+    def ictus_run() -> None:
+        ictus_out.parent.mkdir(parents=True, exist_ok=True)
+        ictus_out.unlink(missing_ok=True)  # both tools write a fresh file
+        subprocess.run([*ictus_command(), "volume", str(folder), "-o", str(ictus_out)], check=True,
+                       capture_output=True, env=env)
+
+    tools: list[tuple[str, Callable[[], None]]] = [("ictus", ictus_run)]
+    if d2n:
+        tools.append(("dcm2niix", lambda: run_dcm2niix(d2n, folder, d2n_out)))
+    times: dict[str, list[float]] = {name: [] for name, _ in tools}
+    for _, fn in tools:
+        fn()  # warm-up
+    for i in range(runs):
+        for name, fn in (tools if i % 2 == 0 else tools[::-1]):
+            if name == "ictus":
+                ictus_out.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(d2n_out, ignore_errors=True)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {"ictus": statistics.median(times["ictus"]),
+            "dcm2niix": statistics.median(times["dcm2niix"]) if d2n else None}
 
 
 def dcm2niix_executable() -> str | None:
@@ -108,7 +157,7 @@ def dcm2niix_executable() -> str | None:
 
 def run_dcm2niix(exe: str, folder: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     subprocess.run([exe, "-z", "n", "-b", "n", "-f", "bench", "-o", str(out), str(folder)], check=True, capture_output=True)
 
 
@@ -144,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         inputs.append(("140x512x512 series", generated))
 
         exe = dcm2niix_executable()
+        processes = []
+        for label, folder in inputs:
+            processes.append((label, process_medians(folder, work, args.runs, exe)))
         rows = []
         for label, folder in inputs:
             size = ictus_ingest(folder)
@@ -157,8 +209,17 @@ def main(argv: list[str] | None = None) -> int:
             }
             rows.append(result)
 
-        print(f"\nIngest medians over {args.runs} runs, {os.cpu_count()} CPU cores (seconds; ratio = tool / ictus ingest)\n")
-        print("| input | ictus volume | ictus ingest (scan+select+build) | + write .nii | dcm2niix (-z n) | SimpleITK ImageSeriesReader |")
+        print(f"\nWhole processes, medians over {args.runs} interleaved runs, {os.cpu_count()} CPU cores "
+              "(seconds; ratio = ictus / dcm2niix; target <= 2)\n")
+        print("| input | `ictus volume -o x.nii` | `dcm2niix -z n` | ratio |")
+        print("|---|---|---|---|")
+        for label, med in processes:
+            d2n = med["dcm2niix"]
+            ratio = f"{med['ictus'] / d2n:.2f}" if d2n else "n/a"
+            print(f"| {label} | {med['ictus']:.3f} | {'n/a' if d2n is None else f'{d2n:.3f}'} | {ratio} |")
+
+        print(f"\nIn-process medians over {args.runs} runs (imports paid; seconds; ratio = tool / ictus ingest)\n")
+        print("| input | size | ictus ingest (scan+select+build) | + write .nii | dcm2niix (-z n) | SimpleITK ImageSeriesReader |")
         print("|---|---|---|---|---|---|")
         for r in rows:
             def cell(key: str) -> str:

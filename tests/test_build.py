@@ -2,6 +2,7 @@
 and malformed or synthetic series built inside the tests."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -591,3 +592,60 @@ def test_pydicom_j2k_sign_mismatch_slice_decodes_to_plausible_hu():
     assert 15.0 < float(np.median(centre)) < 45.0  # brain
     assert float(np.percentile(hu, 5)) == -1024.0  # air around the head
     assert float(hu.max()) < 3100.0  # no wrapped-around sign garbage
+
+
+# ---------------------------------------------------------------------------
+# headers kept by the scan: each file parsed once (issue 13)
+
+
+def _same_volume(a, b) -> None:
+    assert a.image.GetSize() == b.image.GetSize()
+    assert a.image.GetSpacing() == b.image.GetSpacing()
+    assert a.image.GetOrigin() == b.image.GetOrigin()
+    assert a.image.GetDirection() == b.image.GetDirection()
+    assert np.array_equal(a.array_view(), b.array_view())
+    assert (a.qc_flags, a.source_slices, a.sop_instance_uids, a.source_paths, a.acquisition,
+            a.frame_of_reference_uid, a.series_instance_uid, a.study_instance_uid) == (
+        b.qc_flags, b.source_slices, b.sop_instance_uids, b.source_paths, b.acquisition,
+        b.frame_of_reference_uid, b.series_instance_uid, b.study_instance_uid)
+
+
+def test_kept_headers_build_the_same_volume_without_parsing_again(monkeypatch):
+    """With the scan's headers, the builder reads only pixel bytes (no second dcmread) and builds
+    exactly the volume it builds from the files alone (tilt, variable spacing, flags, provenance)."""
+    from ictus.imaging import build as build_module
+    from ictus.imaging.dicom_io import scan
+
+    folder = shared_dicom("ge-head-tilt-variable-spacing")
+    files = sorted(str(p) for p in folder.glob("*.dcm"))
+    expected = build_volume(files)
+    scanned = scan(folder, keep_headers=True)
+    assert set(files) <= set(scanned.headers)
+    assert scan(folder).headers == {}  # kept only when asked for
+
+    def no_second_parse(*args, **kwargs):
+        raise AssertionError("a kept header was parsed again")
+
+    monkeypatch.setattr(build_module.pydicom, "dcmread", no_second_parse)
+    _same_volume(build_volume(files, headers=scanned.headers), expected)
+
+
+def test_kept_headers_of_changed_or_compressed_files_are_not_trusted(tmp_path):
+    """A file rewritten after the scan is read again whole; compressed files keep no header."""
+    from ictus.imaging.dicom_io import scan
+
+    paths = write_stack(tmp_path / "s", [0.0, 2.0, 4.0, 6.0])
+    scanned = scan(tmp_path / "s", keep_headers=True)
+    write_ct_slice(paths[1], (0.0, 0.0, 2.0), np.full((8, 10), 5000, dtype=np.int16), intercept=-1000.0)
+    st = paths[1].stat()  # same size, same inode: only the time tells (file systems tick coarsely)
+    os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    volume = build_volume(paths, headers=scanned.headers)
+    _same_volume(volume, build_volume(paths))
+    assert volume.array()[1, 0, 0] == 4000.0
+
+    folder = shared_dicom("wg04-ct2-compression")
+    kept = scan(folder, keep_headers=True).headers
+    assert kept and all(k.dataset.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+                        for k in kept.values())
+    ref = _wg04_file("REF")
+    assert np.array_equal(read_frames([ref], headers=kept).hu, read_frames([ref]).hu)

@@ -64,3 +64,23 @@ def test_source_folders_are_not_top_level_packages():
                               timeout=120)
         assert proc.returncode != 0
         assert f"import ictus.{name}" in proc.stderr
+
+
+def test_volume_command_loads_only_the_ingest(tmp_path):
+    """``ictus volume`` imports the reader, series rules and builder, not the models, findings,
+    writers or scipy (the triage pipeline's imports cost it more than the conversion itself)."""
+    from tests.conftest import shared_dicom
+
+    folder = shared_dicom("ge-head-tilt-variable-spacing")
+    out = tmp_path / "ge.nii"
+    code = ("import json, sys; from ictus.pipelines.cli import main; "
+            f"rc = main(['volume', {str(folder)!r}, '-o', {str(out)!r}]); "
+            "print(json.dumps([rc, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('scipy', 'onnxruntime', 'openvino', 'torch', 'highdicom', 'reportlab') "
+            "or m.startswith(('ictus.models', 'ictus.pipelines.triage', 'ictus.pipelines.findings', "
+            "'ictus.pipelines.writers')))]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rc, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rc == 0 and out.exists()
+    assert heavy == [], heavy

@@ -103,3 +103,18 @@ def test_volume_real_tilted_head(cli_runner, tmp_path):
     assert "gantry_tilt_corrected" in stdout and "variable_spacing_resampled" in stdout
     image = sitk.ReadImage(str(out))
     assert 3.9 < image.GetSpacing()[2] < 4.1
+
+
+def test_ingest_load_volume_matches_the_triage_one(phantom_study):
+    """``ictus volume``'s light ingest (ictus.imaging.ingest) gives what the triage pipeline's gives."""
+    from ictus.imaging.ingest import load_volume as light
+    from ictus.pipelines.triage import load_volume as full
+
+    study, _ = phantom_study
+    (a, choice_a), (b, choice_b) = light(study), full(study)
+    assert choice_a.chosen.key == choice_b.chosen.key
+    assert [c.key for c in choice_a.candidates] == [c.key for c in choice_b.candidates]
+    assert a.image.GetSize() == b.image.GetSize() and a.image.GetOrigin() == b.image.GetOrigin()
+    assert a.image.GetSpacing() == b.image.GetSpacing() and a.image.GetDirection() == b.image.GetDirection()
+    assert np.array_equal(a.array_view(), b.array_view())
+    assert (a.qc_flags, a.source_slices, a.acquisition) == (b.qc_flags, b.source_slices, b.acquisition)

@@ -294,6 +294,36 @@ def test_sharp_by_histogram_on_synthetic_slices() -> None:
     assert sharp_by_histogram(soft[:20, :20])[0] is None  # too few soft-tissue pixels
 
 
+def _sharp_by_histogram_with_scipy(hu: np.ndarray) -> tuple[bool | None, float]:
+    """The check as first written, on scipy.ndimage (the numpy version must agree with it)."""
+    from scipy import ndimage
+
+    arr = np.asarray(hu, dtype=np.float32)
+    local = ndimage.uniform_filter(arr, size=(1, 5, 5) if arr.ndim == 3 else (5, 5))
+    mask = (local >= 0.0) & (local <= 80.0)
+    structure = ndimage.generate_binary_structure(arr.ndim, 1)
+    if arr.ndim == 3:
+        structure[0] = structure[2] = False
+    mask = ndimage.binary_erosion(mask, structure=structure, iterations=2)
+    if int(mask.sum()) < 2000:
+        return None, float("nan")
+    residual = (arr - local)[mask]
+    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    return sigma > 30.0, sigma
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (3, 70, 90), (2, 2), (1, 9), (120, 1)])
+def test_sharp_by_histogram_agrees_with_scipy(shape) -> None:
+    rng = np.random.default_rng(7)
+    for spread in (4.0, 60.0):
+        hu = (40.0 + rng.normal(0, spread, shape)).astype(np.float32)
+        hu[..., : shape[-1] // 4] = -1000.0  # air, edges of the soft tissue
+        verdict, residual = sharp_by_histogram(hu)
+        expected, expected_residual = _sharp_by_histogram_with_scipy(hu)
+        assert verdict is expected
+        assert residual == pytest.approx(expected_residual, rel=1e-5, nan_ok=True)
+
+
 def test_pixel_check_rejects_a_sharp_looking_series(tmp_path: Path) -> None:
     study = generate_uid()
     best = write_series(tmp_path / "best", 64, spacing_mm=2.5, thickness_mm=2.5, study_uid=study)

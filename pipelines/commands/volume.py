@@ -51,7 +51,9 @@ def summary_line(volume: Volume, out: Path) -> str:
 @click.option("--series", "series_uid", default=None, help="Build this SeriesInstanceUID instead of the chosen one.")
 def command(study: Path, output: Path, series_uid: str | None) -> None:
     """Write the HU volume (LPS, float32) of the chosen series of STUDY."""
-    from ictus.pipelines.triage import load_volume
+    # The ingest alone (not ictus.pipelines.triage, which brings the models, findings and writers):
+    # this command's whole-process time is mostly imports and reading.
+    from ictus.imaging.ingest import load_volume
 
     volume, _choice = load_volume(study, series_uid)
     write_image_atomic(volume, output)
