@@ -259,14 +259,16 @@ def assess_ischaemia(
     chronic, chronic_mask = _chronic_lesions(anatomy, hu, brain, plane, rules)
     regions: list[RegionDensity] = []
     affected_mask = np.zeros(hu.shape, np.uint8)
+    boxes = ndimage.find_objects(anatomy.aspects)  # each region's bounding box: work there, not on the whole grid
     for code in ASPECTS_CODES:
         for side in SIDES:
             label = aspects_label(code, side)
+            box = boxes[label - 1] if label <= len(boxes) and boxes[label - 1] is not None else (slice(0, 0),) * 3
             region = _region(anatomy, hu, tissue, excluded, plane, code, side, label, rules, noise, corr_vox,
-                             chronic_mask)
+                             chronic_mask, box)
             regions.append(region)
             if region.affected:
-                affected_mask[anatomy.aspects == label] = label
+                affected_mask[box][anatomy.aspects[box] == label] = label
 
     affected = {side: tuple(r.code for r in regions if r.side == side and r.affected) for side in SIDES}
     aspects = {side: 10 - len(affected[side]) for side in SIDES}
@@ -296,13 +298,15 @@ def assess_ischaemia(
 
 def _region(anatomy: "Anatomy", hu: np.ndarray, tissue: np.ndarray, excluded: np.ndarray,
             plane: "MidlinePlane | None", code: str, side: str, label: int, rules: Mapping[str, Any],
-            noise: float, corr_vox: float, chronic_mask: np.ndarray) -> RegionDensity:
+            noise: float, corr_vox: float, chronic_mask: np.ndarray,
+            box: tuple[slice, ...]) -> RegionDensity:
+    """The density comparison of one ASPECTS region (``box``: its bounding box on the grid)."""
     name = f"{ASPECTS_NAMES[code]} ({side})"
-    in_region = anatomy.aspects == label
+    in_region = anatomy.aspects[box] == label
     total = int(np.count_nonzero(in_region))
-    chronic = bool(total > 0 and np.count_nonzero(in_region & chronic_mask)
+    chronic = bool(total > 0 and np.count_nonzero(in_region & chronic_mask[box])
                    >= float(rules["chronic"]["region_fraction"]) * total)
-    idx = np.argwhere(in_region & tissue)
+    idx = np.argwhere(in_region & tissue[box]) + np.array([s.start or 0 for s in box], dtype=np.intp)
     min_voxels = int(_threshold(rules, code, "min_voxels"))
     empty = RegionDensity(code, side, name, len(idx), None, None, None, None, None, None, None, False, chronic,
                           "old infarct (fluid density): not counted as acute" if chronic

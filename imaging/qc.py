@@ -288,16 +288,18 @@ def _check_dense_vessels(
     sx, sy, _ = grid.spacing_mm
     ic_areas = grid.intracranial.sum(axis=(1, 2))
     wide = ic_areas >= 0.5 * ic_areas.max()
-    core = fill_holes_axial(erode_axial(grid.intracranial, contrast_margin_mm, (sx, sy)))
-    core &= wide[:, None, None]
+    core = np.zeros_like(grid.intracranial)
+    core[wide] = fill_holes_axial(erode_axial(grid.intracranial[wide], contrast_margin_mm, (sx, sy)))  # in-plane: per slice
     smooth = ndimage.gaussian_filter(grid.hu, sigma=[0.0, 0.7 / sy, 0.7 / sx])
     lo, hi = contrast_range_hu
     candidates = core & (smooth >= lo)
     lab, n = ndimage.label(candidates, structure=np.ones((3, 3, 3), bool))
     dense_ml = 0.0
     if n:
-        peak_hu = ndimage.maximum(smooth, lab, index=np.arange(1, n + 1))
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+        inside = lab > 0  # per-component peak over the candidates only (ndimage.maximum argsorts the whole grid)
+        peak_hu = np.full(n, -np.inf)
+        np.maximum.at(peak_hu, lab[inside] - 1, smooth[inside])
+        sizes = np.bincount(lab[inside], minlength=n + 1)[1:]
         dense_ml = float(sizes[peak_hu <= hi].sum() * grid.voxel_ml)
     measured["dense_intracranial_ml"] = dense_ml
     if dense_ml >= contrast_min_ml:
@@ -310,8 +312,12 @@ def _check_metal(
     """Metal: very dense voxels in or near the cranial cavity (counted at full resolution)."""
     sx, sy, _ = grid.spacing_mm
     f = grid.factor
+    metal = np.asarray(grid.full_hu) >= metal_hu
+    if not metal.any():  # the usual case: nothing to place
+        measured["metal_ml"] = 0.0
+        return
     near = dilate_axial(grid.intracranial, 15.0, (sx, sy)) if grid.intracranial.any() else grid.head
-    metal_fraction = bin_axial(np.asarray(grid.full_hu) >= metal_hu, f)
+    metal_fraction = bin_axial(metal, f)
     metal_ml = float(metal_fraction[near].sum() * f * f * grid.fine_voxel_ml)
     measured["metal_ml"] = metal_ml
     if metal_ml >= metal_min_ml:

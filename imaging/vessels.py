@@ -286,7 +286,9 @@ def detect_dense_artery(
         # the basal cisterns around M1 often fall just outside a threshold brain mask: allow a
         # few mm around it, through-plane too (bone is excluded above; the search tube bounds the rest)
         margin = [max(1, int(round(BRAIN_MARGIN_MM / sp))) for sp in spacing_zyx]
-        inside = ndimage.binary_dilation(anatomy.brain[box], structure=np.ones(tuple(2 * m + 1 for m in margin), bool))
+        # a box-shaped dilation, done separably (= binary_dilation with np.ones of that size, zero border)
+        inside = ndimage.maximum_filter(anatomy.brain[box], size=tuple(2 * m + 1 for m in margin), mode="constant",
+                                        cval=False)
         if anatomy.template_brain is not None:
             # a threshold brain mask stops above the skull base on thick slices (on template
             # phantoms 12 mm above M1); the registered template brain holds the basal cisterns

@@ -183,6 +183,104 @@ def test_skip_rules_keep_the_tissue(dummies, head):
         assert not np.any(mask & ~covered)  # every kept voxel lies in a computed brick
 
 
+def _region_mask(mi, kind: str) -> np.ndarray:
+    """A test mask on the model box, true only inside the output region."""
+    from ictus.models.runtime import region_slices
+
+    sl = region_slices(mi)
+    ext = [s.stop - s.start for s in sl]
+    z, y, x = np.ogrid[: ext[0], : ext[1], : ext[2]]
+    c = [n / 2 for n in ext]
+    if kind == "sphere":  # wider than the largest tile: forced splits
+        m = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < 70**2
+    elif kind == "ellipsoid":
+        m = ((z - c[0] + 10) / 55) ** 2 + ((y - c[1] - 7) / 88) ** 2 + ((x - c[2] + 3) / 62) ** 2 < 1
+    elif kind == "two_blobs":  # opposite corners of the region
+        m = (((z - 30) ** 2 + (y - 35) ** 2 + (x - 40) ** 2 < 22**2)
+             | ((z - ext[0] + 40) ** 2 + (y - ext[1] + 30) ** 2 + (x - ext[2] + 50) ** 2 < 28**2))
+    else:
+        m = np.zeros(ext, bool)
+    out = np.zeros(mi.array.shape, bool)
+    out[sl] = m
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sphere", "ellipsoid", "two_blobs", "empty"])
+def test_cover_plan_covers_the_mask_once_aligned_and_cheaper_than_the_grid(head, kind):
+    import dataclasses
+
+    from ictus.models.runtime import DEFAULT_MAX_WINDOW_VOXELS, plan_cover, region_slices
+
+    base = preprocess(head, tile_vox=90)
+    mi = dataclasses.replace(base, deep=_region_mask(base, kind))
+    plan = plan_cover(mi, GEOMETRY)  # skip="intracranial": the deep mask
+    assert plan.planner == "cover" and plan.tile_vox == 90 and plan.max_window_voxels == DEFAULT_MAX_WINDOW_VOXELS
+    count = np.zeros(mi.array.shape, np.int32)
+    for start, size in plan.tiles:
+        assert all(s % 15 == 0 for s in start) and all(n % 15 == 0 and 0 < n <= 90 for n in size)
+        assert np.prod([GEOMETRY.window_vox(n) for n in size]) <= DEFAULT_MAX_WINDOW_VOXELS
+        assert all(r0 <= s < r1 for s, r0, r1 in zip(start, mi.region_start, mi.region_stop))
+        count[tuple(slice(s - b, s - b + n) for s, b, n in zip(start, mi.box_start, size))] += 1
+    assert count.max(initial=0) <= 1  # no overlap
+    inside = count[region_slices(mi)][mi.deep[region_slices(mi)]]
+    assert np.all(inside == 1)  # every mask voxel computed once
+    grid = min((plan_tiles(mi, t, GEOMETRY) for t in GEOMETRY.tile_candidates_vox), key=lambda p: p.estimated_gmac)
+    if kind == "empty":
+        assert plan.tiles == () and plan.estimated_gmac == 0
+    else:
+        assert plan.estimated_gmac < grid.estimated_gmac
+        assert plan.estimated_gmac == pytest.approx(sum(GEOMETRY.estimated_gmac(s) for _, s in plan.tiles))
+
+
+def test_cover_plan_splits_only_where_it_saves(head):
+    import dataclasses
+
+    from ictus.models.runtime import plan_cover
+
+    base = preprocess(head, tile_vox=90)
+    corner = [r - b + 15 for r, b in zip(base.region_start, base.box_start)]  # an aligned 90^3 cube in the region
+    cube = tuple(slice(c, c + 90) for c in corner)
+    solid = np.zeros(base.array.shape, bool)
+    solid[cube] = True
+    plan = plan_cover(dataclasses.replace(base, deep=solid), GEOMETRY, max_window_voxels=None)
+    assert [size for _, size in plan.tiles] == [(90, 90, 90)]  # one large tile beats any split of it
+    bounded = plan_cover(dataclasses.replace(base, deep=solid), GEOMETRY, max_window_voxels=150**3)
+    assert len(bounded.tiles) > 1 and bounded.output_voxels == 90**3  # split for memory only, still no waste
+    assert all(np.prod([GEOMETRY.window_vox(n) for n in size]) <= 150**3 for _, size in bounded.tiles)
+    apart = np.zeros(base.array.shape, bool)
+    apart[tuple(slice(c + 2, c + 12) for c in corner)] = True  # two small blobs at opposite corners of the cube
+    apart[tuple(slice(c + 78, c + 88) for c in corner)] = True
+    plan = plan_cover(dataclasses.replace(base, deep=apart), GEOMETRY, max_window_voxels=None)
+    assert sorted(size for _, size in plan.tiles) == [(15, 15, 15)] * 2  # split for cost alone
+    assert plan.estimated_gmac < GEOMETRY.estimated_gmac((90, 90, 90))
+
+
+def test_cover_plan_is_the_default_and_equals_untiled(dummies, head):
+    from ictus.models.runtime import choose_tile_vox, plan_cover, region_slices
+
+    ens = Ensemble(dummies[:1], class_names=NAMES, geometry=GEOMETRY, threads=1)
+    mi = preprocess(head, tile_vox=90)
+    plan = plan_cover(mi, GEOMETRY)
+    assert choose_tile_vox(mi, GEOMETRY) == plan
+    assert choose_tile_vox(mi, GEOMETRY, "tissue") == plan_cover(mi, GEOMETRY, skip="tissue")
+    assert choose_tile_vox(mi, GEOMETRY, "none").planner == "grid"
+    covered, _, stats = ens.predict_box(mi, [0])
+    untiled, _, _ = ens.predict_box(mi, [0], tile_vox=15, skip="none")
+    sl = region_slices(mi)
+    needed = mi.deep[sl]
+    assert needed.sum() > 0
+    np.testing.assert_allclose(covered[(slice(None),) + sl][:, needed], untiled[(slice(None),) + sl][:, needed],
+                               atol=1e-6)
+    assert stats["tile_planner"] == "cover" and stats["tiles_computed"] == len(plan.tiles)
+    assert stats["output_voxels_per_member"] == plan.output_voxels
+    assert stats["needed_voxels"] == int(needed.sum())
+    assert stats["computed_over_needed"] == round(plan.output_voxels / int(needed.sum()), 3) >= 1
+    seg = ens.segment(head, fast=True)
+    assert ("non-overlapping 15-voxel-aligned boxes of sides up to 90 and input windows of at most 140^3 voxels"
+            in seg.info["method"])
+    assert seg.info["computed_over_needed"] == stats["computed_over_needed"]
+
+
 def test_bad_arguments(dummies, head, tmp_path):
     with pytest.raises(ModelError):
         Ensemble([tmp_path / "missing.onnx"], class_names=NAMES, geometry=GEOMETRY)
@@ -331,3 +429,11 @@ def test_cuda_provider_is_chosen_when_onnxruntime_offers_it(monkeypatch):
     assert available_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert available_providers() == ["CPUExecutionProvider"]
+
+
+def test_argmax_classes_equals_numpy_argmax_with_ties():
+    from ictus.models.runtime import argmax_classes
+
+    rng = np.random.default_rng(3)
+    probs = rng.integers(0, 4, size=(5, 7, 8, 9)).astype(np.float16)  # many ties: first class must win
+    np.testing.assert_array_equal(argmax_classes(probs), probs.argmax(axis=0).astype(np.uint8))
