@@ -139,8 +139,21 @@ _PLANE_CROSS[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
-    """Fill holes slice by slice in the axial plane ([z, y, x] array)."""
-    return ndimage.binary_fill_holes(mask, structure=_PLANE_CROSS)
+    """Fill holes slice by slice in the axial plane ([z, y, x] array): the background
+    regions (4-connected in-plane) that touch no in-plane border of their slice.
+    Equal to ``ndimage.binary_fill_holes(mask, structure=_PLANE_CROSS)``, which grows the
+    outside by repeated dilation; one labelling is several times faster on a 1 mm head."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3 or min(mask.shape) == 0:
+        return ndimage.binary_fill_holes(mask, structure=_PLANE_CROSS if mask.ndim == 3 else None)
+    labels, n = ndimage.label(~mask, structure=_PLANE_CROSS)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        outside[edge.ravel()] = True
+    outside[0] = True  # label 0 is the mask itself
+    return mask | ~outside[labels]
 
 
 def _close_axial(mask: np.ndarray, radius_mm: float, spacing_xy_mm: tuple[float, float]) -> np.ndarray:

@@ -100,3 +100,22 @@ def test_real_ge_head_has_a_brain():
     result = segment_brain(vol)
     assert result.brain_found, result.reason
     assert 900 <= result.brain_volume_ml <= 1700
+
+
+def test_fill_holes_axial_equals_scipy_per_slice_fill():
+    """The labelling fill equals scipy's dilation-based fill with the in-plane structure."""
+    from scipy import ndimage
+
+    from ictus.imaging.brain import _PLANE_CROSS, fill_holes_axial
+
+    rng = np.random.default_rng(5)
+    masks = [rng.random((6, 30, 40)) < p for p in (0.3, 0.55, 0.8)]
+    ring = np.zeros((3, 40, 40), bool)
+    yy, xx = np.mgrid[:40, :40]
+    ring[:] = np.abs(np.hypot(yy - 20, xx - 20) - 12) < 2  # a closed ring per slice: its inside is a hole
+    ring[2, 20, 30:] = False  # broken on the last slice: not a hole there
+    masks.append(ring)
+    for m in masks:
+        np.testing.assert_array_equal(fill_holes_axial(m), ndimage.binary_fill_holes(m, structure=_PLANE_CROSS))
+    filled = fill_holes_axial(ring)
+    assert filled[0, 20, 20] and not filled[2, 20, 20]
