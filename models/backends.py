@@ -10,14 +10,24 @@ one small interface, :class:`Runner` (``run(window) -> logits``):
 - ``onnxruntime``: the portable fallback, and with its CUDA provider the GPU path.
 
 :func:`choose_backend` ("auto"): onnxruntime with CUDA when a GPU provider is present, else
-OpenVINO when it is installed, else onnxruntime on the CPU. int8 members (QDQ graphs made by
-onnxruntime's quantiser) run on onnxruntime, where their agreement was measured.
+OpenVINO when it is installed, else onnxruntime on the CPU. int8 members: on the CPU with
+OpenVINO and NNCF installed, OpenVINO IR quantised by NNCF (``ictus.models.runtime.quantize_member_nncf``);
+else onnxruntime's QDQ graphs (``quantize_member``), the fallback.
+
+int8 OpenVINO models are compiled per input shape (``static_shapes``): OpenVINO 2026.4's CPU
+plugin gave wrong int8 3D convolutions with dynamic (or bounded) spatial axes, and right ones
+once the shape is static (measured on BLAST-CT member 1 with one convolution quantised: its
+output's mean relative error 1.0 dynamic, 0.01 static; the whole int8 member gave no
+foreground at all with dynamic axes). A compile costs ~0.5 s and holds ~35 MB per member and
+shape (measured, 2 threads); the last ``max_shapes`` (8) compiled shapes are kept per member.
 """
 from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -69,6 +79,16 @@ def openvino_available() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def nncf_available() -> bool:
+    """True when NNCF (OpenVINO's quantisation tool, the ``quantize`` extra) imports."""
+    try:
+        import nncf  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    return True
+
+
 def available_providers(providers: Sequence[str] | None = None) -> list[str]:
     """onnxruntime's providers to use: CUDA when it has it (and it was not excluded), then CPU."""
     import onnxruntime as ort
@@ -83,7 +103,9 @@ def available_providers(providers: Sequence[str] | None = None) -> list[str]:
 
 def choose_backend(name: str = "auto", *, providers: Sequence[str] | None = None, precision: str = "fp32") -> str:
     """The backend to use: ``name`` itself when forced (a clear error when it is not
-    installed), else (``auto``) CUDA onnxruntime, OpenVINO, onnxruntime CPU in that order."""
+    installed), else (``auto``) CUDA onnxruntime, OpenVINO, onnxruntime CPU in that order.
+    ``precision="int8"`` (auto): OpenVINO only when NNCF is installed too (it makes the
+    int8 models), else onnxruntime (its own QDQ quantiser)."""
     if name not in BACKENDS:
         raise ModelError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
     if name == "openvino":
@@ -93,10 +115,10 @@ def choose_backend(name: str = "auto", *, providers: Sequence[str] | None = None
         return name
     if name == "onnxruntime":
         return name
-    if precision == "int8":
-        return "onnxruntime"
     if "CUDAExecutionProvider" in available_providers(providers):
         return "onnxruntime"
+    if precision == "int8":
+        return "openvino" if openvino_available() and nncf_available() else "onnxruntime"
     return "openvino" if openvino_available() else "onnxruntime"
 
 
@@ -130,29 +152,56 @@ class OnnxRuntimeRunner:
 class OpenVinoRunner:
     """An OpenVINO CPU model compiled once with the graph's dynamic spatial axes (the cascade's
     sub-bricks vary in shape; recompiling per shape cost more than the dynamic run did).
-    fp32 inference precision (no bf16, so that it agrees with onnxruntime); latency hint, one stream."""
+    fp32 inference precision (no bf16, so that it agrees with onnxruntime); latency hint, one stream.
 
-    def __init__(self, model_bytes: bytes, *, threads: int | None) -> None:
+    ``model``: ONNX bytes, or the path of an OpenVINO IR (``.xml``, e.g. an NNCF int8 model).
+    ``static_shapes``: compile per input shape instead (int8 models; see the module docstring),
+    keeping up to ``max_shapes`` compiled shapes."""
+
+    def __init__(self, model: bytes | Path, *, threads: int | None, static_shapes: bool = False,
+                 max_shapes: int = 8) -> None:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = _openvino_core()
-        self._compiled = core.compile_model(core.read_model(model_bytes), "CPU", config)
-        self._output = self._compiled.outputs[0]
+        self._config = config
+        self._model = core.read_model(str(model)) if isinstance(model, (str, Path)) else core.read_model(model)
+        self.static_shapes = bool(static_shapes)
+        self._max_shapes = max(1, int(max_shapes))
+        self._by_shape: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._compiled: Any = None if self.static_shapes else core.compile_model(self._model, "CPU", config)
+
+    def _for_shape(self, shape: tuple[int, ...]) -> Any:
+        compiled = self._by_shape.get(shape)
+        if compiled is None:
+            model = self._model.clone()
+            model.reshape({model.inputs[0].get_any_name(): list(shape)})
+            compiled = _openvino_core().compile_model(model, "CPU", self._config)
+            self._by_shape[shape] = compiled
+            while len(self._by_shape) > self._max_shapes:
+                self._by_shape.popitem(last=False)
+        else:
+            self._by_shape.move_to_end(shape)
+        return compiled
 
     def run(self, window: np.ndarray) -> np.ndarray:
-        logits = np.array(self._compiled(window)[self._output], copy=True)
+        compiled = self._for_shape(tuple(window.shape)) if self.static_shapes else self._compiled
+        logits = np.array(compiled(window)[compiled.outputs[0]], copy=True)
         # Intermediate buffers are freed after each run, as onnxruntime's arena is: kept, twelve
         # members held 5.3 GB on the GE head (measured), against 1.35 GB for onnxruntime.
-        self._compiled.release_memory()
+        compiled.release_memory()
         return logits
 
 
-def load_runner(backend: str, model_bytes: bytes, *, threads: int | None,
-                providers: Sequence[str] | None = None) -> Runner:
-    """A :class:`Runner` for ``model_bytes`` (an ONNX graph) on ``backend`` (already chosen)."""
+def load_runner(backend: str, model_bytes: bytes | Path, *, threads: int | None,
+                providers: Sequence[str] | None = None, static_shapes: bool = False) -> Runner:
+    """A :class:`Runner` for ``model_bytes`` (an ONNX graph; for OpenVINO also the path of an IR
+    ``.xml``) on ``backend`` (already chosen). ``static_shapes``: OpenVINO compiles per input
+    shape (int8 models)."""
     if backend == "openvino":
-        return OpenVinoRunner(model_bytes, threads=threads)
+        return OpenVinoRunner(model_bytes, threads=threads, static_shapes=static_shapes)
+    if isinstance(model_bytes, (str, Path)):
+        raise ModelError(f"onnxruntime runs ONNX graphs, not {model_bytes}")
     return OnnxRuntimeRunner(model_bytes, threads=threads, providers=available_providers(providers))
 
 

@@ -22,10 +22,19 @@ How it computes (see ``models/preprocess.py`` for the input side):
   reference's 110^3 -> 30^3 patches: tiled == untiled == the reference, for any
   tile size. A network whose output is as large as its input (``valid_input_offset_vox``
   0, e.g. SegResNet) has its output cropped to the tile by the runtime.
-- **Tile skipping** (``skip="tissue"``, default): only tiles whose output
-  region holds at least one voxel with HU strictly inside the window
-  (-15..100 HU, soft tissue) inside the head box are computed; the others are
-  background with probability 1. Air and pure bone are not worth computing.
+- **Tile skipping** (``skip="intracranial"``, default; ``"tissue"``): only the
+  voxels of the head box with HU strictly inside the window (-15..100 HU, soft
+  tissue; "intracranial": at least 8 dilation steps from the outside air, so the
+  scalp is dropped) need computing; the rest is background with probability 1.
+  Air and pure bone are not worth computing. With no ``tile_vox`` imposed, the
+  tiles are :func:`plan_cover`'s: non-overlapping aligned boxes of sides up to the
+  largest tile candidate (90) and input windows of at most 140^3 voxels (memory,
+  :data:`DEFAULT_MAX_WINDOW_VOXELS`) that cover every such voxel once, split where
+  the card's cost model says that saves computation (on the real GE head: 3.05 M
+  output voxels for 1.64 M intracranial ones, 12% fewer estimated
+  multiply-accumulates than the best fixed grid of bricks). With ``tile_vox``
+  (or ``skip="none"``) a fixed grid of ``tile_vox``^3 bricks, each shrunk to the
+  aligned box of its voxels (:func:`plan_tiles`).
 - **Ensemble.** Mean of the members' softmax, labels = argmax.
   ``fast=True`` runs member 1 only. The default cascade
   (``cascade_threshold=0.3``): member 1 runs on every computed tile; in each
@@ -36,15 +45,24 @@ How it computes (see ``models/preprocess.py`` for the input side):
   tiled result does not depend on the tiling, the sub-brick's ensemble equals
   the plain ensemble on those voxels. ``cascade_threshold=None`` runs every
   member on every tile (the plain ensemble).
-- **Precision.** ``precision="fp32"`` (default) runs the ONNX files as given;
-  ``"int8"`` runs static int8 copies in which only the convolutions the card
-  names are quantised (BLAST-CT: the full-resolution pathway's layers 2-8 and
-  the 1x1x1 head; QDQ, per-channel weights; :func:`select_int8_nodes`), made once
-  by :func:`quantize_member` and cached
-  next to the model (or in the user cache). Measured on member 1: 99.5% of
-  the labels of a lesion window unchanged, and 3.2x less CPU than the raw
-  fp32 file, but only ~10% less than fp32 once denormals are flushed (below):
-  most of that gain was the denormals. fp32 stays the default.
+- **Precision.** ``precision="fp32"`` (default) runs the ONNX files as given.
+  ``"int8"`` runs int8 copies of every member, made once and cached next to the
+  model (or in the user cache): with OpenVINO and NNCF installed (the ``quantize``
+  extra), NNCF post-training quantisation of the OpenVINO model read from the ONNX
+  (:func:`quantize_member_nncf`: mixed preset, min/max activation ranges, 10
+  calibration windows of synthetic and phantom heads, none of them an agreement
+  input; the operations the card's ``runtime.int8.openvino_nncf`` names stay fp32,
+  for BLAST-CT the x3 and x5 pathways), run on OpenVINO compiled per input shape
+  (models/backends.py); otherwise onnxruntime's static QDQ of the convolutions the
+  card names (:func:`quantize_member`, :func:`select_int8_nodes`). ``"int8-member1"``:
+  member 1 int8 (it runs on every tile and picks where the others run), the others
+  fp32. Measured (``scripts/bench_model.py --agreement-int8``, the card's
+  ``runtime.int8``): NNCF int8 ran member 1 on a 90^3 tile in ~0.3 of fp32's time
+  (OpenVINO, measured under load), but with every member int8 the cascade misses
+  the criteria (oedema Dice 0.89-0.95 against fp32 on the phantoms and the GE head),
+  and fast mode int8 differs from fast fp32 as much; with member 1 alone int8 the
+  cascade met them on the three phantoms but narrowly not on the GE head (oedema
+  Dice 0.979, blood +3.6% of 0.06 mL). fp32 stays the default.
 - **Back to the original grid.** Probabilities are resampled linearly per
   class (background 1 outside the computed box), labels are the argmax of the
   resampled probabilities (the reference resamples its 1 mm label map by
@@ -82,20 +100,38 @@ from ictus.models.weights import user_cache_dir
 
 log = logging.getLogger(__name__)
 
+#: "int8-member1": member 1 int8 (it runs on every tile and picks where the others run), the others fp32
+PRECISIONS = ("fp32", "int8", "int8-member1")
 DEFAULT_CASCADE_THRESHOLD = 0.3  # largest threshold that met the agreement criteria on all inputs (scripts/bench_model.py --agreement)
 SKIP_RULES = ("intracranial", "tissue", "none")
 DEFAULT_SKIP = "intracranial"
+#: Largest input window (voxels) of one tile in the default plan (:func:`plan_cover`): a memory bound.
+#: OpenVINO's peak RSS for DeepMedic member 1 on one window, measured 2026-12-01 (fresh process,
+#: 2 threads): 125^3 0.51 GB, 140^3 0.86 GB, 155^3 1.42 GB, 170^3 2.27 GB, 200^3 5.0 GB. 140^3 is
+#: the window of the 60^3 tiles the fixed grid already chose on the phantoms (fast mode, DICOM to
+#: labels, 1.58 GB there). GE head, fast, DICOM to labels: 1.36 GB with the previous 45^3 grid,
+#: 1.67 GB with this bound; the whole ``ictus triage --fast`` 1.82 GB (the target is 2 GB).
+#: Without the bound the GE head's plan costs 3.6% less but holds 170 x 170 x 155 windows.
+DEFAULT_MAX_WINDOW_VOXELS = 140**3
 
 
 @dataclass(frozen=True)
 class TilingPlan:
     """Output bricks on the full model grid: (start z/y/x, size z/y/x) each, sizes and
-    starts multiples of the geometry's ``tile_multiple_vox``."""
+    starts multiples of the geometry's ``tile_multiple_vox``.
+
+    ``planner``: "grid" (:func:`plan_tiles`: a grid of ``tile_vox``^3 bricks, each
+    shrunk to its mask; ``n_candidates`` bricks considered) or "cover"
+    (:func:`plan_cover`: non-overlapping boxes of sides up to ``tile_vox`` and input
+    windows of at most ``max_window_voxels`` covering the mask; ``n_candidates`` is the
+    number of ``tile_vox``^3 grid bricks over the region, for comparison)."""
 
     tile_vox: int
     tiles: tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...]
     n_candidates: int
     geometry: TileGeometry
+    planner: str = "grid"
+    max_window_voxels: int | None = None
 
     @property
     def output_voxels(self) -> int:
@@ -120,9 +156,11 @@ class Ensemble:
     created once and reusable.
 
     ``geometry``: how to tile (from the card, :meth:`TileGeometry.from_card`).
-    ``precision``: "fp32" (the files as given) or "int8" (cached static-int8
-    copies, see :func:`quantize_member`; ``int8_conv_patterns`` from the card's
-    ``runtime.int8``). ``backend``: "auto", "openvino" or "onnxruntime".
+    ``precision``: "fp32" (the files as given), "int8" (cached int8 copies of every
+    member: NNCF's on OpenVINO, :func:`quantize_member_nncf`, ``int8_ignored_patterns``;
+    else onnxruntime's, :func:`quantize_member`, ``int8_conv_patterns``; both from the
+    card's ``runtime.int8``) or "int8-member1" (member 1 int8, the others fp32).
+    ``backend``: "auto", "openvino" or "onnxruntime".
     """
 
     def __init__(
@@ -140,12 +178,13 @@ class Ensemble:
         model_version: str = "",
         int8_conv_patterns: Sequence[str] = (),
         backend: str = "auto",
+        int8_ignored_patterns: Sequence[str] = (),
     ) -> None:
         pull = f"run `ictus models pull {model_id or DEFAULT_MODEL}`"
         if not members:
             raise ModelError(f"no ensemble members were given; {pull}")
-        if precision not in ("fp32", "int8"):
-            raise ModelError(f"unknown precision {precision!r}; use 'fp32' or 'int8'")
+        if precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.member_paths = [Path(m) for m in members]
         for path in self.member_paths:
             if not path.is_file():
@@ -153,17 +192,26 @@ class Ensemble:
         self.class_names = tuple(class_names)
         self.geometry = geometry
         self.int8_conv_patterns = tuple(int8_conv_patterns)
+        self.int8_ignored_patterns = tuple(int8_ignored_patterns)
         self.spacing_mm = tuple(float(s) for s in spacing_mm)
         self.window_hu = (float(window_hu[0]), float(window_hu[1]))
         self.precision = precision
         self.model_id = model_id
         self.model_version = model_version
         self.providers = available_providers(providers)
-        self.backend = choose_backend(backend, providers=self.providers, precision=precision)
+        self.backend = choose_backend(backend, providers=self.providers, precision="fp32" if precision == "fp32" else "int8")
         self.backend_info = backend_info(self.backend, self.providers)
         self.threads = threads
         self._sessions: list[Runner | None] = [None] * len(self.member_paths)
-        self._run_paths = [quantized_path(p) if precision == "int8" else p for p in self.member_paths]
+        #: which members run int8: all ("int8"), member 1 only ("int8-member1"), none ("fp32")
+        self.int8_members = tuple(precision == "int8" or (precision == "int8-member1" and i == 0)
+                                  for i in range(len(self.member_paths)))
+        self._run_paths = [
+            p if not int8 else
+            nncf_quantized_path(p, self.int8_ignored_patterns) if self.backend == "openvino"  # NNCF int8 IR
+            else quantized_path(p)  # onnxruntime's static QDQ int8, the fallback
+            for p, int8 in zip(self.member_paths, self.int8_members)
+        ]
 
     @classmethod
     def from_card(cls, card, members: Sequence[Path | str], **options) -> "Ensemble":
@@ -181,6 +229,7 @@ class Ensemble:
             model_id=card.id,
             model_version=card.version,
             int8_conv_patterns=tuple(str(p) for p in int8.get("conv_name_patterns", ())),
+            int8_ignored_patterns=tuple(str(p) for p in (int8.get("openvino_nncf") or {}).get("ignored_scope_patterns", ())),
             **options,
         )
 
@@ -189,12 +238,21 @@ class Ensemble:
         """The loaded member ``index`` (created on first use)."""
         if self._sessions[index] is None:
             path = self._run_paths[index]
-            if self.precision == "int8" and not path.is_file():
+            int8 = self.int8_members[index]
+            nncf_ir = int8 and self.backend == "openvino"
+            if nncf_ir and not path.is_file():
+                quantize_member_nncf(self.member_paths[index], path, geometry=self.geometry, window_hu=self.window_hu,
+                                     spacing_mm=self.spacing_mm,  # type: ignore[arg-type]
+                                     ignored_patterns=self.int8_ignored_patterns)
+            elif int8 and not path.is_file():
                 quantize_member(self.member_paths[index], path, geometry=self.geometry, window_hu=self.window_hu,
                                 conv_name_patterns=self.int8_conv_patterns)
             try:
-                self._sessions[index] = load_runner(self.backend, load_without_denormals(path),
-                                                    threads=self.threads, providers=self.providers)
+                if nncf_ir:  # an OpenVINO IR made from the denormal-free graph, compiled per shape
+                    self._sessions[index] = load_runner(self.backend, path, threads=self.threads, static_shapes=True)
+                else:
+                    self._sessions[index] = load_runner(self.backend, load_without_denormals(path),
+                                                        threads=self.threads, providers=self.providers)
             except Exception as exc:  # onnxruntime and OpenVINO raise their own exception types
                 raise ModelError(f"cannot load model {path.name} ({exc}); re-run `ictus models verify`") from exc
         runner = self._sessions[index]
@@ -237,7 +295,9 @@ class Ensemble:
         """Segment ``volume``; see the module docstring for the exact method.
 
         ``members``: indices of the members to use (default all; ``fast`` = [0]).
-        ``skip``: "tissue" (skip tiles with no soft-tissue voxel) or "none".
+        ``skip``: "intracranial" (default), "tissue" (compute only the aligned boxes
+        covering those voxels, see :func:`plan_cover`) or "none" (every head-box tile).
+        ``tile_vox``: impose a fixed grid of bricks of that size (:func:`plan_tiles`).
         """
         t0 = time.perf_counter()
         model_input = preprocess(
@@ -269,7 +329,8 @@ class Ensemble:
             backend_version=self.backend_info.version,
             device=self.backend_info.device,
             method=describe_method(fast, len(indices), cascade_threshold, skip, stats["tile_vox"], self.precision,
-                                   geometry=self.geometry),
+                                   geometry=self.geometry, planner=stats["tile_planner"],
+                                   max_window_voxels=stats["max_window_voxels"]),
         )
         return Segmentation(
             probabilities=seg[0],
@@ -335,11 +396,16 @@ class Ensemble:
             probs[(slice(None),) + sub_box] = total
             agreement[sub_box] = (agree / len(votes)).astype(np.float16)
             cascade_voxels += int(label.size)
+        needed = needed_voxels(model_input)
         stats = {
             "tile_vox": plan.tile_vox,
+            "tile_planner": plan.planner,
+            "max_window_voxels": plan.max_window_voxels,
             "tiles_candidate": plan.n_candidates,
             "tiles_computed": len(plan.tiles),
             "output_voxels_per_member": plan.output_voxels,
+            "needed_voxels": needed,
+            "computed_over_needed": round(plan.output_voxels / needed, 3) if needed else None,
             "estimated_gmac_per_member": round(plan.estimated_gmac, 1),
             "member_tiles": member_tiles,
             "ensemble_voxels": cascade_voxels,
@@ -357,7 +423,7 @@ class Ensemble:
             probabilities[c] = to_original_grid(
                 probs_box[c], model_input, default=1.0 if c == 0 else 0.0, dtype=np.float16
             )
-        labels = probabilities.argmax(axis=0).astype(np.uint8)
+        labels = argmax_classes(probabilities)
         agreement = to_original_grid(
             agreement_box.astype(np.float32), model_input, default=1.0,
             interpolator=sitk.sitkNearestNeighbor, dtype=np.float16,
@@ -365,11 +431,24 @@ class Ensemble:
         return probabilities, labels, agreement
 
 
+def argmax_classes(probabilities: np.ndarray) -> np.ndarray:
+    """``probabilities.argmax(axis=0)`` as uint8 (first class wins ties, as argmax), in one pass
+    per class: about 5x faster than numpy's argmax over the strided class axis."""
+    labels = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    best = probabilities[0].copy()
+    for c in range(1, probabilities.shape[0]):
+        higher = probabilities[c] > best
+        labels[higher] = c
+        np.maximum(best, probabilities[c], out=best)
+    return labels
+
+
 def describe_method(
     fast: bool, n_members: int, cascade_threshold: float | None, skip: str, tile_vox: int, precision: str,
-    *, geometry: TileGeometry,
+    *, geometry: TileGeometry, planner: str = "grid", max_window_voxels: int | None = None,
 ) -> str:
-    """One line saying exactly what was computed (for findings provenance)."""
+    """One line saying exactly what was computed (for findings provenance); ``planner``
+    is the :class:`TilingPlan`'s ("grid" or "cover")."""
     aligned = f"{geometry.tile_multiple_vox}-voxel-aligned"
     if fast or n_members == 1:
         ens = "member 1 only"
@@ -385,19 +464,28 @@ def describe_method(
         what = "soft tissue (HU strictly inside the window)"
         if skip == "intracranial":
             what += " at least 8 dilation steps from the outside air (scalp dropped)"
-        where = (
-            f"head-box tiles of up to {tile_vox}^3 holding {what}, "
-            f"each shrunk to the {aligned} box of that tissue"
-        )
+        if planner == "cover":
+            side = round(max_window_voxels ** (1 / 3)) if max_window_voxels else 0
+            shown = f"{side}^3" if side**3 == max_window_voxels else str(max_window_voxels)
+            bound = f" and input windows of at most {shown} voxels" if max_window_voxels else ""
+            where = (
+                f"non-overlapping {aligned} boxes of sides up to {tile_vox}{bound} covering the head box's {what}, "
+                "split where the card's cost model says it saves computation"
+            )
+        else:
+            where = (
+                f"head-box tiles of up to {tile_vox}^3 holding {what}, "
+                f"each shrunk to the {aligned} box of that tissue"
+            )
     else:
         where = f"all head-box tiles of {tile_vox}^3"
     return f"{ens}; {where}; {geometry.context_vox}-voxel context; {precision}"
 
 
 def plan_tiles(model_input: ModelInput, tile_vox: int, geometry: TileGeometry, *, skip: str = DEFAULT_SKIP) -> TilingPlan:
-    """Bricks of at most ``tile_vox``^3 over the model input's region. With
-    ``skip="tissue"`` a brick without soft tissue is dropped and each other brick
-    shrinks to the aligned bounding box of its tissue voxels."""
+    """Bricks of at most ``tile_vox``^3 over the model input's region (a fixed grid). With
+    ``skip="tissue"`` or ``"intracranial"`` a brick without a voxel of that mask is
+    dropped and each other brick shrinks to the aligned bounding box of those voxels."""
     phase = geometry.tile_multiple_vox
     if tile_vox <= 0 or tile_vox % phase:
         raise InvalidInputError(
@@ -428,10 +516,221 @@ def plan_tiles(model_input: ModelInput, tile_vox: int, geometry: TileGeometry, *
 def choose_tile_vox(
     model_input: ModelInput, geometry: TileGeometry, skip: str = DEFAULT_SKIP, candidates: Sequence[int] | None = None
 ) -> TilingPlan:
-    """The plan with the fewest estimated multiply-accumulates among ``candidates``
-    (default: the geometry's ``tile_candidates_vox``)."""
-    plans = [plan_tiles(model_input, t, geometry, skip=skip) for t in (candidates or geometry.tile_candidates_vox)]
-    return min(plans, key=lambda p: p.estimated_gmac)
+    """The runtime's plan when no tile size is imposed: for ``skip`` "intracranial" or
+    "tissue" the :func:`plan_cover` of the mask (tiles of sides up to the largest
+    candidate), or the cheapest fixed-grid plan if one were cheaper (a safeguard: on
+    the heads measured the cover plan always wins); for "none" the fixed-grid plan
+    with the fewest estimated multiply-accumulates among ``candidates`` (default:
+    the geometry's ``tile_candidates_vox``)."""
+    sizes = tuple(candidates or geometry.tile_candidates_vox)
+    plans = [plan_tiles(model_input, t, geometry, skip=skip) for t in sizes]
+    if skip != "none":
+        plans.insert(0, plan_cover(model_input, geometry, skip=skip, max_tile_vox=max(sizes)))
+    return min(plans, key=lambda p: p.estimated_gmac)  # the first of equals: the cover plan
+
+
+def skip_mask(model_input: ModelInput, skip: str) -> np.ndarray:
+    """The voxels of the box a skip rule keeps: ``deep`` for "intracranial", ``tissue`` for "tissue"."""
+    if skip not in SKIP_RULES or skip == "none":
+        raise InvalidInputError(f"skip rule {skip!r} has no mask; use intracranial or tissue")
+    return model_input.deep if skip == "intracranial" else model_input.tissue
+
+
+def region_slices(model_input: ModelInput) -> tuple[slice, slice, slice]:
+    """The output region (head box) as slices into the model box."""
+    return tuple(slice(a - b, c - b) for a, c, b in zip(  # type: ignore[return-value]
+        model_input.region_start, model_input.region_stop, model_input.box_start))
+
+
+def needed_voxels(model_input: ModelInput) -> int:
+    """Intracranial voxels (``deep``) in the output region: what the model needs to
+    compute at least (the floor of ``bench_model.py --floor``)."""
+    return int(np.count_nonzero(model_input.deep[region_slices(model_input)]))
+
+
+def plan_cover(
+    model_input: ModelInput, geometry: TileGeometry, *, skip: str = DEFAULT_SKIP, max_tile_vox: int | None = None,
+    max_window_voxels: int | None = DEFAULT_MAX_WINDOW_VOXELS, lookahead: int = 1, beam: int = 4,
+) -> TilingPlan:
+    """Non-overlapping aligned boxes covering every voxel of the skip rule's mask in
+    the output region (each voxel in exactly one box), chosen to minimise the
+    card's estimated cost (:meth:`TileGeometry.estimated_gmac`, which includes the
+    context overhead, so that a large box is cheaper per voxel than small ones).
+
+    Greedy guillotine splitting on the grid of ``tile_multiple_vox``^3 cells (a box
+    start/size is a multiple of the alignment, so the cells are exact): start from
+    the aligned bounding box of the mask; for a box, try every split plane between
+    cells along each axis, shrink each half to the aligned bounding box of its mask
+    cells, and split where the halves cost less than the box (each half valued at
+    the best of itself or its best split, ``lookahead`` levels deep, for the
+    ``beam`` splits that look best without lookahead); a box with a side above
+    ``max_tile_vox`` (default: the largest tile candidate), or whose input window
+    (``size + 2 * context_vox`` per axis) holds more than ``max_window_voxels``
+    voxels (a memory bound, :data:`DEFAULT_MAX_WINDOW_VOXELS`; None: no bound), is
+    always split. The halves' boxes for every plane come from cumulative
+    projections of the box's cells (a few numpy calls per box and axis), so a plan
+    takes ~0.1-0.3 s. ``skip="none"`` gives the fixed grid (:func:`plan_tiles`) of
+    ``max_tile_vox``."""
+    phase = geometry.tile_multiple_vox
+    max_vox = int(max_tile_vox or max(geometry.tile_candidates_vox))
+    if max_vox <= 0 or max_vox % phase:
+        raise InvalidInputError(f"largest tile {max_vox} is not a positive multiple of {phase}")
+    if skip not in SKIP_RULES:
+        raise InvalidInputError(f"unknown skip rule {skip!r}; use one of {', '.join(SKIP_RULES)}")
+    smallest_window = geometry.window_vox(phase) ** 3
+    if max_window_voxels is not None and max_window_voxels < smallest_window:
+        raise InvalidInputError(f"max_window_voxels {max_window_voxels} is below one {phase}^3 tile's window "
+                                f"({smallest_window})")
+    if skip == "none":
+        return plan_tiles(model_input, max_vox, geometry, skip="none")
+    region = skip_mask(model_input, skip)[region_slices(model_input)]
+    extent = region.shape
+    n_cells = [-(-n // phase) for n in extent]
+    padded = np.zeros([c * phase for c in n_cells], dtype=bool)
+    padded[tuple(slice(0, n) for n in extent)] = region
+    occupied = np.asarray(padded.reshape(n_cells[0], phase, n_cells[1], phase, n_cells[2], phase).any(axis=(1, 3, 5)))
+    n_candidates = int(np.prod([-(-n // max_vox) for n in extent]))
+    cost_cache: dict[tuple[int, ...], float] = {}
+
+    def cost(cells: tuple[int, ...]) -> float:
+        if cells not in cost_cache:
+            cost_cache[cells] = geometry.estimated_gmac(tuple(c * phase for c in cells))
+        return cost_cache[cells]
+
+    def fits(cells: tuple[int, ...]) -> bool:
+        return max(cells) * phase <= max_vox and (
+            max_window_voxels is None or int(np.prod([geometry.window_vox(c * phase) for c in cells])) <= max_window_voxels)
+
+    boxes = _CoverPlanner(occupied, fits, cost, lookahead=lookahead, beam=beam).plan()
+    tiles = tuple(
+        (tuple(r + phase * a for r, a in zip(model_input.region_start, lo)), tuple(phase * (b - a) for a, b in zip(lo, hi)))
+        for lo, hi in boxes
+    )
+    return TilingPlan(tile_vox=max_vox, tiles=tiles, n_candidates=n_candidates, geometry=geometry,  # type: ignore[arg-type]
+                      planner="cover", max_window_voxels=max_window_voxels)
+
+
+_Box = tuple[tuple[int, int, int], tuple[int, int, int]]  # (lo, hi) in cells, hi exclusive
+
+
+class _CoverPlanner:
+    """The search of :func:`plan_cover` on a boolean grid of occupied cells; every box
+    it handles is shrunk (its first and last cell layers along each axis are occupied)."""
+
+    def __init__(self, occupied: np.ndarray, fits, cost, *, lookahead: int, beam: int) -> None:
+        self.occ = occupied
+        self.fits_sides = fits  # (sides in cells) -> whether one tile may have them; (1, 1, 1) must fit
+        self.cost = cost
+        self.lookahead = max(0, int(lookahead))
+        self.beam = max(1, int(beam))
+        self._splits: dict[_Box, list[tuple[_Box, _Box]]] = {}
+        self._value: dict[tuple[_Box, int], float] = {}
+
+    def plan(self) -> list[_Box]:
+        root = self.shrink(((0, 0, 0), self.occ.shape))
+        out: list[_Box] = []
+        stack = [root] if root is not None else []
+        while stack:
+            box = stack.pop()
+            own = self.cost(self.sides(box)) if self.fits(box) else float("inf")
+            splits = self.splits(box)
+            if not splits:  # one cell layer per axis: fits
+                out.append(box)
+                continue
+            quick = sorted(splits, key=lambda ab: self.estimate(ab[0]) + self.estimate(ab[1]))[: self.beam]
+            best = min(quick, key=lambda ab: self.value(ab[0], self.lookahead) + self.value(ab[1], self.lookahead))
+            if own <= self.value(best[0], self.lookahead) + self.value(best[1], self.lookahead):
+                out.append(box)
+            else:
+                stack.extend(best)
+        return sorted(out)
+
+    @staticmethod
+    def sides(box: _Box) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in zip(*box))  # type: ignore[return-value]
+
+    def fits(self, box: _Box) -> bool:
+        return self.fits_sides(self.sides(box))
+
+    def estimate(self, box: _Box) -> float:
+        """The box's cost, or for a box too large for one tile, that of an even split
+        of it into pieces that fit (its longest piece side halved, then thirded...,
+        until they fit; an upper bound of its best cover)."""
+        sides = self.sides(box)
+        if self.fits_sides(sides):
+            return self.cost(sides)
+        pieces = [1, 1, 1]
+        piece = tuple(sides)
+        while not self.fits_sides(piece):
+            axis = int(np.argmax(piece))
+            pieces[axis] += 1
+            piece = tuple(-(-s // k) for s, k in zip(sides, pieces))
+        return float(np.prod(pieces)) * self.cost(piece)
+
+    def value(self, box: _Box, depth: int) -> float:
+        """The best of the box's own cost and its splits, ``depth`` levels deep."""
+        if depth <= 0:
+            return self.estimate(box)
+        key = (box, depth)
+        if key not in self._value:
+            best = self.cost(self.sides(box)) if self.fits(box) else float("inf")
+            for a, b in self.splits(box):
+                best = min(best, self.value(a, depth - 1) + self.value(b, depth - 1))
+            self._value[key] = best if best < float("inf") else self.estimate(box)
+        return self._value[key]
+
+    def shrink(self, box: _Box) -> _Box | None:
+        lo, hi = box
+        sub = self.occ[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        if not sub.any():
+            return None
+        new_lo, new_hi = [], []
+        for axis in range(3):
+            hit = np.flatnonzero(sub.any(axis=tuple(a for a in range(3) if a != axis)))
+            new_lo.append(lo[axis] + int(hit[0]))
+            new_hi.append(lo[axis] + int(hit[-1]) + 1)
+        return tuple(new_lo), tuple(new_hi)  # type: ignore[return-value]
+
+    def splits(self, box: _Box) -> list[tuple[_Box, _Box]]:
+        """(lower half, upper half), each shrunk, for every plane between cells along each
+        axis, from cumulative projections: the lower half of plane p holds the cell
+        layers before p, so its extent on another axis is the running OR of the layers'
+        projections; the upper half's is the same from the far end."""
+        if box in self._splits:
+            return self._splits[box]
+        lo, hi = box
+        sub = np.asarray(self.occ[tuple(slice(a, b) for a, b in zip(lo, hi))])
+        out: list[tuple[_Box, _Box]] = []
+        for axis in range(3):
+            n = sub.shape[axis]
+            if n < 2:
+                continue
+            others = [a for a in range(3) if a != axis]
+            layers = np.moveaxis(sub, axis, 0)  # [n, other0, other1]
+            proj: list[np.ndarray] = [np.asarray(layers.any(axis=2)), np.asarray(layers.any(axis=1))]  # per layer, onto each other axis
+            occupied = np.asarray(proj[0].any(axis=1))
+            index = np.arange(n)
+            last_before = np.maximum.accumulate(np.where(occupied, index, -1))  # lower half ends after it
+            first_after = np.minimum.accumulate(np.where(occupied, index, n)[::-1])[::-1]  # upper half starts there
+            ext_lo, ext_hi = [], []  # per other axis: (lo, hi) of the lower halves and of the upper halves
+            for pr in proj:
+                m = pr.shape[1]
+                fwd = np.logical_or.accumulate(pr, axis=0)
+                bwd = np.logical_or.accumulate(pr[::-1], axis=0)[::-1]
+                ext_lo.append((fwd.argmax(axis=1), m - fwd[:, ::-1].argmax(axis=1)))
+                ext_hi.append((bwd.argmax(axis=1), m - bwd[:, ::-1].argmax(axis=1)))
+            for p in range(1, n):
+                a_lo, a_hi, b_lo, b_hi = list(lo), list(hi), list(lo), list(hi)
+                a_hi[axis] = lo[axis] + int(last_before[p - 1]) + 1
+                b_lo[axis] = lo[axis] + int(first_after[p])
+                for k, other in enumerate(others):
+                    a_lo[other] = lo[other] + int(ext_lo[k][0][p - 1])
+                    a_hi[other] = lo[other] + int(ext_lo[k][1][p - 1])
+                    b_lo[other] = lo[other] + int(ext_hi[k][0][p])
+                    b_hi[other] = lo[other] + int(ext_hi[k][1][p])
+                out.append(((tuple(a_lo), tuple(a_hi)), (tuple(b_lo), tuple(b_hi))))  # type: ignore[arg-type]
+        self._splits[box] = out
+        return out
 
 
 def aligned_box(
@@ -665,6 +964,118 @@ def quantize_member(
     return out_path
 
 
+#: NNCF post-training quantisation settings of the OpenVINO int8 members (part of their cache key).
+#: MIXED preset (symmetric int8 weights per channel, asymmetric activations); activation ranges
+#: from the calibration windows' plain min/max (NNCF's default, a mean of per-window extremes,
+#: clipped ranges: member 1's foreground labels on lesion windows agreed 0.80-0.91 with fp32, against
+#: 0.94-0.95 with min/max, every layer int8).
+NNCF_SETTINGS = {"preset": "mixed", "activations_range": "minmax", "calibration": "synthetic4+phantom3x2@input_size", "v": 1}
+
+
+def nncf_quantized_path(onnx_path: Path, ignored_patterns: Sequence[str] = ()) -> Path:
+    """Where the NNCF int8 OpenVINO IR of ``onnx_path`` is cached (``.xml`` plus ``.bin``), as
+    :func:`quantized_path` (next to it when writable, else the user cache); the name holds a
+    digest of the settings (:data:`NNCF_SETTINGS`, ``ignored_patterns``), so that a change of
+    either makes a new copy."""
+    import json
+
+    key = json.dumps({"settings": NNCF_SETTINGS, "ignored": list(ignored_patterns)}, sort_keys=True)
+    tag = hashlib.sha256(key.encode()).hexdigest()[:8]
+    onnx_path = Path(onnx_path)
+    beside = onnx_path.with_name(f"{onnx_path.stem}.int8-nncf-{tag}.xml")
+    if beside.exists() or os.access(onnx_path.parent, os.W_OK):
+        return beside
+    digest = hashlib.sha256(str(onnx_path.resolve()).encode()).hexdigest()[:12]
+    return user_cache_dir("int8") / f"{onnx_path.stem}.{digest}.int8-nncf-{tag}.xml"
+
+
+#: Calibration heads for :func:`phantom_calibration_windows`: unlike the benchmark's and the tests'
+#: phantoms (30 mL, 512x512x40, seed 0), so that no agreement input is a calibration input.
+_CALIBRATION_PHANTOMS = (
+    dict(haemorrhage="IPH", haemorrhage_volume_ml=12.0, haemorrhage_side="left", oedema_rim_mm=3.0, seed=7,
+         noise_hu=6.0, matrix=256, pixel_spacing_mm=0.9, slice_thickness_mm=2.5),
+    dict(haemorrhage="IVH", haemorrhage_volume_ml=8.0, seed=11, matrix=256, pixel_spacing_mm=0.9, head_yaw_deg=6.0),
+    dict(haemorrhage="EAH", haemorrhage_volume_ml=15.0, seed=13, matrix=256, pixel_spacing_mm=0.9,
+         patient_age_years=80.0),
+)
+
+
+def phantom_calibration_windows(
+    *, geometry: TileGeometry, window_hu: tuple[float, float], spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> Iterator[np.ndarray]:
+    """Calibration windows [1, 1, n, n, n] (n: the geometry's ``input_size_vox``) as the runtime
+    feeds them: three phantom studies (:mod:`ictus.imaging.phantom`: an IPH with oedema, an
+    IVH, an EAH in an older head; see ``_CALIBRATION_PHANTOMS``) preprocessed like a study and
+    cut by :func:`extract_window`, one centred on the intracranial tissue, one on the blood."""
+    from ictus.imaging.phantom import PhantomSpec, phantom_volume
+
+    out_vox = geometry.input_size_vox - 2 * geometry.context_vox
+    lo, hi = float(window_hu[0]), float(window_hu[1])
+    blood_lo = (2.0 * 50.0 - lo - hi) / (hi - lo)  # >= 50 HU, below the window's top (bone)
+    for spec in _CALIBRATION_PHANTOMS:
+        mi = preprocess(phantom_volume(PhantomSpec(**spec)), spacing_mm=spacing_mm, window_hu=window_hu,  # type: ignore[arg-type]
+                        tile_vox=geometry.tile_multiple_vox, context_vox=geometry.context_vox,
+                        phase_vox=geometry.tile_multiple_vox)
+        blood = mi.deep & (mi.array >= blood_lo) & (mi.array < 0.99)
+        for mask in (mi.deep, blood):
+            if not mask.any():
+                continue
+            centre = np.argwhere(mask).mean(axis=0)
+            start = [int(round(c)) + b - out_vox // 2 for c, b in zip(centre, mi.box_start)]
+            yield extract_window(mi, start, (out_vox,) * 3, geometry)[None, None]
+
+
+def quantize_member_nncf(
+    onnx_path: Path,
+    out_path: Path | None = None,
+    *,
+    geometry: TileGeometry,
+    window_hu: tuple[float, float],
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ignored_patterns: Sequence[str] = (),
+) -> Path:
+    """Write an int8 OpenVINO IR of one member with NNCF post-training quantisation
+    (:data:`NNCF_SETTINGS`), run by OpenVINO (models/backends.py). The graph is read from the
+    ONNX file with denormals flushed; calibration: the 4 windows of :func:`calibration_windows`
+    and the 6 of :func:`phantom_calibration_windows`. Operations whose names match
+    ``ignored_patterns`` (regular expressions: the card's ``runtime.int8.openvino_nncf.
+    ignored_scope_patterns``, for BLAST-CT the two low-resolution pathways) stay fp32.
+    Needs ``nncf`` (the ``quantize`` extra)."""
+    import tempfile
+
+    try:
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+    except ImportError as exc:
+        raise ModelError("int8 on OpenVINO needs NNCF: pip install 'ictus[quantize]' (or nncf), "
+                         "or use --backend onnxruntime") from exc
+    import openvino as ov
+
+    from ictus.imaging.atomic import move_file
+
+    onnx_path = Path(onnx_path)
+    out_path = Path(out_path) if out_path else nncf_quantized_path(onnx_path, ignored_patterns)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    windows = list(calibration_windows(4, size_vox=geometry.input_size_vox, window_hu=window_hu))
+    windows += list(phantom_calibration_windows(geometry=geometry, window_hu=window_hu, spacing_mm=spacing_mm))
+    log.info("quantising %s to int8 with NNCF (one-off, %d calibration windows)", onnx_path.name, len(windows))
+    nncf.set_log_level(logging.WARNING)  # not its per-node progress lines
+    model = ov.Core().read_model(load_without_denormals(onnx_path))
+    ignored = nncf.IgnoredScope(patterns=list(ignored_patterns), validate=False) if ignored_patterns else None
+    quantized = nncf.quantize(
+        model, nncf.Dataset(windows), subset_size=len(windows), preset=nncf.QuantizationPreset.MIXED,
+        ignored_scope=ignored, advanced_parameters=AdvancedQuantizationParameters(
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "q.xml"
+        ov.save_model(quantized, str(xml), compress_to_fp16=False)
+        move_file(xml.with_suffix(".bin"), out_path.with_suffix(".bin"))  # the weights first: the .xml marks it done
+        move_file(xml, out_path)
+    return out_path
+
+
 def segment(
     volume: Volume,
     members: Sequence[Path | str],
@@ -681,9 +1092,10 @@ def segment(
 
     ``options`` go to :meth:`Ensemble.segment` (tile_vox, skip, cascade_threshold,
     members, crop_to_head) or to the constructor (spacing_mm, window_hu,
-    model_id, model_version, int8_conv_patterns, backend).
+    model_id, model_version, int8_conv_patterns, int8_ignored_patterns, backend).
     """
-    ctor_keys = {"spacing_mm", "window_hu", "model_id", "model_version", "int8_conv_patterns", "backend"}
+    ctor_keys = {"spacing_mm", "window_hu", "model_id", "model_version", "int8_conv_patterns", "backend",
+                 "int8_ignored_patterns"}
     ctor = {k: options.pop(k) for k in list(options) if k in ctor_keys}
     ensemble = Ensemble(
         [members[0]] if fast else members, class_names=class_names, geometry=geometry, threads=threads,

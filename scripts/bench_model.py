@@ -15,6 +15,15 @@ Optional parts:
 - ``--agreement``: every shortcut against the plain 12-member fp32 ensemble on
   the 1 mm model grid (Dice per class, total blood volume). Heavy: 12 members
   over every soft-tissue tile of both inputs.
+- ``--agreement-int8``: int8 members (``precision="int8"``: NNCF int8 on OpenVINO when both are
+  installed, else onnxruntime's QDQ) against fp32, with the same criteria: fast (member 1)
+  int8 vs fast fp32, the default cascade with int8 members vs the plain 12-member fp32
+  ensemble, the plain int8 ensemble vs the plain fp32 one. The fp32 maps are kept in
+  ``--work``/agreement-cache (delete it after changing the members). Heavy: 24 member passes.
+- ``--agreement-int8-quick``: int8 against fp32 in the same mode (fast, and the default
+  cascade), as the runtime computes them; ~5x cheaper (no plain ensemble).
+- ``--int8-speed``: member 1 on one window of a 90^3 output tile, int8 vs fp32 on the chosen
+  engine, in this process, interleaved, median of ``--runs``.
 - ``--reference``: member 1, ours vs blast-ct's own network module and patch
   grid on the whole preprocessed phantom (label Dice per class).
 - ``--backends onnxruntime,openvino``: each mode on each inference engine in the
@@ -23,7 +32,15 @@ Optional parts:
   on one window of the largest tile, GMAC from the card's cost model), the floor
   of each input (the intracranial voxels the model needs, times the cost per
   output voxel at that tile; for the default ensemble plus the other members on
-  the voxels the cascade sent them) and each timed mode as a ratio to its floor.
+  the voxels the cascade sent them) and each timed mode as a ratio to its floor,
+  with the tile plans (below); with ``--peer`` too, the peer's ratio to fast mode
+  and to fast mode's floor.
+- ``--plans``: the runtime's tile plan of each input without inference: the
+  fixed grid of bricks (the previous default: the cheapest of the card's tile
+  sizes, each brick shrunk to the intracranial voxels) against the default cover
+  (:func:`ictus.models.runtime.plan_cover`): tiles, output voxels, estimated GMAC
+  (card's cost model, one member), output voxels over the intracranial voxels
+  needed, planning time. Every timed run also records its computed/needed ratio.
 
 Usage: ``nice .venv/bin/python scripts/bench_model.py --runs 3 [--peer] [--agreement] [--reference]``
 """
@@ -39,6 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -132,7 +150,8 @@ def summarise(results: list[dict], mode: str, precision: str, options: dict, bac
             "options": options, "runs": len(results),
             "wall_s_median": round(med("wall_s"), 2), "cpu_s_median": round(med("cpu_s"), 2),
             "peak_rss_gb_max": round(max(r["peak_rss_gb"] for r in results), 2),
-            "blood_ml": round(results[-1]["blood_ml"], 2), "info": results[-1]["info"]}
+            "blood_ml": round(results[-1]["blood_ml"], 2),
+            "computed_over_needed": results[-1]["info"].get("computed_over_needed"), "info": results[-1]["info"]}
 
 
 def timed(study: Path, members: list[Path], mode: str, precision: str, threads: int, runs: int, options: dict,
@@ -195,12 +214,48 @@ def floor_for(study: Path, rate: dict, n_members: int, info_full: dict | None) -
     model_input = preprocess(load_volume(study), spacing_mm=tuple(card.preprocessing.spacing_mm),
                              window_hu=tuple(card.preprocessing.window_hu), tile_vox=max(geometry.tile_candidates_vox),
                              context_vox=geometry.context_vox, phase_vox=geometry.tile_multiple_vox)
-    needed = int(model_input.deep.sum())
+    from ictus.models.runtime import needed_voxels
+
+    needed = needed_voxels(model_input)
     per_voxel_s = rate["us_per_output_voxel"] * 1e-6
     out = {"needed_voxels": needed, "floor_fast_s": round(needed * per_voxel_s, 2)}
     if info_full is not None:
         extra = int(info_full.get("ensemble_voxels", 0)) * (n_members - 1)
         out["floor_default_s"] = round((needed + extra) * per_voxel_s, 2)
+    return out
+
+
+def plan_numbers(study: Path) -> dict:
+    """The tile plans of one input (deterministic, no inference): the previous default (the
+    cheapest fixed grid of the card's tile sizes, bricks shrunk to the intracranial voxels)
+    and the runtime's default cover; output voxels, estimated GMAC of one member (the card's
+    cost model), output voxels / intracranial voxels needed."""
+    from ictus.models.geometry import TileGeometry
+    from ictus.models.preprocess import preprocess
+    from ictus.models.runtime import choose_tile_vox, needed_voxels, plan_tiles
+
+    card = blast_ct_card()
+    geometry = TileGeometry.from_card(card)
+    model_input = preprocess(load_volume(study), spacing_mm=tuple(card.preprocessing.spacing_mm),
+                             window_hu=tuple(card.preprocessing.window_hu), tile_vox=max(geometry.tile_candidates_vox),
+                             context_vox=geometry.context_vox, phase_vox=geometry.tile_multiple_vox)
+    needed = needed_voxels(model_input)
+    t0 = time.perf_counter()
+    grid = min((plan_tiles(model_input, t, geometry) for t in geometry.tile_candidates_vox),
+               key=lambda p: p.estimated_gmac)
+    t1 = time.perf_counter()
+    new = choose_tile_vox(model_input, geometry)  # the runtime's default plan
+    t2 = time.perf_counter()
+
+    def row(plan, seconds: float) -> dict:
+        return {"planner": plan.planner, "tile_vox": plan.tile_vox, "tiles": len(plan.tiles),
+                "output_voxels": plan.output_voxels, "estimated_gmac": round(plan.estimated_gmac, 1),
+                "computed_over_needed": round(plan.output_voxels / needed, 3) if needed else None,
+                "plan_s": round(seconds, 3)}
+
+    out = {"needed_voxels": needed, "grid_previous": row(grid, t1 - t0), "default": row(new, t2 - t1)}
+    if grid.estimated_gmac:
+        out["default_over_grid_gmac"] = round(new.estimated_gmac / grid.estimated_gmac, 3)
     return out
 
 
@@ -320,6 +375,178 @@ def agreement(volume, members: list[Path], threads: int, thresholds=(0.02, 0.05,
     return result
 
 
+# -- int8 against fp32 ---------------------------------------------------------------------
+def _fast_labels(first: np.ndarray, plan, mi) -> np.ndarray:
+    """Fast mode's labels (member 1 on the runtime's intracranial tiles) from member 1's map."""
+    from ictus.models.runtime import _tile_slices
+
+    lab = np.zeros(mi.array.shape, np.uint8)
+    for start, size in plan.tiles:
+        sl = _tile_slices(mi, start, size)[1]
+        lab[sl] = first[(slice(None),) + sl].argmax(0)
+    return lab
+
+
+def _cascade_labels(first: np.ndarray, ensemble_labels: np.ndarray, plan, mi, threshold: float,
+                    phase: int) -> tuple[np.ndarray, int]:
+    """The default cascade's labels as the runtime computes them: member 1 on the intracranial
+    tiles, the ensemble (``ensemble_labels``: its argmax on every tissue tile) on each tile's
+    unsure sub-brick."""
+    from ictus.models.runtime import _tile_slices, unsure_brick
+
+    lab = _fast_labels(first, plan, mi)
+    n_vox = 0
+    for start, size in plan.tiles:
+        sl = _tile_slices(mi, start, size)[1]
+        sub = unsure_brick(first[0][sl], threshold, start, phase)
+        if sub is None:
+            continue
+        sub_sl = _tile_slices(mi, *sub)[1]
+        lab[sub_sl] = ensemble_labels[sub_sl]
+        n_vox += int(np.prod([b.stop - b.start for b in sub_sl]))
+    return lab, n_vox
+
+
+def _member_maps(ens, mi, n: int, tile_vox: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Member 1's probabilities and the mean-softmax labels of ``n`` members, over every
+    soft-tissue tile (``tile_vox``), with each member's seconds."""
+    acc = first = None
+    seconds = []
+    for k in range(n):
+        t0 = time.perf_counter()
+        p, _, _ = ens.predict_box(mi, [k], tile_vox=tile_vox, skip="tissue")
+        seconds.append(round(time.perf_counter() - t0, 1))
+        if k == 0:
+            first = p.copy()
+        if acc is None:
+            acc = p
+        else:
+            acc += p
+        del p
+    assert acc is not None and first is not None
+    return first, acc.argmax(0).astype(np.uint8), seconds
+
+
+def agreement_int8(volume, members: list[Path], threads: int, cache: Path | None = None,
+                   threshold: float | None = None) -> dict:
+    """int8 members against fp32 (see the module docstring) on the 1 mm model grid. Reference:
+    the plain fp32 ensemble (every member on every soft-tissue tile, mean softmax)."""
+    from ictus.models.preprocess import preprocess
+    from ictus.models.runtime import DEFAULT_CASCADE_THRESHOLD, Ensemble, choose_tile_vox
+
+    thr = DEFAULT_CASCADE_THRESHOLD if threshold is None else threshold
+    card = blast_ct_card()
+    mi = preprocess(volume, tile_vox=90)
+    ens32 = Ensemble.from_card(card, members, threads=threads)
+    ens8 = Ensemble.from_card(card, members, threads=threads, precision="int8")
+    plan = choose_tile_vox(mi, ens32.geometry, "intracranial")  # the runtime's default plan
+    phase = ens32.geometry.tile_multiple_vox
+    out: dict = {"int8_backend": ens8.backend_info.describe(), "fp32_backend": ens32.backend_info.describe(),
+                 "tiles_intracranial": [len(plan.tiles), plan.tile_vox], "cascade_threshold": thr}
+    if ens8.backend == "openvino":
+        import nncf
+
+        out["int8_tool"] = f"nncf {nncf.__version__}"
+    if cache is not None and cache.exists():
+        z = np.load(cache)
+        first32, plain32 = z["first"], z["plain"]
+        out["fp32_from_cache"] = str(cache)
+    else:
+        t0 = time.perf_counter()
+        first32, plain32, secs = _member_maps(ens32, mi, len(members), 60)
+        out["fp32_member_s"] = secs
+        out["fp32_all_members_s"] = round(time.perf_counter() - t0, 1)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, first=first32, plain=plain32)
+    t0 = time.perf_counter()
+    first8, plain8, secs = _member_maps(ens8, mi, len(members), 60)
+    out["int8_member_s"] = secs
+    out["int8_all_members_s"] = round(time.perf_counter() - t0, 1)
+    fast32, fast8 = _fast_labels(first32, plan, mi), _fast_labels(first8, plan, mi)
+    casc8, n8 = _cascade_labels(first8, plain8, plan, mi, thr, phase)
+    casc32, n32 = _cascade_labels(first32, plain32, plan, mi, thr, phase)
+    v = out["compare"] = {}
+    v["fast_int8_vs_fast_fp32"] = compare(fast8, fast32)
+    v[f"cascade{thr:g}_int8_vs_plain_12_fp32"] = dict(compare(casc8, plain32), ensemble_voxels=n8)
+    v["plain_12_int8_vs_plain_12_fp32"] = compare(plain8, plain32)
+    v[f"cascade{thr:g}_fp32_vs_plain_12_fp32"] = dict(compare(casc32, plain32), ensemble_voxels=n32)
+    v["fast_int8_vs_plain_12_fp32"] = compare(fast8, plain32)
+    v["member1_int8_vs_member1_fp32_tissue"] = compare(first8.argmax(0), first32.argmax(0))
+    out["int8_holds"] = bool(v["fast_int8_vs_fast_fp32"]["meets_issue_3"]
+                             and v[f"cascade{thr:g}_int8_vs_plain_12_fp32"]["meets_issue_3"])
+    return out
+
+
+def agreement_int8_quick(volume, members: list[Path], threads: int, threshold: float | None = None,
+                         variants: Sequence[str] = ("int8",)) -> dict:
+    """The cheaper check: what the runtime computes, int8 against fp32 in the same mode: fast
+    (member 1 on the default intracranial plan) and the default cascade. No plain ensemble: the
+    card's ``runtime.agreement`` has the fp32 cascade against the plain fp32 ensemble.
+    ``variants``: "int8" (every member int8), "int8_member1" (member 1 int8, members 2-N fp32:
+    member 1 alone runs on every tile and decides where the others run)."""
+    from ictus.models.preprocess import preprocess
+    from ictus.models.runtime import DEFAULT_CASCADE_THRESHOLD, Ensemble
+
+    thr = DEFAULT_CASCADE_THRESHOLD if threshold is None else threshold
+    card = blast_ct_card()
+    mi = preprocess(volume, tile_vox=90)
+    out: dict = {"cascade_threshold": thr}
+    labels: dict = {}
+    for precision in ("fp32", *variants):
+        ens = Ensemble.from_card(card, members, threads=threads, precision="int8" if precision == "int8" else "fp32")
+        if precision == "int8_member1":  # member 1's int8 runner in an fp32 ensemble
+            ens._sessions[0] = Ensemble.from_card(card, members[:1], threads=threads, precision="int8").session(0)
+        out[f"{precision}_backend"] = ens.backend_info.describe()
+        t0 = time.perf_counter()
+        if precision != "int8_member1" and "int8" in variants:  # fast: only where member 1 differs
+            p, _, _ = ens.predict_box(mi, [0])
+            labels[("fast", precision)] = p.argmax(0)
+        t1 = time.perf_counter()
+        p, _, stats = ens.predict_box(mi, list(range(len(members))), cascade_threshold=thr)
+        labels[("cascade", precision)] = p.argmax(0)
+        del p
+        out[f"{precision}_s"] = {"fast": round(t1 - t0, 1), "cascade": round(time.perf_counter() - t1, 1)}
+        out[f"{precision}_cascade_stats"] = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    out["compare"] = {}
+    for v in variants:
+        if ("fast", v) in labels:
+            out["compare"][f"fast_{v}_vs_fast_fp32"] = compare(labels[("fast", v)], labels[("fast", "fp32")])
+        out["compare"][f"cascade{thr:g}_{v}_vs_cascade{thr:g}_fp32"] = compare(labels[("cascade", v)],
+                                                                             labels[("cascade", "fp32")])
+    out["int8_holds_vs_same_mode"] = bool(all(v["meets_issue_3"] for v in out["compare"].values()))
+    return out
+
+
+def int8_speed(member: Path, threads: int, runs: int = 3, tile_vox: int = 90) -> dict:
+    """Member 1 on one window of a ``tile_vox``^3 output tile (the synthetic head, centred on
+    its haemorrhage), fp32 and int8 on the engine ``precision="int8"`` picks, in this process,
+    runs interleaved, medians (a first, loading and compiling run of each not counted)."""
+    from ictus.models.runtime import Ensemble, synthetic_head_hu
+
+    card = blast_ct_card()
+    ens8 = Ensemble.from_card(card, [member], threads=threads, precision="int8")
+    ens32 = Ensemble.from_card(card, [member], threads=threads, backend=ens8.backend)
+    n = tile_vox + 2 * ens32.geometry.context_vox
+    hu = synthetic_head_hu()
+    norm = ((2 * np.clip(hu, -15, 100) - 85) / 115).astype(np.float32)
+    pad = np.pad(norm, n, mode="edge")
+    z, y, x = (v + n - n // 2 for v in (75, 95, 80))
+    window = np.ascontiguousarray(pad[z:z + n, y:y + n, x:x + n])
+    times: dict[str, list[float]] = {"fp32": [], "int8": []}
+    for ens in (ens32, ens8):
+        ens.predict(0, window)
+    for _ in range(runs):
+        for name, ens in (("fp32", ens32), ("int8", ens8)):
+            t0 = time.perf_counter()
+            ens.predict(0, window)
+            times[name].append(round(time.perf_counter() - t0, 2))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"backend": ens8.backend_info.describe(), "tile_vox": tile_vox, "window_vox": n, "threads": threads,
+            "seconds": times, "ratio_int8_over_fp32": round(med["int8"] / med["fp32"], 2),
+            "load_avg": os.getloadavg()}
+
+
 def reference_check(volume, member1: Path, threads: int) -> dict:
     """Member 1: ours (tiled, every head-box tile) vs blast-ct's network module and patch grid."""
     import torch
@@ -359,7 +586,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precision", default="int8", choices=("fp32", "int8"))
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "int8", "int8-member1"),
+                    help="of the timed runs (default fp32, the runtime's default; int8 did not hold, see the card)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ictus-bench-model")
     ap.add_argument("--only", default="", help="comma-separated input names (default all)")
     ap.add_argument("--modes", default="fast,full")
@@ -367,10 +595,17 @@ def main() -> None:
     ap.add_argument("--peer-timeout-s", type=float, default=None,
                     help="stop the peer after this long and report a lower bound")
     ap.add_argument("--agreement", action="store_true")
+    ap.add_argument("--agreement-int8", action="store_true", help="int8 members against fp32 (see above)")
+    ap.add_argument("--agreement-int8-quick", action="store_true",
+                    help="int8 vs fp32 in the same mode (fast, default cascade): no plain ensemble, ~5x cheaper")
+    ap.add_argument("--int8-variants", default="int8", help="for --agreement-int8-quick: int8,int8_member1")
+    ap.add_argument("--int8-speed", action="store_true", help="member 1, int8 vs fp32, one 90^3 output tile")
     ap.add_argument("--reference", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--backend", default="auto", help="inference engine for the timed runs")
     ap.add_argument("--floor", action="store_true", help="measure the convolution rate and each input's floor")
+    ap.add_argument("--plans", action="store_true",
+                    help="each input's tile plan, previous fixed grid vs default cover (no inference)")
     ap.add_argument("--backends", default="", help="compare engines, e.g. onnxruntime,openvino (interleaved runs)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--study", help=argparse.SUPPRESS)
@@ -382,21 +617,32 @@ def main() -> None:
         child(args)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    members = members_dir(args.work)
-    if args.precision == "int8":
-        from ictus.models.runtime import Ensemble, quantized_path
+    modes = [m for m in args.modes.split(",") if m]
+    if not (modes or args.floor or args.agreement or args.reference or args.agreement_int8 or args.int8_speed
+                 or args.agreement_int8_quick):  # e.g. --plans --modes "": no model needed
+        members: list[Path] = []
+    else:
+        members = members_dir(args.work)
+    if args.precision != "fp32" and members:
+        from ictus.models.runtime import Ensemble
 
-        ens = Ensemble.from_card(blast_ct_card(), members, precision="int8")
-        for k, m in enumerate(members):
-            if not quantized_path(m).exists():
-                ens.session(k)  # quantises once, as the runtime does
+        ens = Ensemble.from_card(blast_ct_card(), members, precision=args.precision)
+        for k, int8 in enumerate(ens.int8_members):
+            if int8:
+                ens.session(k)  # quantises once (NNCF on OpenVINO, or onnxruntime's QDQ), as the runtime does
     report: dict = {"cpu_count": os.cpu_count(), "threads": args.threads, "load_avg_start": os.getloadavg()}
+    if args.int8_speed:
+        report["int8_speed_member1"] = int8_speed(members[0], args.threads, runs=args.runs)
+        print("int8_speed", json.dumps(report["int8_speed_member1"]), flush=True)
     studies = study_dirs(args.work)
     if args.only:
         studies = {k: v for k, v in studies.items() if k in args.only.split(",")}
     for name, study in studies.items():
         r = report.setdefault(name, {})
-        for mode in [m for m in args.modes.split(",") if m]:
+        if args.plans or args.floor:
+            r["plans"] = plan_numbers(study)
+            print(name, "plans", json.dumps(r["plans"]), flush=True)
+        for mode in modes:
             use = members[:1] if mode == "fast" else members
             if args.backends:
                 r[f"{mode}_backends"] = timed_backends(study, use, mode, args.precision, args.threads, args.runs,
@@ -416,6 +662,9 @@ def main() -> None:
                     r["fast"]["info"]["inference_s"] / r["floor"]["floor_fast_s"], 2)
             if "full" in r and "floor_default_s" in r["floor"]:
                 r["ratio_default_over_floor"] = round(r["full"]["wall_s_median"] / r["floor"]["floor_default_s"], 2)
+            for mode in ("fast", "full"):  # output voxels computed per member / intracranial voxels needed
+                if mode in r:
+                    r["floor"][f"computed_over_needed_{mode}"] = r[mode]["info"].get("computed_over_needed")
             print(name, "floor", json.dumps({k: v for k, v in r.items() if "floor" in k}), flush=True)
         if args.peer:
             volume = load_volume(study)
@@ -427,9 +676,33 @@ def main() -> None:
                     ratio = round(peer["wall_s"] / r[mode]["wall_s_median"], 1)
                     r[f"ratio_peer_over_{mode}"] = ratio if peer["finished"] else f">= {ratio}"
             print(name, "peer", peer, flush=True)
+            if args.floor and "fast" in r:  # the peer is one member, like fast mode
+                def bound(value: float, sign: str):  # a peer stopped at its timeout gives bounds only
+                    return value if peer["finished"] else f"{sign} {value}"
+
+                r["peer_vs_fast"] = {
+                    "ratio_peer_over_fast": r["ratio_peer_over_fast"],
+                    "ratio_fast_over_peer": bound(round(r["fast"]["wall_s_median"] / peer["wall_s"], 3), "<="),
+                    "ratio_peer_over_fast_floor": bound(round(peer["wall_s"] / r["floor"]["floor_fast_s"], 1), ">="),
+                    "ratio_fast_over_floor": r.get("ratio_fast_over_floor"),
+                    "fast_computed_over_needed": r["fast"].get("computed_over_needed"),
+                }
+                print(name, "peer vs fast", json.dumps(r["peer_vs_fast"]), flush=True)
         if args.agreement:
             r["agreement"] = agreement(load_volume(study), members, args.threads)
             print(name, "agreement", json.dumps(r["agreement"]), flush=True)
+        if args.agreement_int8:
+            t0 = time.perf_counter()
+            r["agreement_int8"] = agreement_int8(load_volume(study), members, args.threads,
+                                                 cache=args.work / "agreement-cache" / f"{name}-fp32.npz")
+            r["agreement_int8"]["wall_s"] = round(time.perf_counter() - t0, 1)
+            print(name, "agreement_int8", json.dumps(r["agreement_int8"]), flush=True)
+        if args.agreement_int8_quick:
+            t0 = time.perf_counter()
+            r["agreement_int8_quick"] = agreement_int8_quick(load_volume(study), members, args.threads,
+                                                             variants=args.int8_variants.split(","))
+            r["agreement_int8_quick"]["wall_s"] = round(time.perf_counter() - t0, 1)
+            print(name, "agreement_int8_quick", json.dumps(r["agreement_int8_quick"]), flush=True)
         if args.reference and name.startswith("phantom"):
             r["reference_member1"] = reference_check(load_volume(study), members[0], args.threads)
             print(name, "reference", r["reference_member1"], flush=True)

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--modes", default="fast,default")
     ap.add_argument("--only", default="thin,ge-head")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs first (page cache, compiled kernels)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ictus-bench-triage-"))
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, study in inputs.items():
             for mode in args.modes.split(","):
-                run_once(study, mode, work / "warm")  # warm-up: page cache, compiled kernels on disk
+                for _ in range(args.warmup):
+                    run_once(study, mode, work / "warm")
                 runs = [run_once(study, mode, work / "out") for _ in range(args.runs)]
                 med = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "model_s", "non_model_s",
                                                                          "peak_rss_gb")}

@@ -82,7 +82,10 @@ def test_auto_prefers_cuda_then_openvino_then_onnxruntime(monkeypatch):
     monkeypatch.setattr(backends, "available_providers", lambda providers=None: ["CPUExecutionProvider"])
     monkeypatch.setattr(backends, "openvino_available", lambda: True)
     assert choose_backend("auto") == "openvino"
-    assert choose_backend("auto", precision="int8") == "onnxruntime"  # int8 agreement was measured there
+    monkeypatch.setattr(backends, "nncf_available", lambda: True)
+    assert choose_backend("auto", precision="int8") == "openvino"  # NNCF int8 IR on OpenVINO
+    monkeypatch.setattr(backends, "nncf_available", lambda: False)
+    assert choose_backend("auto", precision="int8") == "onnxruntime"  # onnxruntime's QDQ int8, the fallback
     monkeypatch.setattr(backends, "openvino_available", lambda: False)
     assert choose_backend("auto") == "onnxruntime"
     monkeypatch.setattr(backends, "available_providers",
@@ -123,3 +126,107 @@ def test_segmentation_and_findings_record_the_backend(tmp_path, backend):
     runtime = doc["provenance"]["models"][0]["runtime"]
     assert runtime == {"backend": backend, "version": seg.info["backend_version"], "device": "CPU",
                        "precision": "fp32"}
+
+
+# -- int8: NNCF on OpenVINO ------------------------------------------------------------------
+def _nncf_installed() -> bool:
+    return openvino_available() and backends.nncf_available()
+
+
+def test_int8_choice_keeps_cuda_on_onnxruntime(monkeypatch):
+    monkeypatch.setattr(backends, "available_providers",
+                        lambda providers=None: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
+    monkeypatch.setattr(backends, "nncf_available", lambda: True)
+    assert choose_backend("auto", precision="int8") == "onnxruntime"
+    assert choose_backend("openvino", precision="int8") == "openvino"  # forced
+
+
+@pytest.mark.skipif(not openvino_available(), reason="OpenVINO is not installed")
+def test_openvino_static_shapes_agree_and_keep_few_compiled_shapes(tmp_path):
+    data = load_without_denormals(_conv_member(tmp_path / "m.onnx"))
+    patches = _patches([(12, 12, 12), (9, 14, 11), (12, 12, 12), (10, 10, 10)])
+    runner = backends.OpenVinoRunner(data, threads=2, static_shapes=True, max_shapes=2)
+    for got, want in zip((runner.run(p) for p in patches), _reference(data, patches)):
+        assert got.shape == want.shape
+        assert float(np.abs(got - want).max()) <= 1e-4
+    assert list(runner._by_shape) == [(1, 1, 12, 12, 12), (1, 1, 10, 10, 10)]  # least recently used dropped
+
+
+def test_int8_runs_the_nncf_ir_on_openvino_when_both_are_installed(tmp_path, monkeypatch):
+    from test_runtime import GEOMETRY, NAMES, _dummy_member
+
+    from ictus.models.runtime import Ensemble, quantized_path
+
+    member = _dummy_member(tmp_path / "m.onnx", [0.0, 2.0, 0.5, 1.0, -1.0], [0.5, 0.0, 0.0, 0.0, 0.0])
+    installed = _nncf_installed()
+    monkeypatch.setattr(backends, "available_providers", lambda providers=None: ["CPUExecutionProvider"])
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
+    monkeypatch.setattr(backends, "nncf_available", lambda: False)
+    fallback = Ensemble([member], class_names=NAMES, geometry=GEOMETRY, precision="int8")
+    assert fallback.backend == "onnxruntime" and fallback._run_paths == [quantized_path(member)]
+    if not installed:
+        pytest.skip("OpenVINO or NNCF is not installed")
+    monkeypatch.setattr(backends, "nncf_available", lambda: True)
+    ens = Ensemble([member], class_names=NAMES, geometry=GEOMETRY, precision="int8", threads=2)
+    assert ens.backend == "openvino"
+    ir = ens._run_paths[0]
+    assert ir.suffix == ".xml" and ".int8-nncf-" in ir.name and ir.parent == member.parent
+    window = np.linspace(-1.0, 1.0, 95 ** 3, dtype=np.float32).reshape((95,) * 3)
+    got = ens.predict(0, window)
+    assert ir.is_file() and ir.with_suffix(".bin").is_file()
+    runner = ens.session(0)
+    assert isinstance(runner, backends.OpenVinoRunner) and runner.static_shapes
+    want = Ensemble([member], class_names=NAMES, geometry=GEOMETRY, threads=2).predict(0, window)
+    assert np.mean(got.argmax(0) == want.argmax(0)) > 0.97
+    assert float(np.abs(got - want).mean()) < 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _nncf_installed(), reason="OpenVINO or NNCF is not installed")
+def test_real_member_nncf_int8_agrees_with_fp32(tmp_path):
+    """NNCF int8 of BLAST-CT member 1 (the card's ignored scope) on OpenVINO against fp32 on a
+    window across a haemorrhage: labels mostly equal, the lesion kept."""
+    from ictus.models.onnx_build import convert_member
+    from ictus.models.registry import get_card
+    from ictus.models.runtime import Ensemble, synthetic_head_hu
+
+    weights = blast_ct_weights()
+    onnx_path = convert_member(weights / "saved_models_v1" / "model_1.pt", tmp_path / "model_1.onnx")
+    card = get_card("blast-ct")
+    int8 = Ensemble.from_card(card, [onnx_path], threads=2, precision="int8", backend="openvino")
+    fp32 = Ensemble.from_card(card, [onnx_path], threads=2, backend="openvino")
+    assert int8.int8_ignored_patterns  # from the card
+    hu = synthetic_head_hu(seed=5, haemorrhage_ml=20.0)  # not a calibration head (seed 0, 30 mL)
+    norm = ((2 * np.clip(hu, -15, 100) - 85) / 115).astype(np.float32)
+    n = 125  # 45^3 output voxels, centred on the haemorrhage
+    z, y, x = (c + 55 - n // 2 for c in (75, 95, 80))
+    window = np.ascontiguousarray(np.pad(norm, 55, mode="edge")[z:z + n, y:y + n, x:x + n])
+    a, b = fp32.predict(0, window), int8.predict(0, window)
+    la, lb = a.argmax(0), b.argmax(0)
+    foreground = (la > 0) | (lb > 0)
+    assert (la > 0).sum() > 1000  # the window holds the lesion
+    assert np.mean(la == lb) > 0.99
+    assert np.mean(la[foreground] == lb[foreground]) > 0.95
+    assert float(np.abs(a - b).mean()) < 0.01
+
+
+
+def test_int8_member1_quantises_only_member_1(tmp_path, monkeypatch):
+    from test_runtime import GEOMETRY, NAMES, _dummy_member
+
+    from ictus.models.runtime import Ensemble, nncf_quantized_path, quantized_path
+
+    members = [_dummy_member(tmp_path / f"m{k}.onnx", [0.0, 2.0, 0.5, 1.0, -1.0], [0.5, 0.0, 0.0, 0.0, 0.0])
+               for k in (1, 2)]
+    monkeypatch.setattr(backends, "available_providers", lambda providers=None: ["CPUExecutionProvider"])
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
+    monkeypatch.setattr(backends, "nncf_available", lambda: True)
+    ens = Ensemble(members, class_names=NAMES, geometry=GEOMETRY, precision="int8-member1")
+    assert ens.backend == "openvino" and ens.int8_members == (True, False)
+    assert ens._run_paths == [nncf_quantized_path(members[0]), members[1]]
+    monkeypatch.setattr(backends, "nncf_available", lambda: False)
+    ens = Ensemble(members, class_names=NAMES, geometry=GEOMETRY, precision="int8-member1")
+    assert ens.backend == "onnxruntime" and ens._run_paths == [quantized_path(members[0]), members[1]]
+    with pytest.raises(ModelError, match="unknown precision"):
+        Ensemble(members, class_names=NAMES, geometry=GEOMETRY, precision="int4")
