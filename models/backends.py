@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,25 @@ class OnnxRuntimeRunner:
         return self.session.run(None, {self._input: window})[0]
 
 
+_MALLOC_TRIM: Any = None
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the system (glibc's ``malloc_trim``; nothing elsewhere)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):  # musl or another libc without it
+                _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
 class OpenVinoRunner:
     """An OpenVINO CPU model compiled once with the graph's dynamic spatial axes (the cascade's
     sub-bricks vary in shape; recompiling per shape cost more than the dynamic run did).
@@ -188,8 +208,12 @@ class OpenVinoRunner:
         compiled = self._for_shape(tuple(window.shape)) if self.static_shapes else self._compiled
         logits = np.array(compiled(window)[compiled.outputs[0]], copy=True)
         # Intermediate buffers are freed after each run, as onnxruntime's arena is: kept, twelve
-        # members held 5.3 GB on the GE head (measured), against 1.35 GB for onnxruntime.
+        # members held 5.3 GB on the GE head (measured), against 1.35 GB for onnxruntime. Freed
+        # but left to glibc, the windows of different shapes fragment its heap: the default
+        # ensemble still peaked at 3.1 GB on the GE head; handing the free pages back to the
+        # system after each run brought it to 1.8 GB (measured 2026-12-01).
         compiled.release_memory()
+        _trim_heap()
         return logits
 
 
