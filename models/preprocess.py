@@ -119,16 +119,24 @@ def model_grid_volume(volume: Volume, spacing_mm: tuple[float, float, float] = (
     source resolution), and :func:`preprocess` of the result reads the same values
     at the same points as :func:`preprocess` of ``volume``, so the model sees the
     same input either way. Provenance, QC flags and source slices are kept."""
-    image = volume.image
-    if image.GetPixelID() != sitk.sitkFloat32:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    reoriented = reorient_like_reference(image)
-    grid = model_grid_geometry(reoriented, spacing_mm)
+    reoriented, grid = _reoriented_and_grid(volume, spacing_mm)
     if _same_geometry(grid, reoriented):
         return volume.with_image(reoriented)
     default = float(np.min(sitk.GetArrayViewFromImage(reoriented)))
     return volume.with_image(sitk.Resample(reoriented, grid, sitk.Transform(), sitk.sitkLinear, default,
                                            sitk.sitkFloat32))
+
+
+def _reoriented_and_grid(volume: Volume, spacing_mm: tuple[float, float, float]) -> tuple[sitk.Image, sitk.Image]:
+    """The float32 image reoriented as the reference does, and the model's full grid over it
+    (the first steps of both :func:`preprocess` and :func:`model_grid_volume`)."""
+    image = volume.image
+    if image.GetDimension() != 3:
+        raise InvalidInputError(f"expected a 3-D volume, found {image.GetDimension()}-D; pass a CT volume")
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    reoriented = reorient_like_reference(image)
+    return reoriented, model_grid_geometry(reoriented, spacing_mm)
 
 
 def normalise_hu(array_hu: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
@@ -185,13 +193,7 @@ def preprocess(
     per side (the network needs 40), and ``tile_vox`` (the largest tile) more at
     the far end so that a tile overhanging the head still has real input.
     """
-    image = volume.image
-    if image.GetDimension() != 3:
-        raise InvalidInputError(f"expected a 3-D volume, found {image.GetDimension()}-D; pass a CT volume")
-    if image.GetPixelID() != sitk.sitkFloat32:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    reoriented = reorient_like_reference(image)
-    grid = model_grid_geometry(reoriented, spacing_mm)
+    reoriented, grid = _reoriented_and_grid(volume, spacing_mm)
     size_xyz = np.array(grid.GetSize())
 
     region_lo = np.zeros(3, dtype=int)
@@ -272,9 +274,9 @@ def to_original_grid(
         out_zyx = np.full(model_input.reference_image.GetSize()[::-1], default, dtype=dtype)
         src, dst = [], []
         for start, n_box, n_ref in zip(offset[::-1], array_box.shape, out_zyx.shape):
-            lo, hi = max(start, 0), min(start + n_box, n_ref)
-            src.append(slice(lo - start, max(hi - start, lo - start)))
-            dst.append(slice(lo, max(hi, lo)))
+            lo, hi = max(start, 0), max(min(start + n_box, n_ref), max(start, 0))  # the box's part inside the grid
+            src.append(slice(lo - start, hi - start))
+            dst.append(slice(lo, hi))
         out_zyx[tuple(dst)] = array_box[tuple(src)]
         return out_zyx
     moving = sitk.GetImageFromArray(np.ascontiguousarray(array_box))

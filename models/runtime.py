@@ -680,16 +680,13 @@ class _CoverPlanner:
         return self._value[key]
 
     def shrink(self, box: _Box) -> _Box | None:
+        """The bounding box of the occupied cells inside ``box`` (None when there are none)."""
         lo, hi = box
-        sub = self.occ[tuple(slice(a, b) for a, b in zip(lo, hi))]
-        if not sub.any():
+        found = aligned_box(self.occ[tuple(slice(a, b) for a, b in zip(lo, hi))], lo, 1)
+        if found is None:
             return None
-        new_lo, new_hi = [], []
-        for axis in range(3):
-            hit = np.flatnonzero(sub.any(axis=tuple(a for a in range(3) if a != axis)))
-            new_lo.append(lo[axis] + int(hit[0]))
-            new_hi.append(lo[axis] + int(hit[-1]) + 1)
-        return tuple(new_lo), tuple(new_hi)  # type: ignore[return-value]
+        start, size = found
+        return start, tuple(a + n for a, n in zip(start, size))  # type: ignore[return-value]
 
     def splits(self, box: _Box) -> list[tuple[_Box, _Box]]:
         """(lower half, upper half), each shrunk, for every plane between cells along each

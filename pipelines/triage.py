@@ -194,12 +194,9 @@ class TriageEngine:
         timer = _Timer()
         load_rules(opts.priority_rules)  # a bad rules file fails before any work
         volume, choice = load_volume(path, opts.series_uid, timer=timer)
-        self._load_model_and_assets()
-        source_z_mm = volume.spacing_mm[2]
-        with timer.stage("grid"):
-            analysed = self.analysis_volume(volume)
+        analysed, atlas, source_z_mm = self._prepare(volume, timer)
         del volume  # the source-resolution volume is not needed past here (memory)
-        return self._run_analysis(analysed, out_dir, choice=choice, timer=timer, source_z_mm=source_z_mm)
+        return self._run_analysis(analysed, out_dir, choice=choice, timer=timer, atlas=atlas, source_z_mm=source_z_mm)
 
     def analysis_volume(self, volume: Volume) -> Volume:
         """``volume`` on the model's grid (the card's spacing, about 1 mm, axes reoriented to
@@ -211,11 +208,14 @@ class TriageEngine:
         spacing_mm = tuple(float(s) for s in self.card.preprocessing.spacing_mm)
         return model_grid_volume(volume, spacing_mm)  # type: ignore[arg-type]
 
-    def _load_model_and_assets(self) -> None:
-        """Missing or corrupt weights or stroke assets fail here, before any analysis."""
+    def _prepare(self, volume: Volume, timer: _Timer) -> tuple[Volume, Any, float]:
+        """(the analysed volume, the stroke atlas or None, the source's slice spacing in mm).
+        Missing or corrupt weights or stroke assets fail here, before any analysis."""
         self.ensemble()
-        if self.options.stroke:
-            self.template_atlas()
+        atlas = self.template_atlas() if self.options.stroke else None
+        with timer.stage("grid"):
+            analysed = self.analysis_volume(volume)
+        return analysed, atlas, volume.spacing_mm[2]
 
     def run_volume(
         self, volume: Volume, out_dir: str | Path | None = None, *, choice: SeriesChoice | None = None,
@@ -225,14 +225,12 @@ class TriageEngine:
         ``ictus evaluate``): the stages after ``load_volume``, exactly as :meth:`run`
         (``result.volume`` is the analysed volume, on the model's grid)."""
         timer = timer or _Timer()
-        self._load_model_and_assets()
-        with timer.stage("grid"):
-            analysed = self.analysis_volume(volume)
-        return self._run_analysis(analysed, out_dir, choice=choice, timer=timer, source_z_mm=volume.spacing_mm[2])
+        analysed, atlas, source_z_mm = self._prepare(volume, timer)
+        return self._run_analysis(analysed, out_dir, choice=choice, timer=timer, atlas=atlas, source_z_mm=source_z_mm)
 
     def _run_analysis(
         self, volume: Volume, out_dir: str | Path | None, *, choice: SeriesChoice | None, timer: _Timer,
-        source_z_mm: float,
+        atlas: Any, source_z_mm: float,
     ) -> TriageResult:
         """Every stage after ingest, on the analysed volume (the model's grid)."""
         from ictus.imaging.brain import segment_brain
@@ -241,7 +239,6 @@ class TriageEngine:
 
         opts = self.options
         rules = load_rules(opts.priority_rules)
-        atlas = self.template_atlas() if opts.stroke else None
         log.info("analysed volume %s at %s mm, flags %s", volume.size, volume.spacing_mm, volume.qc_flags)
         with timer.stage("brain"):
             brain = segment_brain(volume)

@@ -202,10 +202,8 @@ def conv_rate(member: Path, backend: str, threads: int, runs: int = 3) -> dict:
             "us_per_output_voxel": round(wall / tile**3 * 1e6, 3)}
 
 
-def floor_for(study: Path, rate: dict, n_members: int, info_full: dict | None) -> dict:
-    """Needed voxels (intracranial soft tissue on the 1 mm grid, the runtime's ``deep`` mask) x
-    the cost per output voxel; the default ensemble adds the other members on the voxels that
-    the cascade sent them (``ensemble_voxels`` of the timed run)."""
+def model_input_of(study: Path):
+    """(tile geometry, model input) of one input, prepared as the runtime prepares it."""
     from ictus.models.geometry import TileGeometry
     from ictus.models.preprocess import preprocess
 
@@ -214,8 +212,16 @@ def floor_for(study: Path, rate: dict, n_members: int, info_full: dict | None) -
     model_input = preprocess(load_volume(study), spacing_mm=tuple(card.preprocessing.spacing_mm),
                              window_hu=tuple(card.preprocessing.window_hu), tile_vox=max(geometry.tile_candidates_vox),
                              context_vox=geometry.context_vox, phase_vox=geometry.tile_multiple_vox)
+    return geometry, model_input
+
+
+def floor_for(study: Path, rate: dict, n_members: int, info_full: dict | None) -> dict:
+    """Needed voxels (intracranial soft tissue on the 1 mm grid, the runtime's ``deep`` mask) x
+    the cost per output voxel; the default ensemble adds the other members on the voxels that
+    the cascade sent them (``ensemble_voxels`` of the timed run)."""
     from ictus.models.runtime import needed_voxels
 
+    _, model_input = model_input_of(study)
     needed = needed_voxels(model_input)
     per_voxel_s = rate["us_per_output_voxel"] * 1e-6
     out = {"needed_voxels": needed, "floor_fast_s": round(needed * per_voxel_s, 2)}
@@ -230,15 +236,9 @@ def plan_numbers(study: Path) -> dict:
     cheapest fixed grid of the card's tile sizes, bricks shrunk to the intracranial voxels)
     and the runtime's default cover; output voxels, estimated GMAC of one member (the card's
     cost model), output voxels / intracranial voxels needed."""
-    from ictus.models.geometry import TileGeometry
-    from ictus.models.preprocess import preprocess
     from ictus.models.runtime import choose_tile_vox, needed_voxels, plan_tiles
 
-    card = blast_ct_card()
-    geometry = TileGeometry.from_card(card)
-    model_input = preprocess(load_volume(study), spacing_mm=tuple(card.preprocessing.spacing_mm),
-                             window_hu=tuple(card.preprocessing.window_hu), tile_vox=max(geometry.tile_candidates_vox),
-                             context_vox=geometry.context_vox, phase_vox=geometry.tile_multiple_vox)
+    geometry, model_input = model_input_of(study)
     needed = needed_voxels(model_input)
     t0 = time.perf_counter()
     grid = min((plan_tiles(model_input, t, geometry) for t in geometry.tile_candidates_vox),
